@@ -1,0 +1,32 @@
+# The two commands a newcomer needs:
+#   make run    install into .venv, run the whole pipeline on the embedded defaults, then serve
+#   make test   install into .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rayrec-installed
+ARGS ?=
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+run: install
+	$(PY) -m pipelines.main $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+bench: install
+	$(PY) -m pytest -s tests/perf $(ARGS)
+
+clean:
+	rm -rf artifacts .pytest_cache
