@@ -1,0 +1,325 @@
+"""FeatureSpec: the encoders, fitted once on the training split, shared by training and serving.
+
+It holds vocabularies (with a padding slot 0 and an out-of-vocabulary slot 1), numeric normalisation
+statistics and quantile bucket boundaries. ``encode_user`` / ``encode_item`` turn feature rows (a
+Ray Data batch offline, rows from the online store when serving) into model inputs with the same
+code, so training and serving cannot drift apart. Saved as canonical JSON; its ``hash`` names the
+exact encoders a model was trained against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayrec import uri
+from rayrec.features.pointintime import N_ITEM_GENRES, N_RECENT_ITEMS, N_USER_GENRES
+
+__all__ = [
+    "PAD",
+    "OOV",
+    "Vocab",
+    "Numeric",
+    "Buckets",
+    "FeatureSpec",
+    "SpecPartial",
+    "USER_NUMERIC",
+    "ITEM_NUMERIC",
+    "BUCKETED",
+]
+
+PAD, OOV = 0, 1  # index 0: padding / missing value; index 1: a value not seen in training
+
+# (feature, transform) of the dense inputs, in the order of the encoded matrices' columns
+USER_NUMERIC: tuple[tuple[str, str], ...] = (
+    ("user_rating_count", "log1p"),
+    ("user_rating_mean", "identity"),
+    ("user_rating_std", "identity"),
+    ("user_year_mean", "identity"),
+    ("user_year_std", "identity"),
+)
+ITEM_NUMERIC: tuple[tuple[str, str], ...] = (
+    ("item_rating_count", "log1p"),
+    ("item_rating_mean", "identity"),
+    ("item_rating_std", "identity"),
+    ("item_year", "identity"),
+)
+BUCKETED: tuple[str, ...] = ("user_rating_count", "item_rating_count", "item_year")
+N_BUCKETS = 10
+
+
+def _transform(x: np.ndarray, how: str) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0)) if how == "log1p" else x
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Known values, sorted; value ``values[i]`` encodes as ``i + 2`` (0 is padding, 1 is OOV)."""
+
+    values: tuple[Any, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.values) + 2
+
+    def lookup(self, x: Sequence[Any] | np.ndarray) -> np.ndarray:
+        arr = np.asarray(x)
+        if len(self.values) == 0:
+            return np.full(arr.shape, OOV, dtype=np.int64)
+        known = np.asarray(self.values)
+        pos = np.searchsorted(known, arr)
+        pos_c = np.minimum(pos, len(known) - 1)
+        hit = known[pos_c] == arr
+        return np.where(hit, pos_c + 2, OOV).astype(np.int64)
+
+    def lookup_lists(self, lists: Iterable[Any], width: int) -> np.ndarray:
+        """(N, width) ids of each list's first ``width`` values, padded with 0."""
+        rows = [list(v)[:width] if isinstance(v, (list, tuple, np.ndarray)) else [] for v in lists]
+        out = np.zeros((len(rows), width), dtype=np.int64)
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        if lens.sum():
+            flat = self.lookup([x for r in rows for x in r])
+            ri = np.repeat(np.arange(len(rows)), lens)
+            ci = np.arange(len(ri)) - np.repeat(np.cumsum(lens) - lens, lens)
+            out[ri, ci] = flat
+        return out
+
+
+@dataclass(frozen=True)
+class Numeric:
+    """z-score of a (possibly log1p-transformed) value; a missing value encodes as 0 (the mean)."""
+
+    transform: str
+    mean: float
+    std: float
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        z = (_transform(np.asarray(x, dtype=np.float64), self.transform) - self.mean) / (self.std or 1.0)
+        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Quantile boundaries; bucket 0 is missing, buckets 1..len(boundaries)+1 the value ranges."""
+
+    boundaries: tuple[float, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.boundaries) + 2
+
+    def bucketize(self, x: np.ndarray) -> np.ndarray:
+        arr = np.asarray(x, dtype=np.float64)
+        b = np.searchsorted(np.asarray(self.boundaries, dtype=np.float64), arr, side="right") + 1
+        return np.where(np.isnan(arr), 0, b).astype(np.int64)
+
+
+@dataclass
+class SpecPartial:
+    """Statistics of one block of training samples; partials merge, then :meth:`FeatureSpec.fit`."""
+
+    users: set[int] = field(default_factory=set)
+    items: set[int] = field(default_factory=set)
+    genres: set[str] = field(default_factory=set)
+    moments: dict[str, list[float]] = field(default_factory=dict)  # feature → [n, sum, sumsq]
+    counts: dict[str, Counter[float]] = field(default_factory=dict)  # bucketed feature → value counts
+    ts_range: list[int] = field(default_factory=list)
+    rows: int = 0
+
+    @classmethod
+    def of(cls, batch: pd.DataFrame) -> SpecPartial:
+        p = cls()
+        p.rows = len(batch)
+        p.users = set(batch["userId"].to_numpy().tolist())
+        p.items = set(batch["movieId"].to_numpy().tolist())
+        for col in ("item_genres", "user_genres"):
+            for gl in batch[col]:
+                p.genres.update(list(gl))
+        for name, how in USER_NUMERIC + ITEM_NUMERIC:
+            x = _transform(batch[name].to_numpy(np.float64), how)
+            x = x[~np.isnan(x)]
+            p.moments[name] = [float(len(x)), float(x.sum()), float((x * x).sum())]
+        for name in BUCKETED:
+            x = batch[name].to_numpy(np.float64)
+            vals, cnt = np.unique(x[~np.isnan(x)], return_counts=True)
+            p.counts[name] = Counter(dict(zip(vals.tolist(), cnt.tolist())))
+        if len(batch):
+            ts = batch["timestamp"].to_numpy()
+            p.ts_range = [int(ts.min()), int(ts.max())]
+        return p
+
+    def merge(self, other: SpecPartial) -> SpecPartial:
+        self.rows += other.rows
+        self.users |= other.users
+        self.items |= other.items
+        self.genres |= other.genres
+        for k, v in other.moments.items():
+            cur = self.moments.setdefault(k, [0.0, 0.0, 0.0])
+            self.moments[k] = [a + b for a, b in zip(cur, v)]
+        for k, c in other.counts.items():
+            self.counts.setdefault(k, Counter()).update(c)
+        if other.ts_range:
+            self.ts_range = (
+                [min(self.ts_range[0], other.ts_range[0]), max(self.ts_range[1], other.ts_range[1])]
+                if self.ts_range
+                else list(other.ts_range)
+            )
+        return self
+
+
+def _quantile_boundaries(counts: Counter[float], n_buckets: int) -> tuple[float, ...]:
+    """Exact quantile cut points from value counts, deduplicated (ties collapse buckets)."""
+    if not counts:
+        return ()
+    vals = np.array(sorted(counts))
+    cum = np.cumsum([counts[v] for v in vals]) / sum(counts.values())
+    qs = np.arange(1, n_buckets) / n_buckets
+    cuts = vals[np.minimum(np.searchsorted(cum, qs, side="left"), len(vals) - 1)]
+    return tuple(float(c) for c in np.unique(cuts))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Encoders fitted on the training split. Build with :meth:`fit`; persist with save/load."""
+
+    vocabs: Mapping[str, Vocab]  # "user" (userId), "item" (movieId), "genre"
+    numerics: Mapping[str, Numeric]
+    buckets: Mapping[str, Buckets]
+    label_threshold: float
+    train_rows: int
+    train_range: tuple[int, int]
+
+    # -- fitting and persistence -------------------------------------------------------------
+    @classmethod
+    def fit(cls, stats: SpecPartial, *, label_threshold: float, n_buckets: int = N_BUCKETS) -> FeatureSpec:
+        numerics = {}
+        for name, how in USER_NUMERIC + ITEM_NUMERIC:
+            n, s, ss = stats.moments.get(name, [0.0, 0.0, 0.0])
+            mean = s / n if n else 0.0
+            std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) if n else 1.0
+            numerics[name] = Numeric(how, float(mean), std if std > 1e-12 else 1.0)
+        return cls(
+            vocabs={
+                "user": Vocab(tuple(sorted(int(u) for u in stats.users))),
+                "item": Vocab(tuple(sorted(int(i) for i in stats.items))),
+                "genre": Vocab(tuple(sorted(stats.genres))),
+            },
+            numerics=numerics,
+            buckets={k: Buckets(_quantile_boundaries(stats.counts.get(k, Counter()), n_buckets)) for k in BUCKETED},
+            label_threshold=float(label_threshold),
+            train_rows=int(stats.rows),
+            train_range=(tuple(stats.ts_range) if stats.ts_range else (0, 0)),  # type: ignore[arg-type]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "vocabs": {k: list(v.values) for k, v in self.vocabs.items()},
+            "numerics": {k: asdict(v) for k, v in self.numerics.items()},
+            "buckets": {k: list(v.boundaries) for k, v in self.buckets.items()},
+            "label_threshold": self.label_threshold,
+            "train_rows": self.train_rows,
+            "train_range": list(self.train_range),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
+        if d.get("format") != 1:
+            raise ValueError(f"unsupported FeatureSpec format {d.get('format')!r}; re-run the features pipeline")
+        return cls(
+            vocabs={k: Vocab(tuple(v)) for k, v in d["vocabs"].items()},
+            numerics={k: Numeric(**v) for k, v in d["numerics"].items()},
+            buckets={k: Buckets(tuple(v)) for k, v in d["buckets"].items()},
+            label_threshold=float(d["label_threshold"]),
+            train_rows=int(d["train_rows"]),
+            train_range=tuple(d["train_range"]),  # type: ignore[arg-type]
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the canonical JSON: equal hashes mean identical encoders."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def save(self, target: str) -> None:
+        uri.write_bytes(target, self.to_json().encode())
+
+    @classmethod
+    def load(cls, source: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(uri.read_bytes(source)))
+
+    # -- encoding ---------------------------------------------------------------------------
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Table sizes a model needs: vocabularies and bucket counts, dense widths."""
+        out = {f"{k}_vocab": v.size for k, v in self.vocabs.items()}
+        out.update({f"{k}_buckets": b.size for k, b in self.buckets.items()})
+        out["user_dense"] = len(USER_NUMERIC)
+        out["item_dense"] = len(ITEM_NUMERIC)
+        return out
+
+    def _dense(self, df: pd.DataFrame | Mapping[str, Any], cols: tuple[tuple[str, str], ...]) -> np.ndarray:
+        return np.stack(
+            [self.numerics[c].normalise(np.asarray(_col(df, c), dtype=np.float64)) for c, _ in cols], axis=1
+        )
+
+    def encode_user(self, df: pd.DataFrame | Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """User-side model inputs from rows holding ``userId`` and the user features."""
+        return {
+            "user_id": self.vocabs["user"].lookup(np.asarray(_col(df, "userId"), dtype=np.int64)),
+            "user_genres": self.vocabs["genre"].lookup_lists(_col(df, "user_genres"), N_USER_GENRES),
+            "user_recent_items": self.vocabs["item"].lookup_lists(_col(df, "user_recent_items"), N_RECENT_ITEMS),
+            "user_count_bucket": self.buckets["user_rating_count"].bucketize(_col(df, "user_rating_count")),
+            "user_dense": self._dense(df, USER_NUMERIC),
+        }
+
+    def encode_item(self, df: pd.DataFrame | Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Item-side model inputs from rows holding ``movieId`` and the item features."""
+        return {
+            "item_id": self.vocabs["item"].lookup(np.asarray(_col(df, "movieId"), dtype=np.int64)),
+            "item_genres": self.vocabs["genre"].lookup_lists(_col(df, "item_genres"), N_ITEM_GENRES),
+            "item_year_bucket": self.buckets["item_year"].bucketize(_col(df, "item_year")),
+            "item_count_bucket": self.buckets["item_rating_count"].bucketize(_col(df, "item_rating_count")),
+            "item_dense": self._dense(df, ITEM_NUMERIC),
+        }
+
+    def encode(self, df: pd.DataFrame | Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """User and item inputs plus ``label`` (float32) when the rows carry one."""
+        out = {**self.encode_user(df), **self.encode_item(df)}
+        if "label" in df:
+            out["label"] = np.asarray(_col(df, "label"), dtype=np.float32)
+        return out
+
+    def one_hot(self, vocab: str, values: Sequence[Any]) -> np.ndarray:
+        """(N, size) one-hot rows over a vocabulary (padding and OOV columns included)."""
+        v = self.vocabs[vocab]
+        out = np.zeros((len(values), v.size), dtype=np.float32)
+        out[np.arange(len(values)), v.lookup(list(values))] = 1.0
+        return out
+
+    def multi_hot(self, vocab: str, lists: Sequence[Sequence[Any]]) -> np.ndarray:
+        """(N, size) multi-hot rows, e.g. a movie's genres; column 0 (padding) stays 0."""
+        v = self.vocabs[vocab]
+        ids = v.lookup_lists(lists, max((len(x) for x in lists), default=0) or 1)
+        out = np.zeros((len(lists), v.size), dtype=np.float32)
+        rows = np.repeat(np.arange(len(lists)), ids.shape[1])
+        out[rows, ids.ravel()] = 1.0
+        out[:, PAD] = 0.0
+        return out
+
+
+def _col(df: pd.DataFrame | Mapping[str, Any], name: str) -> Any:
+    try:
+        col = df[name]
+    except KeyError:
+        raise KeyError(f"feature {name!r} missing from the rows to encode") from None
+    return col.to_numpy() if isinstance(col, pd.Series) else col

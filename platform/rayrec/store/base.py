@@ -1,0 +1,290 @@
+"""The online feature store interface every backend implements, its errors and shared checks.
+
+Serving reads user and item features, embeddings and recent history from an online store; the
+features pipeline bulk-loads it and the real-time path (``POST /events``) writes to it. Bulk loads are
+versioned: rows are written under a new version that no reader sees, then one atomic pointer swap
+makes the whole table live and the previous version is deleted. A batched read therefore returns
+rows of exactly one version, never a mix.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+__all__ = [
+    "ENTITIES",
+    "OnlineStore",
+    "StoreError",
+    "StoreUnavailable",
+    "Row",
+    "mask_url",
+    "check_entity",
+    "check_version",
+    "check_kind",
+    "as_ids",
+    "iter_rows",
+    "batched",
+]
+
+ENTITIES = ("user", "item")
+Row = dict[str, Any]
+RowsInput = Iterable[tuple[int, Mapping[str, Any]]] | pd.DataFrame | pa.Table | pa.RecordBatch
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class StoreError(RuntimeError):
+    """The online store failed or holds something unexpected."""
+
+
+class StoreUnavailable(StoreError):
+    """The online store cannot be reached or opened. The message names the store URL (password
+    masked), what failed and how to fix it."""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_entity(entity: str) -> str:
+    if entity not in ENTITIES:
+        raise ValueError(f"unknown entity {entity!r}: the online store holds {', '.join(map(repr, ENTITIES))}")
+    return entity
+
+
+def check_version(version: str) -> str:
+    """Version names end up in keys and file rows: letters, digits and ``_.-`` only."""
+    if not isinstance(version, str) or not _NAME_RE.match(version):
+        raise ValueError(f"bad version name {version!r}: use 1-128 letters, digits, '_', '.' or '-'")
+    return version
+
+
+def check_kind(kind: str) -> str:
+    """Embedding kinds (``"user"``, ``"item"``, ``"item_two_tower"``…) end up in keys, like versions."""
+    if not isinstance(kind, str) or not _NAME_RE.match(kind):
+        raise ValueError(f"bad embedding kind {kind!r}: use 1-128 letters, digits, '_', '.' or '-'")
+    return kind
+
+
+def as_ids(ids: Sequence[int] | np.ndarray) -> list[int]:
+    """Ids as Python ints in the int64 range; numpy integer arrays and scalars are accepted, floats and
+    strings are not (an id that silently became ``1.0`` or ``"1"`` is a bug upstream)."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise TypeError(f"ids must be a 1-d array of integers, got dtype {ids.dtype} and shape {ids.shape}")
+        out: list[int] = ids.astype(np.int64, copy=False).tolist()
+        return out
+    try:
+        out = [operator.index(i) for i in ids]
+    except TypeError:
+        bad = next(i for i in ids if not hasattr(i, "__index__"))
+        raise TypeError(f"ids must be integers, got {bad!r} ({type(bad).__name__})") from None
+    if out and (min(out) < _INT64_MIN or max(out) > _INT64_MAX):
+        raise ValueError("ids must fit in int64")
+    return out
+
+
+def iter_rows(rows: RowsInput, key: str | None = None) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """``(id, row)`` pairs from a DataFrame or an Arrow table (ids from the ``key`` column, which stays
+    in the row) or from an iterable of pairs."""
+    if isinstance(rows, (pd.DataFrame, pa.Table, pa.RecordBatch)):
+        columns = list(rows.columns) if isinstance(rows, pd.DataFrame) else rows.schema.names
+        if key is None:
+            raise ValueError(f"pass key=<id column> to write a table (columns: {columns})")
+        if key not in columns:
+            raise ValueError(f"key column {key!r} is not in the table (columns: {columns})")
+        if isinstance(rows, pd.DataFrame):
+            return zip(_key_ids(rows[key].to_numpy(), int(rows[key].isna().sum()), key), rows.to_dict("records"))
+        col = rows.column(key)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            raise ValueError(f"key column {key!r} holds {col.type}, not integer ids")
+        return zip(_key_ids(col.to_numpy(zero_copy_only=False), col.null_count, key), rows.to_pylist())
+    if key is not None:
+        raise ValueError("key= applies to tables only; pass (id, row) pairs otherwise")
+    return ((_id(i), r) for i, r in rows)
+
+
+def _key_ids(ids: np.ndarray, missing: int, key: str) -> list[int]:
+    if missing:
+        raise ValueError(f"{missing} row(s) have no {key!r}: every row needs an id")
+    if not np.issubdtype(ids.dtype, np.integer):
+        try:
+            as_int = ids.astype(np.int64)
+            exact = bool(np.array_equal(as_int, ids.astype(np.float64)))
+        except (TypeError, ValueError, OverflowError):
+            exact = False
+        if not exact:
+            raise ValueError(f"key column {key!r} holds non-integer ids (dtype {ids.dtype})")
+        ids = as_int
+    out: list[int] = ids.astype(np.int64, copy=False).tolist()
+    return out
+
+
+def _id(i: Any) -> int:
+    out = operator.index(i)
+    if not _INT64_MIN <= out <= _INT64_MAX:
+        raise ValueError(f"id {out} does not fit in int64")
+    return out
+
+
+def batched(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Consecutive lists of at most ``n`` items."""
+    it = iter(it)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+class OnlineStore(ABC):
+    """Low-latency reads of user and item features, embeddings and per-user history.
+
+    Entities are ``"user"`` and ``"item"``, keyed by int64 id; a row is a dict of JSON-like values
+    (int, float, str, bool, None, lists and dicts of them). Missing values read back as ``None``:
+    ``NaN`` floats are stored as ``None``, like ``pd.NA`` and Arrow nulls; numpy values become Python
+    ones (see :mod:`rayrec.store.codec`). Columns are not fixed: the store keeps whatever the features
+    pipeline writes.
+
+    A store object may be shared by the threads of one process; after a fork, each process opens its
+    own connections. ``close`` releases connections; later calls open them again.
+    """
+
+    #: The store's URL with any password masked, for messages.
+    url: str
+    #: Rows per ``write_rows`` call in :meth:`load`.
+    load_batch_size: int = 10_000
+
+    # -- bulk, versioned loads ------------------------------------------------------------------
+
+    def load(
+        self,
+        entity: str,
+        rows: RowsInput,
+        *,
+        key: str | None = None,
+        version: str | None = None,
+    ) -> str:
+        """Replace the whole table of ``entity``: write every row under a new version, then make it
+        live in one atomic swap (readers see the old table or the new one, never a mix) and delete
+        the old version. ``rows`` are ``(id, row)`` pairs, or a DataFrame or Arrow table whose ids
+        come from its ``key`` column. Returns the new version; if
+        writing fails the half-written version is dropped and the live one stays."""
+        version = self.begin_load(entity, version)
+        try:
+            for chunk in batched(iter_rows(rows, key), self.load_batch_size):
+                self.write_rows(entity, version, chunk)
+            self.commit_load(entity, version)
+        except BaseException as e:
+            # Drop the half-written version; a failure to do so must not hide the original error.
+            try:
+                if self.live_version(entity) != version:
+                    self.abort_load(entity, version)
+            except Exception as cleanup:
+                e.add_note(f"(version {version} of {entity} was left behind: {cleanup})")
+            raise
+        return version
+
+    @abstractmethod
+    def begin_load(self, entity: str, version: str | None = None) -> str:
+        """Start a versioned load of ``entity`` and return its version (a new sortable name when
+        None). Its rows stay invisible to readers until :meth:`commit_load`. Split from :meth:`load`
+        so that several processes (Ray Data tasks) can :meth:`write_rows` blocks in parallel."""
+
+    @abstractmethod
+    def write_rows(self, entity: str, version: str, rows: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
+        """Write ``(id, row)`` pairs into a version started by :meth:`begin_load`; a later row with
+        the same id replaces an earlier one. Returns the number of rows written. Safe to call from
+        several processes at once."""
+
+    @abstractmethod
+    def commit_load(self, entity: str, version: str) -> None:
+        """Make ``version`` the live table of ``entity`` in one atomic swap, then delete the version
+        it replaced. Committing the version that is already live does nothing (safe to retry)."""
+
+    @abstractmethod
+    def abort_load(self, entity: str, version: str) -> None:
+        """Drop a version that was started but not committed (a failed load), rows included."""
+
+    @abstractmethod
+    def live_version(self, entity: str) -> str | None:
+        """The version readers see for ``entity``; None before the first load or write."""
+
+    # -- reads and real-time writes -------------------------------------------------------------
+
+    @abstractmethod
+    def get(self, entity: str, ids: Sequence[int]) -> list[Row | None]:
+        """Rows of the live version for ``ids``, in the same order; None for an id the store does
+        not hold (unknown ids never raise). One round trip however many ids, and all rows of one
+        call come from the same version."""
+
+    @abstractmethod
+    def put(self, entity: str, rows: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        """Insert or replace ``(id, row)`` pairs in the live version (real-time updates). With no
+        live version yet, one is created. A load committed later replaces these rows."""
+
+    @abstractmethod
+    def update(self, entity: str, id: int, fn: Callable[[Row | None], Mapping[str, Any]]) -> Row:
+        """Atomically replace the row of ``id`` with ``fn(current row or None)`` and return the
+        stored row. Concurrent updates of one id from several processes never lose an update.
+        ``fn`` may run more than once (a backend retries on conflict): keep it free of side effects."""
+
+    # -- embeddings and history -----------------------------------------------------------------
+
+    @abstractmethod
+    def get_embeddings(self, kind: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, found)``: float32 ``(N, D)`` vectors in the order of ``ids``, zeros where the
+        store has none, and the bool ``(N,)`` mask of the ids it has. ``D`` is 0 for a kind never
+        written."""
+
+    @abstractmethod
+    def put_embeddings(self, kind: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Insert or replace embeddings (``vectors`` is ``(N, D)``). Every vector of a kind has the
+        dimension of the first one written: a model with another dimension writes a new kind."""
+
+    @abstractmethod
+    def append_history(self, user_id: int, events: Sequence[Mapping[str, Any]], max_len: int = 200) -> None:
+        """Append events (dicts, oldest first) to the user's recent history, keeping the newest
+        ``max_len``."""
+
+    @abstractmethod
+    def get_history(self, user_id: int, limit: int | None = None) -> list[Row]:
+        """The user's recent events, oldest first and newest last; the newest ``limit`` if given."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Check that the store answers; raises :class:`StoreUnavailable` saying why and what to do."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release this process's connections."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,550 @@
+"""SQLite online store: the embedded default, one file shared by every process on one node.
+
+WAL mode lets all Serve replicas read while one process writes; writers queue on the file's lock for
+up to ``timeout`` seconds. Each process and thread opens its own connection (a connection never
+crosses a fork). Tables:
+
+- ``versions(vid, entity, name, state)``: every version of an entity's table (loading, live, retired);
+- ``live(entity, vid)``: the alias readers follow, swapped in one transaction by ``commit_load``;
+- ``feature_rows(vid, id, value)``: rows of every version, keyed by ``(vid, id)``;
+- ``embeddings``/``embedding_dims`` and ``history`` (per-user events, newest kept).
+
+A batched ``get`` is one ``SELECT`` that resolves the alias inside the statement, so it reads a single
+snapshot and never mixes versions.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rayrec.config import repo_root
+from rayrec.store.base import (
+    OnlineStore,
+    Row,
+    StoreError,
+    StoreUnavailable,
+    as_ids,
+    check_entity,
+    check_kind,
+    check_version,
+    iter_rows,
+)
+from rayrec.store.codec import assemble_vectors, check_vectors, dim_mismatch, pack, pack_vector, unpack
+from rayrec.uri import new_version
+
+__all__ = ["SqliteStoreConfig", "SqliteStore"]
+
+_SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,
+    entity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,            -- loading | live | retired
+    created REAL NOT NULL,
+    UNIQUE (entity, name)
+);
+CREATE TABLE IF NOT EXISTS live (entity TEXT PRIMARY KEY, vid INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS feature_rows (
+    vid INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (vid, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS embedding_dims (kind TEXT PRIMARY KEY, dim INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS embeddings (
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    vec BLOB NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    event BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_user ON history (user_id, seq);
+"""
+
+# Bound parameters per statement: SQLite builds before 3.32 allow 999.
+_MAX_PARAMS = 900
+# IN-lists are padded to one of these lengths so that a handful of prepared statements serve every
+# batch size (the sqlite3 module caches statements by their SQL text).
+_IN_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, _MAX_PARAMS)
+_DELETE_CHUNK = 20_000
+
+# Connections inherited through fork: kept referenced (never closed, never used) because closing a
+# copy in the child could disturb the parent's locks and WAL.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+class SqliteStoreConfig(BaseModel):
+    """The embedded store: one SQLite file. A relative ``path`` resolves against the repository, not
+    the current directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["sqlite"] = "sqlite"
+    path: str
+    timeout: float = Field(default=5.0, gt=0, description="seconds a writer waits for the write lock")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v or v.strip() in (":memory:", ""):
+            raise ValueError("the SQLite store needs a file path (an in-memory database is not shared)")
+        p = Path(v).expanduser()
+        if not p.is_absolute():
+            p = repo_root() / p
+        return os.path.normpath(p)
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStoreConfig:
+        """``sqlite:///abs/path/store.db[?timeout=5]`` or a plain file path."""
+        if "://" not in url:
+            return cls(path=url)
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite":
+            raise ValueError(f"{url}: not a sqlite URL")
+        if parts.netloc:
+            raise ValueError(
+                f"{url}: a sqlite URL has no host; write sqlite:///absolute/path/store.db (three slashes) "
+                "or a plain file path"
+            )
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(options) - {"timeout"})
+        if unknown:
+            raise ValueError(f"{url}: unknown option(s) {', '.join(unknown)} (a sqlite URL takes timeout=<seconds>)")
+        return cls(path=unquote(parts.path), **options)  # type: ignore[arg-type]
+
+    def to_url(self) -> str:
+        query = "" if self.timeout == 5.0 else f"?timeout={self.timeout:g}"
+        return f"sqlite://{quote(self.path)}{query}"
+
+
+@lru_cache(maxsize=None)
+def _in_list(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _padded(ids: list[int]) -> list[int]:
+    """``ids`` padded by repeating the last one up to the next size in ``_IN_SIZES``."""
+    n = len(ids)
+    size = next(s for s in _IN_SIZES if s >= n)
+    return ids + [ids[-1]] * (size - n) if size > n else ids
+
+
+class SqliteStore(OnlineStore):
+    """Online store in one SQLite file (see the module docstring for the layout)."""
+
+    def __init__(self, config: SqliteStoreConfig) -> None:
+        self.config = config
+        self.url = config.to_url()
+        self._path = Path(config.path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[tuple[int, sqlite3.Connection]] = []
+
+    # -- connections and errors -----------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        pid = os.getpid()
+        if conn is not None and local.pid == pid:
+            return conn
+        if conn is not None:
+            _INHERITED.append(conn)
+        conn = self._connect()
+        local.conn, local.pid = conn, pid
+        with self._lock:
+            self._conns.append((pid, conn))
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailable(
+                f"online store {self.url}: cannot create the folder {self._path.parent} ({e}); "
+                "pass a path in a writable folder"
+            ) from e
+        conn = None
+        try:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self.config.timeout,
+                isolation_level=None,  # explicit BEGIN/COMMIT below
+                check_same_thread=False,  # each thread still gets its own; close() may run elsewhere
+                cached_statements=256,
+            )
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"online store {self.url}: the file system refused WAL mode (got {mode!r}); "
+                    "put the store on a local disk"
+                )
+            # NORMAL is durable against process crashes in WAL mode; a power cut may lose the last
+            # commits, which the next load or event rewrites.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._ensure_schema(conn)
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise self._error(e, "open the database") from e
+            raise
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if row is None:
+            # executescript commits any open transaction first, so the script carries its own.
+            try:
+                conn.executescript(
+                    "BEGIN IMMEDIATE;"
+                    + _SCHEMA
+                    + f"INSERT OR IGNORE INTO meta VALUES ('schema', '{_SCHEMA_VERSION}');COMMIT;"
+                )
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        found = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if found is None or found[0] != _SCHEMA_VERSION:
+            raise StoreError(
+                f"online store {self.url}: schema version {found[0] if found else None!r}, this code reads "
+                f"{_SCHEMA_VERSION!r}; reload the features into a new file"
+            )
+
+    def _error(self, e: sqlite3.Error, what: str) -> StoreError:
+        msg = str(e)
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg):
+            return StoreUnavailable(
+                f"online store {self.url}: could not {what}: waited {self.config.timeout:g}s for the write "
+                f"lock ({msg}). Another process holds a long write transaction; retry, or wait longer with "
+                "?timeout=<seconds> in the store URL"
+            )
+        if isinstance(e, sqlite3.OperationalError) and "unable to open" in msg:
+            return StoreUnavailable(
+                f"online store {self.url}: could not {what} ({msg}); check that {self._path.parent} exists "
+                "and is writable, or pass another path"
+            )
+        return StoreError(f"online store {self.url}: could not {what}: {msg}")
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """A write transaction that takes the lock up front, so read-modify-write is atomic."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- versions -------------------------------------------------------------------------------
+
+    def _version_row(self, conn: sqlite3.Connection, entity: str, version: str) -> tuple[int, str] | None:
+        row = conn.execute(
+            "SELECT vid, state FROM versions WHERE entity = ? AND name = ?", (entity, version)
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _loading_vid(self, conn: sqlite3.Connection, entity: str, version: str) -> int:
+        found = self._version_row(conn, entity, version)
+        if found is None or found[1] != "loading":
+            state = "unknown" if found is None else found[1]
+            raise ValueError(
+                f"version {version!r} of {entity} is {state}, not being loaded: call begin_load first"
+            )
+        return found[0]
+
+    def _live_vid(self, conn: sqlite3.Connection, entity: str, create: bool) -> int | None:
+        """The live version id; inside a write transaction, ``create`` makes an empty live version."""
+        row = conn.execute("SELECT vid FROM live WHERE entity = ?", (entity,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        if not create:
+            return None
+        cur = conn.execute(
+            "INSERT INTO versions (entity, name, state, created) VALUES (?, ?, 'live', ?)",
+            (entity, new_version(), time.time()),
+        )
+        vid = int(cur.lastrowid)  # type: ignore[arg-type]
+        conn.execute("INSERT INTO live (entity, vid) VALUES (?, ?)", (entity, vid))
+        return vid
+
+    def _drop_rows(self, conn: sqlite3.Connection, vid: int) -> None:
+        # In chunks, each its own transaction, so real-time writers wait at most one chunk.
+        while True:
+            cur = conn.execute(
+                "DELETE FROM feature_rows WHERE vid = ? AND id IN "
+                "(SELECT id FROM feature_rows WHERE vid = ? LIMIT ?)",
+                (vid, vid, _DELETE_CHUNK),
+            )
+            if cur.rowcount < _DELETE_CHUNK:
+                break
+        conn.execute("DELETE FROM versions WHERE vid = ?", (vid,))
+
+    def begin_load(self, entity: str, version: str | None = None) -> str:
+        check_entity(entity)
+        version = check_version(version) if version is not None else new_version()
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                found = self._version_row(conn, entity, version)
+                if found is not None and found[1] != "loading":
+                    raise ValueError(f"version {version!r} of {entity} already exists ({found[1]}): pick a new one")
+                if found is None:
+                    conn.execute(
+                        "INSERT INTO versions (entity, name, state, created) VALUES (?, ?, 'loading', ?)",
+                        (entity, version, time.time()),
+                    )
+        except sqlite3.Error as e:
+            raise self._error(e, f"begin a load of {entity}") from e
+        return version
+
+    def write_rows(self, entity: str, version: str, rows: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
+        check_entity(entity)
+        check_version(version)
+        # Encode before taking the write lock: other writers wait only for the inserts.
+        encoded = [(i, pack(r)) for i, r in iter_rows(rows)]
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                vid = self._loading_vid(conn, entity, version)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO feature_rows (vid, id, value) VALUES (?, ?, ?)",
+                    [(vid, i, b) for i, b in encoded],
+                )
+        except sqlite3.Error as e:
+            raise self._error(e, f"write {entity} rows") from e
+        return len(encoded)
+
+    def commit_load(self, entity: str, version: str) -> None:
+        check_entity(entity)
+        check_version(version)
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                found = self._version_row(conn, entity, version)
+                if found is not None and found[1] == "live":
+                    return
+                vid = self._loading_vid(conn, entity, version)
+                old = self._live_vid(conn, entity, create=False)
+                conn.execute("UPDATE versions SET state = 'live' WHERE vid = ?", (vid,))
+                conn.execute("INSERT OR REPLACE INTO live (entity, vid) VALUES (?, ?)", (entity, vid))
+                if old is not None:
+                    conn.execute("UPDATE versions SET state = 'retired' WHERE vid = ?", (old,))
+            if old is not None:
+                self._drop_rows(conn, old)
+        except sqlite3.Error as e:
+            raise self._error(e, f"commit version {version} of {entity}") from e
+
+    def abort_load(self, entity: str, version: str) -> None:
+        check_entity(entity)
+        check_version(version)
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                found = self._version_row(conn, entity, version)
+                if found is None:
+                    return
+                if found[1] == "live":
+                    raise ValueError(f"version {version!r} of {entity} is live: it cannot be aborted")
+                conn.execute("UPDATE versions SET state = 'retired' WHERE vid = ?", (found[0],))
+            self._drop_rows(conn, found[0])
+        except sqlite3.Error as e:
+            raise self._error(e, f"abort version {version} of {entity}") from e
+
+    def live_version(self, entity: str) -> str | None:
+        check_entity(entity)
+        try:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT v.name FROM live AS l JOIN versions AS v ON v.vid = l.vid WHERE l.entity = ?",
+                    (entity,),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as e:
+            raise self._error(e, f"read the live version of {entity}") from e
+        return None if row is None else str(row[0])
+
+    # -- reads and real-time writes -------------------------------------------------------------
+
+    def get(self, entity: str, ids: Sequence[int]) -> list[Row | None]:
+        check_entity(entity)
+        ids = as_ids(ids)
+        if not ids:
+            return []
+        conn = self._conn()
+        try:
+            if len(ids) <= _MAX_PARAMS:
+                found = dict(self._select(conn, entity, ids))
+            else:
+                # Several statements: one read transaction keeps them on one snapshot (one version).
+                found = {}
+                conn.execute("BEGIN")
+                try:
+                    for start in range(0, len(ids), _MAX_PARAMS):
+                        found.update(self._select(conn, entity, ids[start : start + _MAX_PARAMS]))
+                finally:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise self._error(e, f"read {entity} rows") from e
+        return [unpack(found[i]) if i in found else None for i in ids]
+
+    @staticmethod
+    def _select(conn: sqlite3.Connection, entity: str, ids: list[int]) -> list[tuple[int, bytes]]:
+        params = _padded(ids)
+        sql = (
+            "SELECT id, value FROM feature_rows "
+            "WHERE vid = (SELECT vid FROM live WHERE entity = ?) AND id IN (" + _in_list(len(params)) + ")"
+        )
+        return conn.execute(sql, [entity, *params]).fetchall()
+
+    def put(self, entity: str, rows: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        check_entity(entity)
+        encoded = [(i, pack(r)) for i, r in iter_rows(rows)]
+        if not encoded:
+            return
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                vid = self._live_vid(conn, entity, create=True)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO feature_rows (vid, id, value) VALUES (?, ?, ?)",
+                    [(vid, i, b) for i, b in encoded],
+                )
+        except sqlite3.Error as e:
+            raise self._error(e, f"write {entity} rows") from e
+
+    def update(self, entity: str, id: int, fn: Callable[[Row | None], Mapping[str, Any]]) -> Row:
+        check_entity(entity)
+        (id,) = as_ids([id])
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                vid = self._live_vid(conn, entity, create=True)
+                row = conn.execute("SELECT value FROM feature_rows WHERE vid = ? AND id = ?", (vid, id)).fetchone()
+                blob = pack(fn(None if row is None else unpack(row[0])))
+                conn.execute("INSERT OR REPLACE INTO feature_rows (vid, id, value) VALUES (?, ?, ?)", (vid, id, blob))
+        except sqlite3.Error as e:
+            raise self._error(e, f"update {entity} {id}") from e
+        out: Row = unpack(blob)
+        return out
+
+    # -- embeddings and history -----------------------------------------------------------------
+
+    def get_embeddings(self, kind: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        check_kind(kind)
+        ids = as_ids(ids)
+        conn = self._conn()
+        found: dict[int, bytes] = {}
+        try:
+            for start in range(0, len(ids), _MAX_PARAMS):
+                params = _padded(ids[start : start + _MAX_PARAMS])
+                found.update(
+                    conn.execute(
+                        "SELECT id, vec FROM embeddings WHERE kind = ? AND id IN (" + _in_list(len(params)) + ")",
+                        [kind, *params],
+                    ).fetchall()
+                )
+            if found:
+                dim = len(next(iter(found.values()))) // 4
+            else:
+                row = conn.execute("SELECT dim FROM embedding_dims WHERE kind = ?", (kind,)).fetchone()
+                dim = 0 if row is None else int(row[0])
+        except sqlite3.Error as e:
+            raise self._error(e, f"read {kind} embeddings") from e
+        return assemble_vectors(ids, found, dim)
+
+    def put_embeddings(self, kind: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        check_kind(kind)
+        ids = as_ids(ids)
+        vectors = check_vectors(ids, vectors)
+        if not ids:
+            return
+        dim = int(vectors.shape[1])
+        params = [(kind, i, pack_vector(v)) for i, v in zip(ids, vectors)]
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                row = conn.execute("SELECT dim FROM embedding_dims WHERE kind = ?", (kind,)).fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO embedding_dims (kind, dim) VALUES (?, ?)", (kind, dim))
+                elif int(row[0]) != dim:
+                    raise ValueError(dim_mismatch(kind, int(row[0]), dim))
+                conn.executemany("INSERT OR REPLACE INTO embeddings (kind, id, vec) VALUES (?, ?, ?)", params)
+        except sqlite3.Error as e:
+            raise self._error(e, f"write {kind} embeddings") from e
+
+    def append_history(self, user_id: int, events: Sequence[Mapping[str, Any]], max_len: int = 200) -> None:
+        (user_id,) = as_ids([user_id])
+        if max_len < 1:
+            raise ValueError(f"max_len must be at least 1, got {max_len}")
+        blobs = [(user_id, pack(e)) for e in events]
+        if not blobs:
+            return
+        conn = self._conn()
+        try:
+            with self._write(conn):
+                conn.executemany("INSERT INTO history (user_id, event) VALUES (?, ?)", blobs)
+                conn.execute(
+                    "DELETE FROM history WHERE user_id = ? AND seq <= "
+                    "(SELECT seq FROM history WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (user_id, user_id, max_len),
+                )
+        except sqlite3.Error as e:
+            raise self._error(e, f"append history of user {user_id}") from e
+
+    def get_history(self, user_id: int, limit: int | None = None) -> list[Row]:
+        (user_id,) = as_ids([user_id])
+        if limit is not None and limit <= 0:
+            return []
+        try:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT event FROM history WHERE user_id = ? ORDER BY seq DESC LIMIT ?",
+                    (user_id, -1 if limit is None else limit),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise self._error(e, f"read history of user {user_id}") from e
+        return [unpack(r[0]) for r in reversed(rows)]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT count(*) FROM live").fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e, "read the database") from e
+
+    def close(self) -> None:
+        pid = os.getpid()
+        with self._lock:
+            mine = [c for p, c in self._conns if p == pid]
+            self._conns = [(p, c) for p, c in self._conns if p != pid]
+        for conn in mine:
+            conn.close()
+        self._local = threading.local()
