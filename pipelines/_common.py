@@ -1,0 +1,40 @@
+"""What every job shares: the common flags, logging, and joining a Ray cluster or starting a local one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from rayrec.config import default_artifacts
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", default=None, help="artifacts URI: a local path or s3://… (default: RAYREC_ARTIFACTS or ./artifacts)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def artifacts_arg(value: str | None) -> str:
+    return value or default_artifacts()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """Join the cluster a job was submitted to (``ray job submit`` sets RAY_ADDRESS), or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
