@@ -174,6 +174,10 @@ class SpecPartial:
         return self
 
 
+def _round(x: float) -> float:
+    return float(f"{float(x):.10g}")
+
+
 def _quantile_boundaries(counts: Counter[float], n_buckets: int) -> tuple[float, ...]:
     """Exact quantile cut points from value counts, deduplicated (ties collapse buckets)."""
     if not counts:
@@ -204,7 +208,8 @@ class FeatureSpec:
             n, s, ss = stats.moments.get(name, [0.0, 0.0, 0.0])
             mean = s / n if n else 0.0
             std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) if n else 1.0
-            numerics[name] = Numeric(how, float(mean), std if std > 1e-12 else 1.0)
+            # rounded: partial sums merge in any order, and the spec (and its hash) must not depend on it
+            numerics[name] = Numeric(how, _round(mean), _round(std) if std > 1e-12 else 1.0)
         return cls(
             vocabs={
                 "user": Vocab(tuple(sorted(int(u) for u in stats.users))),
