@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest $(ARGS)
 
 bench: install
-	$(PY) -m pytest -s tests/perf $(ARGS)
+	for f in tests/perf/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf artifacts .pytest_cache
