@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayrec import uri
@@ -89,21 +90,25 @@ def _ingest(data: MovieLens, out: str, num_blocks: int) -> None:
     _write_parquet(data.movies, uri.join(out, "movies.parquet"))
 
 
-def _rows(batch: pd.DataFrame, sentinel: bool) -> pd.DataFrame:
-    return batch[batch["sentinel"].to_numpy() == sentinel]
+def _rows(batch: pa.Table, sentinel: bool) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("sentinel"), sentinel))
 
 
-def _spec_partial(batch: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"p": [pickle.dumps(SpecPartial.of(batch))]})
+def _split_rows(batch: pa.Table, split: str) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("split"), split)).select(list(SAMPLE_COLUMNS))
 
 
-def _stats_partial(batch: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"p": [pickle.dumps(StatsPartial.of(batch))]})
+def _spec_partial(batch: pa.Table) -> pa.Table:
+    return pa.table({"p": [pickle.dumps(SpecPartial.of(batch))]})
+
+
+def _stats_partial(batch: pa.Table) -> pa.Table:
+    return pa.table({"p": [pickle.dumps(StatsPartial.of(batch))]})
 
 
 def _merge(ds: Any, fn: Any, empty: Any) -> Any:
     acc = empty
-    for row in ds.map_batches(fn, batch_format="pandas", batch_size=None).take_all():
+    for row in ds.map_batches(fn, batch_format="pyarrow", batch_size=None).take_all():
         acc = acc.merge(pickle.loads(row["p"]))
     return acc
 
@@ -144,7 +149,7 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
 
     t = time.perf_counter()
     by_user = (
-        by_item.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pandas", batch_size=None)
+        by_item.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pyarrow", batch_size=None)
         .repartition(nb, keys=["userId"])
         .map_batches(
             user_pass,
@@ -163,7 +168,7 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
 
     # -- exit 2: latest features for the online store ------------------------------------------
     t = time.perf_counter()
-    items = by_item.map_batches(_rows, fn_kwargs={"sentinel": True}, batch_format="pandas", batch_size=None).to_pandas()
+    items = by_item.map_batches(_rows, fn_kwargs={"sentinel": True}, batch_format="pyarrow", batch_size=None).to_pandas()
     _check_unique(items, "movieId")
     unrated = movies[~movies["movieId"].isin(items["movieId"])]
     cold = attach_movie_attributes(
@@ -184,7 +189,7 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
     items["item_genres"] = [list(g) for g in items["item_genres"]]
     _write_parquet(items.reset_index(drop=True), uri.join(out, "online", "items.parquet"))
 
-    users = by_user.map_batches(_rows, fn_kwargs={"sentinel": True}, batch_format="pandas", batch_size=None).to_pandas()
+    users = by_user.map_batches(_rows, fn_kwargs={"sentinel": True}, batch_format="pyarrow", batch_size=None).to_pandas()
     _check_unique(users, "userId")
     last_ts = data.ratings.groupby("userId")["timestamp"].max()
     users = users[["userId", *USER_FEATURES]].sort_values("userId").reset_index(drop=True)
@@ -196,12 +201,9 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
 
     # -- exit 1: samples -----------------------------------------------------------------------
     t = time.perf_counter()
-    samples = by_user.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pandas", batch_size=None)
-    cols = list(SAMPLE_COLUMNS)
+    samples = by_user.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pyarrow", batch_size=None)
     for split in ("train", "test"):
-        part = samples.map_batches(
-            lambda b, s=split: b.loc[b["split"].to_numpy() == s, cols], batch_format="pandas", batch_size=None
-        )
+        part = samples.map_batches(_split_rows, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
         part.write_parquet(uri.join(out, "samples", split))
     timings["samples_s"] = time.perf_counter() - t
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayrec import uri
 from rayrec.features.pointintime import N_ITEM_GENRES, N_RECENT_ITEMS, N_USER_GENRES
@@ -134,24 +136,25 @@ class SpecPartial:
     rows: int = 0
 
     @classmethod
-    def of(cls, batch: pd.DataFrame) -> SpecPartial:
+    def of(cls, batch: pd.DataFrame | pa.Table) -> SpecPartial:
+        """Partial statistics of a block: a pandas frame or an Arrow table (list columns are then
+        flattened by Arrow, with no per-row Python)."""
         p = cls()
         p.rows = len(batch)
-        p.users = set(batch["userId"].to_numpy().tolist())
-        p.items = set(batch["movieId"].to_numpy().tolist())
+        p.users = set(np.unique(column_numpy(batch, "userId")).tolist())
+        p.items = set(np.unique(column_numpy(batch, "movieId")).tolist())
         for col in ("item_genres", "user_genres"):
-            for gl in batch[col]:
-                p.genres.update(list(gl))
+            p.genres.update(list_values(batch, col))
         for name, how in USER_NUMERIC + ITEM_NUMERIC:
-            x = _transform(batch[name].to_numpy(np.float64), how)
+            x = _transform(column_numpy(batch, name, np.float64), how)
             x = x[~np.isnan(x)]
             p.moments[name] = [float(len(x)), float(x.sum()), float((x * x).sum())]
         for name in BUCKETED:
-            x = batch[name].to_numpy(np.float64)
+            x = column_numpy(batch, name, np.float64)
             vals, cnt = np.unique(x[~np.isnan(x)], return_counts=True)
             p.counts[name] = Counter(dict(zip(vals.tolist(), cnt.tolist())))
         if len(batch):
-            ts = batch["timestamp"].to_numpy()
+            ts = column_numpy(batch, "timestamp")
             p.ts_range = [int(ts.min()), int(ts.max())]
         return p
 
@@ -320,6 +323,24 @@ class FeatureSpec:
         out[rows, ids.ravel()] = 1.0
         out[:, PAD] = 0.0
         return out
+
+
+def column_numpy(batch: pd.DataFrame | pa.Table, name: str, dtype: Any = None) -> np.ndarray:
+    """One column of a pandas frame or an Arrow table as numpy; with a float dtype, nulls become NaN."""
+    if isinstance(batch, pa.Table):
+        col = batch.column(name)
+        if dtype is not None:
+            col = pc.cast(col, pa.from_numpy_dtype(np.dtype(dtype)))
+        return col.to_numpy()
+    x = batch[name].to_numpy(dtype=dtype, na_value=np.nan) if dtype is not None else batch[name].to_numpy()
+    return x
+
+
+def list_values(batch: pd.DataFrame | pa.Table, name: str) -> list[Any]:
+    """Every element of every list in a list column, flattened (order kept, repeats kept)."""
+    if isinstance(batch, pa.Table):
+        return pc.list_flatten(batch.column(name)).to_pylist()
+    return [v for vs in batch[name] for v in vs]
 
 
 def _col(df: pd.DataFrame | Mapping[str, Any], name: str) -> Any:

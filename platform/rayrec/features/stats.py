@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayrec.features.spec import column_numpy, list_values
 
 __all__ = ["StatsPartial", "build_report", "format_report"]
 
@@ -27,20 +31,25 @@ class StatsPartial:
     ts_max: int | None = None
 
     @classmethod
-    def of(cls, batch: pd.DataFrame) -> StatsPartial:
+    def of(cls, batch: pd.DataFrame | pa.Table) -> StatsPartial:
         p = cls()
-        split = batch["split"].to_numpy()
+        split = column_numpy(batch, "split").astype(str)
+        label = column_numpy(batch, "label")
+        users = column_numpy(batch, "userId")
         for s in np.unique(split):
             m = split == s
             p.rows[str(s)] = int(m.sum())
-            p.positives[str(s)] = int(batch["label"].to_numpy()[m].sum())
-            p.users[str(s)] = int(len(np.unique(batch["userId"].to_numpy()[m])))
-        vals, cnt = np.unique(batch["rating"].to_numpy(np.float64), return_counts=True)
+            p.positives[str(s)] = int(label[m].sum())
+            p.users[str(s)] = int(len(np.unique(users[m])))
+        vals, cnt = np.unique(column_numpy(batch, "rating", np.float64), return_counts=True)
         p.ratings.update(dict(zip(vals.tolist(), cnt.tolist())))
-        for gl in batch["item_genres"]:
-            p.genres.update(list(gl))
+        if isinstance(batch, pa.Table):
+            vc = pc.value_counts(pc.list_flatten(batch.column("item_genres")))
+            p.genres.update(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
+        else:
+            p.genres.update(list_values(batch, "item_genres"))
         if len(batch):
-            ts = batch["timestamp"].to_numpy()
+            ts = column_numpy(batch, "timestamp")
             p.ts_min, p.ts_max = int(ts.min()), int(ts.max())
         return p
 
