@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = [
     "SENTINEL_TS",
@@ -120,20 +122,28 @@ def attach_movie_attributes(df: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFr
     known = pos >= 0
     years = cat["year"].to_numpy(dtype=np.float64, na_value=np.nan)
     df["item_year"] = np.where(known, years[np.maximum(pos, 0)], np.nan)
-    genres = cat["genres"].to_numpy()
-    df["item_genres"] = [list(genres[p][:N_ITEM_GENRES]) if p >= 0 else [] for p in pos]
+    genres = [list(g)[:N_ITEM_GENRES] for g in cat["genres"]] + [[]]  # one row per movie, last: unknown
+    table = pa.array(genres, pa.large_list(pa.string()))
+    df["item_genres"] = pd.arrays.ArrowExtensionArray(pc.take(table, pa.array(np.where(known, pos, len(cat)))))
     return df
 
 
-def _top_genres(counts: np.ndarray, names: Sequence[str], k: int) -> list[list[str]]:
+def list_column(lengths: np.ndarray, values: pa.Array) -> pd.api.extensions.ExtensionArray:
+    """A pandas list column (Arrow-backed, no per-row Python objects) from row lengths and flat values."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pd.arrays.ArrowExtensionArray(pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
+
+
+def _top_genres(counts: np.ndarray, names: Sequence[str], k: int) -> pd.api.extensions.ExtensionArray:
     """Per row, up to k genre names with the highest positive counts; ties by name (names sorted)."""
     if counts.shape[1] == 0:
-        return [[] for _ in range(len(counts))]
+        return list_column(np.zeros(len(counts), np.int64), pa.array([], pa.string()))
     # stable argsort on -count keeps alphabetical order among equal counts
     order = np.argsort(-counts, axis=1, kind="stable")[:, :k]
-    top_counts = np.take_along_axis(counts, order, axis=1)
-    arr = np.asarray(names, dtype=object)
-    return [list(arr[o[c > 0]]) for o, c in zip(order, top_counts)]
+    keep = np.take_along_axis(counts, order, axis=1) > 0  # row-major: each row's picks in rank order
+    values = pc.take(pa.array(list(names), pa.string()), pa.array(order[keep].astype(np.int64)))
+    return list_column(keep.sum(axis=1), values)
 
 
 def user_pass(
@@ -201,7 +211,9 @@ def _genre_matrix(items: np.ndarray, mask: np.ndarray, movies: pd.DataFrame) -> 
     return gm, names
 
 
-def _recent_positives(keys: np.ndarray, ts: np.ndarray, label: np.ndarray, items: np.ndarray) -> list[list[int]]:
+def _recent_positives(
+    keys: np.ndarray, ts: np.ndarray, label: np.ndarray, items: np.ndarray
+) -> pd.api.extensions.ExtensionArray:
     """Per row, the last N_RECENT_ITEMS positively rated items strictly before it, most recent first."""
     n = len(keys)
     npos = prior_sums(keys, ts, label.astype(np.int64))  # positives strictly before, per row
@@ -213,11 +225,12 @@ def _recent_positives(keys: np.ndarray, ts: np.ndarray, label: np.ndarray, items
     first_row = np.maximum.accumulate(np.where(new_key, np.arange(n), 0))
     key_pos_start = np.searchsorted(pos_idx, first_row)
     end = key_pos_start + npos  # exclusive end in pos_items
-    out: list[list[int]] = []
-    for s, e in zip(key_pos_start.tolist(), end.tolist()):
-        lo = max(s, e - N_RECENT_ITEMS)
-        out.append(pos_items[lo:e][::-1].tolist())
-    return out
+    lo = np.maximum(key_pos_start, end - N_RECENT_ITEMS)
+    lengths = end - lo
+    # row i lists pos_items[end_i - 1], pos_items[end_i - 2], …, pos_items[lo_i]: most recent first
+    step = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    flat = np.repeat(end - 1, lengths) - step
+    return list_column(lengths, pa.array(pos_items[flat].astype(np.int64)))
 
 
 def _split(keys: np.ndarray, rated: np.ndarray, test_fraction: float, min_ratings: int) -> np.ndarray:
