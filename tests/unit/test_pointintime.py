@@ -109,3 +109,12 @@ def test_earlier_rating_does_change_features():
     _, b2 = run_passes(pd.concat([ratings, extra], ignore_index=True), movies)
     s2 = b2[~b2["sentinel"]].set_index(["userId", "movieId"])
     assert s2.loc[(row.userId, row.movieId), "user_rating_count"] == row.user_rating_count + 1
+
+
+def test_pass_output_round_trips_through_parquet(tmp_path):
+    ratings, movies = ref.random_dataset(seed=6)
+    _, b = run_passes(ratings, movies)
+    b.to_parquet(tmp_path / "b.parquet")
+    back = pd.read_parquet(tmp_path / "b.parquet")
+    for col in ("user_genres", "user_recent_items", "item_genres"):
+        assert [list(v) for v in back[col]] == [list(v) for v in b[col]]

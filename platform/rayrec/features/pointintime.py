@@ -124,18 +124,19 @@ def attach_movie_attributes(df: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFr
     df["item_year"] = np.where(known, years[np.maximum(pos, 0)], np.nan)
     genres = [list(g)[:N_ITEM_GENRES] for g in cat["genres"]] + [[]]  # one row per movie, last: unknown
     table = pa.array(genres, pa.large_list(pa.string()))
-    df["item_genres"] = pd.arrays.ArrowExtensionArray(pc.take(table, pa.array(np.where(known, pos, len(cat)))))
+    df["item_genres"] = pc.take(table, pa.array(np.where(known, pos, len(cat)))).to_numpy(zero_copy_only=False)
     return df
 
 
-def list_column(lengths: np.ndarray, values: pa.Array) -> pd.api.extensions.ExtensionArray:
-    """A pandas list column (Arrow-backed, no per-row Python objects) from row lengths and flat values."""
+def list_column(lengths: np.ndarray, values: pa.Array) -> np.ndarray:
+    """A list column from row lengths and flat values, built by Arrow (no per-row Python): an object
+    array of numpy arrays, the form Arrow list columns take in pandas (and that Parquet round-trips)."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return pd.arrays.ArrowExtensionArray(pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values).to_numpy(zero_copy_only=False)
 
 
-def _top_genres(counts: np.ndarray, names: Sequence[str], k: int) -> pd.api.extensions.ExtensionArray:
+def _top_genres(counts: np.ndarray, names: Sequence[str], k: int) -> np.ndarray:
     """Per row, up to k genre names with the highest positive counts; ties by name (names sorted)."""
     if counts.shape[1] == 0:
         return list_column(np.zeros(len(counts), np.int64), pa.array([], pa.string()))
@@ -213,7 +214,7 @@ def _genre_matrix(items: np.ndarray, mask: np.ndarray, movies: pd.DataFrame) -> 
 
 def _recent_positives(
     keys: np.ndarray, ts: np.ndarray, label: np.ndarray, items: np.ndarray
-) -> pd.api.extensions.ExtensionArray:
+) -> np.ndarray:
     """Per row, the last N_RECENT_ITEMS positively rated items strictly before it, most recent first."""
     n = len(keys)
     npos = prior_sums(keys, ts, label.astype(np.int64))  # positives strictly before, per row
