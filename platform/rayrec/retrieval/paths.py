@@ -1,0 +1,240 @@
+"""Recall paths: each answers "up to k items for this user, best first, none they have seen".
+
+One interface, :class:`RecallPath` (``name``, ``recall(user, k) -> PathResult``), four kinds:
+
+- :class:`EmbeddingRecall`: nearest items to the user vector (the user tower's output, or the mean
+  of the user's recent positives' item vectors, as in the course);
+- :class:`ItemToItemRecall`: neighbours of the user's last positives, summed over the seeds with a
+  recency decay (items close to several recent likes come first). Neighbours come from the item
+  index rather than a co-occurrence table: one structure answers every neighbour query, items added
+  live have neighbours at once, and embeddings fit on co-ratings (the retriever's, or PureSVD's
+  ``V·S``) already encode co-occurrence without an items × items table to build and refresh;
+- :class:`PopularRecall`: most rated items before ``as_of``, over all time or a recent window;
+- :class:`GenreRecall`: the most rated items of the user's favourite genres, the quota shared among
+  the genres by preference rank.
+
+Paths are pure functions of the :class:`UserState` (and the index / ratings they were built with),
+so the same objects serve online requests and offline "as of time t" evaluation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from rayrec.retrieval.catalog import ItemCatalog, Popularity
+from rayrec.retrieval.index import ItemIndex
+from rayrec.retrieval.state import UserState
+
+__all__ = [
+    "PathResult",
+    "RecallPath",
+    "EmbeddingRecall",
+    "ItemToItemRecall",
+    "PopularRecall",
+    "GenreRecall",
+]
+
+DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class PathResult:
+    """Items of one path, best first: ``movie_ids`` (n,) int64 and their ``scores`` (n,) float32.
+    Scores order items within a path; they are not comparable across paths."""
+
+    movie_ids: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.movie_ids)
+
+    @classmethod
+    def empty(cls) -> PathResult:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+class RecallPath(ABC):
+    """A source of candidates. ``recall`` returns at most ``k`` items, none in ``user.seen``."""
+
+    name: str
+
+    @abstractmethod
+    def recall(self, user: UserState, k: int) -> PathResult: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _unseen(ids: np.ndarray, scores: np.ndarray, seen: frozenset[int], k: int) -> PathResult:
+    """Keep valid (≥ 0), unseen ids in order, first occurrence only, at most k."""
+    keep = ids >= 0
+    if seen:
+        keep &= ~np.isin(ids, np.fromiter(seen, dtype=np.int64, count=len(seen)))
+    ids, scores = ids[keep], scores[keep]
+    _, first = np.unique(ids, return_index=True)
+    if len(first) != len(ids):
+        first.sort()
+        ids, scores = ids[first], scores[first]
+    return PathResult(ids[:k].astype(np.int64), scores[:k].astype(np.float32))
+
+
+def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Row positions of the k highest scores, best first (ties: lower row first)."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return part[np.lexsort((part, -scores[part]))]
+
+
+class EmbeddingRecall(RecallPath):
+    """Nearest items to the user's vector. Without ``user.vector`` and with ``fallback="recent_mean"``
+    the query is the normalised mean of the item vectors of the user's ``n_recent`` latest positives."""
+
+    def __init__(
+        self,
+        index: ItemIndex,
+        *,
+        fallback: Literal["recent_mean", "none"] = "recent_mean",
+        n_recent: int = 20,
+        name: str = "embedding",
+    ) -> None:
+        if fallback not in ("recent_mean", "none"):
+            raise ValueError(f"fallback must be 'recent_mean' or 'none', got {fallback!r}")
+        self.index, self.fallback, self.n_recent, self.name = index, fallback, n_recent, name
+
+    def query(self, user: UserState) -> np.ndarray | None:
+        """The (D,) query vector for ``user``, or None when there is nothing to go on."""
+        if user.vector is not None:
+            return np.asarray(user.vector, dtype=np.float32).reshape(-1)
+        if self.fallback == "none" or not user.recent_positives:
+            return None
+        found, vecs = self.index.vectors(list(user.recent_positives[: self.n_recent]))
+        if not found.any():
+            return None
+        mean = vecs[found].mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        return mean / norm if norm > 0 else None
+
+    def recall(self, user: UserState, k: int) -> PathResult:
+        q = self.query(user)
+        if q is None or k <= 0:
+            return PathResult.empty()
+        ids, scores = self.index.search(q[None, :], k + len(user.seen))
+        return _unseen(ids[0], scores[0], user.seen, k)
+
+
+class ItemToItemRecall(RecallPath):
+    """Neighbours (by embedding, through the index) of the user's ``n_seeds`` latest positives.
+    An item's score is Σ over seeds of ``decay**seed_rank × similarity``."""
+
+    def __init__(self, index: ItemIndex, *, n_seeds: int = 5, decay: float = 0.8, name: str = "item2item") -> None:
+        self.index, self.n_seeds, self.decay, self.name = index, n_seeds, decay, name
+
+    def recall(self, user: UserState, k: int) -> PathResult:
+        if k <= 0 or not user.recent_positives:
+            return PathResult.empty()
+        found, vecs = self.index.vectors(list(user.recent_positives[: self.n_seeds * 2]))
+        seeds = np.flatnonzero(found)[: self.n_seeds]
+        if not len(seeds):
+            return PathResult.empty()
+        ids, sims = self.index.search(vecs[seeds], k + len(user.seen) + 1)  # (S, k')
+        weights = (self.decay ** np.arange(len(seeds), dtype=np.float32))[:, None]
+        flat_ids, flat_scores = ids.reshape(-1), (sims * weights).reshape(-1)
+        valid = flat_ids >= 0
+        uniq, inv = np.unique(flat_ids[valid], return_inverse=True)
+        total = np.bincount(inv, weights=flat_scores[valid], minlength=len(uniq))
+        order = _top_rows(total, len(uniq))
+        return _unseen(uniq[order], total[order], user.seen, k)
+
+
+class PopularRecall(RecallPath):
+    """The most rated items before ``user.as_of``. With ``window_days``, counts over that trailing
+    window come first and all-time counts break ties (so the quota fills even in a quiet window)."""
+
+    def __init__(self, popularity: Popularity, *, window_days: float | None = None, name: str | None = None) -> None:
+        self.popularity = popularity
+        self.window_s = None if window_days is None else int(window_days * DAY_S)
+        self.name = name or ("popular" if window_days is None else "popular_recent")
+
+    def scores(self, as_of: int | None) -> np.ndarray:
+        total = self.popularity.counts(as_of)
+        if self.window_s is None:
+            return total
+        recent = self.popularity.counts(as_of, self.window_s)
+        return recent + total / (float(total.max(initial=0.0)) + 1.0)
+
+    def recall(self, user: UserState, k: int) -> PathResult:
+        if k <= 0:
+            return PathResult.empty()
+        s = self.scores(user.as_of)
+        rows = _top_rows(s, k + len(user.seen))
+        rows = rows[s[rows] > 0]
+        ids = self.popularity.catalog.movie_ids[rows]
+        return _unseen(ids, s[rows].astype(np.float32), user.seen, k)
+
+
+class GenreRecall(RecallPath):
+    """The most rated items (before ``user.as_of``) of the user's favourite genres. Genre i of n gets
+    a share of k proportional to ``n - i``; unused shares go round-robin to the other genres."""
+
+    def __init__(self, popularity: Popularity, *, name: str = "genre") -> None:
+        self.popularity, self.name = popularity, name
+
+    @property
+    def catalog(self) -> ItemCatalog:
+        return self.popularity.catalog
+
+    def recall(self, user: UserState, k: int) -> PathResult:
+        genres = [g for g in user.genres if len(self.catalog.genre_rows(g))]
+        if k <= 0 or not genres:
+            return PathResult.empty()
+        counts = self.popularity.counts(user.as_of)
+        seen = np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))
+        lists = []
+        for g in genres:
+            rows = self.catalog.genre_rows(g)
+            top = rows[_top_rows(counts[rows], k + len(seen))]
+            top = top[counts[top] > 0]
+            ids = self.catalog.movie_ids[top]
+            keep = ~np.isin(ids, seen) if len(seen) else np.ones(len(ids), dtype=bool)
+            lists.append((ids[keep], counts[top][keep]))
+        weights = np.arange(len(genres), 0, -1, dtype=np.float64)
+        shares = _largest_remainder(k, weights)
+        taken: dict[int, float] = {}
+        cursor = [0] * len(lists)
+
+        def take(i: int, n: int) -> int:
+            ids, sc = lists[i]
+            got = 0
+            while got < n and cursor[i] < len(ids):
+                m = int(ids[cursor[i]])
+                if m not in taken:
+                    taken[m] = float(sc[cursor[i]])
+                    got += 1
+                cursor[i] += 1
+            return got
+
+        for i, share in enumerate(shares):
+            take(i, int(share))
+        while len(taken) < k and any(cursor[i] < len(lists[i][0]) for i in range(len(lists))):
+            for i in range(len(lists)):
+                if len(taken) >= k:
+                    break
+                take(i, 1)
+        ids = np.fromiter(taken.keys(), dtype=np.int64, count=len(taken))
+        return PathResult(ids, np.fromiter(taken.values(), dtype=np.float32, count=len(taken)))
+
+
+def _largest_remainder(k: int, weights: np.ndarray) -> np.ndarray:
+    """Integer shares of k proportional to weights, summing to k (largest remainder method)."""
+    exact = k * weights / weights.sum()
+    shares = np.floor(exact).astype(np.int64)
+    rest = k - int(shares.sum())
+    if rest > 0:
+        shares[np.argsort(-(exact - shares), kind="stable")[:rest]] += 1
+    return shares

@@ -1,0 +1,180 @@
+"""ItemIndex against a numpy brute-force reference: exact search, ANN recall, live inserts (also from
+several threads), vector lookup, and the versioned save/load with the LATEST swap."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from rayrec import uri
+from rayrec.retrieval import ItemIndex, load_index, measure, normalize, save_index
+from rayrec.retrieval.index import resolve_factory
+from rayrec.retrieval.versions import index_root
+
+
+def clustered(n: int, d: int = 16, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    """Unit vectors around a few centres: the structure ANN indexes rely on (and real embeddings have)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d))
+    return normalize(x.astype(np.float32))
+
+
+def brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ vectors.T  # (B, N)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ids[order], np.take_along_axis(scores, order, axis=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = clustered(2_000)
+    ids = np.arange(2_000, dtype=np.int64) * 7 + 3  # movie ids are not row numbers
+    return ids, x
+
+
+def test_flat_matches_brute_force(data):
+    ids, x = data
+    index = ItemIndex.build(ids, x, "Flat")
+    q = x[:25] + 0.1
+    got_ids, got_scores = index.search(q, 50)
+    exp_ids, exp_scores = brute_force(x, ids, q.astype(np.float32), 50)
+    np.testing.assert_allclose(got_scores, exp_scores, rtol=1e-5, atol=1e-5)
+    # ids agree wherever scores are not tied
+    assert (got_ids == exp_ids).mean() > 0.99
+    assert got_ids.dtype == np.int64 and got_scores.dtype == np.float32
+    assert (np.diff(got_scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_fewer_items_than_k_pads_with_minus_one():
+    x = clustered(5)
+    index = ItemIndex.build(np.arange(5), x, "Flat")
+    got, scores = index.search(x[:2], 8)
+    assert got.shape == (2, 8)
+    assert sorted(got[0, :5].tolist()) == list(range(5))
+    assert (got[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF"])
+def test_ann_recall_against_exact(data, factory):
+    ids, x = data
+    index = ItemIndex.build(ids, x, factory)
+    m = measure(index, x[:200], 100, latency_queries=5)
+    assert m["recall_at_100"] >= 0.9, m
+    assert m["recall_queries"] == 200 and m["latency_ms"]["queries"] == 5
+    assert index.factory == resolve_factory(factory, len(x))
+
+
+def test_measure_of_flat_is_exact(data):
+    ids, x = data
+    assert measure(ItemIndex.build(ids, x, "Flat"), x[:50], 100, latency_queries=3)["recall_at_100"] == 1.0
+
+
+def test_lsh_is_available_for_comparison(data):
+    ids, x = data
+    index = ItemIndex.build(ids, x, "LSH")
+    got, scores = index.search(x[:3], 10)
+    assert (got >= 0).all() and (np.diff(scores, axis=1) <= 0).all()
+    assert measure(index, x[:50], 100, latency_queries=0)["recall_at_100"] < 1.0  # approximate
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF"])
+def test_live_add_and_replace(data, factory):
+    ids, x = data
+    index = ItemIndex.build(ids[:1_500], x[:1_500], factory)
+    new_ids, new_x = ids[1_500:], x[1_500:]
+    index.add(new_ids, new_x)
+    assert len(index) == 2_000 and new_ids[0] in index
+    got, _ = index.search(new_x[:20], 5)
+    assert (got[:, 0] == new_ids[:20]).mean() >= 0.9  # each new item is its own nearest neighbour
+    # re-adding a known id replaces its vector: the old row is never returned again
+    target = int(ids[0])
+    moved = normalize(-x[:1])
+    index.add([target], moved)
+    assert len(index) == 2_000
+    got, _ = index.search(moved, 10)
+    assert got[0, 0] == target
+    got, _ = index.search(x[:1], 50)
+    assert target not in got[0].tolist()
+    assert all(len(set(r[r >= 0].tolist())) == (r >= 0).sum() for r in index.search(x[:30], 60)[0])
+    found, vec = index.vectors([target, -5])
+    assert found.tolist() == [True, False]
+    np.testing.assert_allclose(vec[0], moved[0], atol=1e-6)
+    assert (vec[1] == 0).all()
+
+
+def test_concurrent_search_and_add(data):
+    ids, x = data
+    index = ItemIndex.build(ids[:1_000], x[:1_000], "HNSW32")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                got, _ = index.search(x[:4], 20)
+                for row in got:
+                    assert len(set(row.tolist())) == len(row)
+        except BaseException as e:  # surfaced by the assertion below
+            errors.append(e)
+
+    def writer(lo: int, hi: int) -> None:
+        try:
+            for s in range(lo, hi, 25):
+                index.add(ids[s : s + 25], x[s : s + 25])
+        except BaseException as e:
+            errors.append(e)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    writers = [threading.Thread(target=writer, args=(lo, lo + 500)) for lo in (1_000, 1_500)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors, errors[0]
+    assert len(index) == 2_000
+    assert sorted(index.movie_ids.tolist()) == sorted(ids.tolist())
+
+
+def test_bad_inputs_say_what_is_wrong(data):
+    ids, x = data
+    with pytest.raises(ValueError, match="unique"):
+        ItemIndex.build(np.zeros(3, dtype=np.int64), x[:3])
+    with pytest.raises(ValueError, match="faiss cannot build"):
+        ItemIndex.build(ids[:10], x[:10], "NoSuchIndex")
+    index = ItemIndex.build(ids[:10], x[:10])
+    with pytest.raises(ValueError, match=r"\(B, 16\)"):
+        index.search(np.zeros((1, 3), np.float32), 5)
+    with pytest.raises(ValueError, match="dimension 16"):
+        index.add([99999], np.zeros((1, 4), np.float32))
+
+
+def test_save_load_round_trip_and_latest_swap(data, tmp_path):
+    ids, x = data
+    art = str(tmp_path / "artifacts")
+    index = ItemIndex.build(ids, x, "HNSW32", search_params="efSearch=64")
+    index.meta["model_version"] = "m1"
+    v1, path = save_index(index, art)
+    assert uri.latest(index_root(art)) == v1
+    for f in ("index.faiss", "movie_ids.npy", "vectors.npy", "meta.json"):
+        assert uri.exists(uri.join(path, f))
+    loaded = load_index(art)
+    assert loaded.meta["version"] == v1 and loaded.meta["model_version"] == "m1"
+    assert loaded.meta["n"] == 2_000 and loaded.meta["dim"] == 16 and loaded.meta["metric"] == "inner_product"
+    assert loaded.factory == "HNSW32" and loaded.search_params == "efSearch=64"
+    a, sa = index.search(x[:10], 20)
+    b, sb = loaded.search(x[:10], 20)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(sa, sb)
+    # a version written without publishing is invisible to "latest"
+    loaded.add([10**9], x[:1])
+    v2, _ = save_index(loaded, art, publish=False)
+    assert uri.latest(index_root(art)) == v1
+    assert 10**9 in load_index(art, v2) and 10**9 not in load_index(art)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_index(art, "no-such-version")

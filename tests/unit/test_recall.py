@@ -1,0 +1,261 @@
+"""Recall paths, the merger, similar items and user states, each against a plain reference: pandas
+for "as of time t", numpy brute force for the embedding paths."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+import reference as ref
+from rayrec import uri
+from rayrec.retrieval import (
+    EmbeddingRecall,
+    GenreRecall,
+    ItemCatalog,
+    ItemIndex,
+    ItemToItemRecall,
+    Merger,
+    PopularRecall,
+    Popularity,
+    RecallConfig,
+    SimilarItems,
+    UserState,
+    normalize,
+    read_item_embeddings,
+    svd_item_embeddings,
+    user_states_as_of,
+    write_item_embeddings,
+)
+from rayrec.retrieval.offline import evaluate, split_relevance
+
+DAY = 86_400
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Ratings with timestamp ties, a catalog with genres (some empty, two unrated movies), unit item
+    vectors for all but the last three catalog items."""
+    ratings, movies = ref.random_dataset(n_users=30, n_items=60, n=900, seed=3, ts_span=50)
+    ratings = ratings.assign(timestamp=ratings["timestamp"] * DAY)  # days apart, for the recent window
+    catalog = ItemCatalog.from_frame(movies)
+    rng = np.random.default_rng(0)
+    ids = catalog.movie_ids[:-3]
+    vectors = normalize(rng.standard_normal((len(ids), 8)).astype(np.float32))
+    index = ItemIndex.build(ids, vectors, "Flat")
+    return ratings, movies, catalog, index, dict(zip(ids.tolist(), vectors))
+
+
+@pytest.fixture(scope="module")
+def states(world):
+    ratings, _, catalog, _, _ = world
+    as_of = ratings.groupby("userId")["timestamp"].quantile(0.7, interpolation="lower").astype("int64")
+    return user_states_as_of(ratings, as_of, catalog), as_of
+
+
+def test_user_states_match_the_point_in_time_reference(world, states):
+    ratings, movies, _, _, _ = world
+    got, as_of = states
+    cat = movies.set_index("movieId")
+    assert set(got) == set(as_of.index)
+    for u, t in as_of.items():
+        hist = ratings[ratings["userId"] == u]
+        exp = ref.user_features_at(hist, cat, t)
+        s = got[u]
+        assert s.as_of == t
+        assert list(s.genres) == exp["user_genres"]
+        assert list(s.recent_positives[:5]) == exp["user_recent_items"]
+        prior = hist[hist["timestamp"] < t]
+        assert s.seen == frozenset(prior["movieId"].tolist())  # nothing at or after t
+        pos = prior[prior["rating"] >= 3.5].sort_values(["timestamp", "movieId"], ascending=False)
+        assert list(s.recent_positives) == pos["movieId"].tolist()
+
+
+def test_popularity_as_of_and_window_match_pandas(world):
+    ratings, _, catalog, _, _ = world
+    pop = Popularity(catalog, ratings)
+    for t in (0, 10 * DAY, 25 * DAY + 1, None):
+        for window in (None, 7 * DAY):
+            before = ratings if t is None else ratings[ratings["timestamp"] < t]
+            if window is not None:
+                end = ratings["timestamp"].max() + 1 if t is None else t
+                before = before[before["timestamp"] >= end - window]
+            exp = before["movieId"].value_counts().reindex(catalog.movie_ids).fillna(0).to_numpy()
+            np.testing.assert_array_equal(pop.counts(t, window), exp)
+    np.testing.assert_array_equal(Popularity(catalog, None).counts(), catalog.rating_count)
+    with pytest.raises(ValueError, match="needs the ratings"):
+        Popularity(catalog, None).counts(5)
+
+
+def test_embedding_path_is_brute_force_without_seen(world, states):
+    _, _, _, index, vec = world
+    s = states[0][next(iter(states[0]))]
+    ids = np.array(list(vec))
+    mat = np.stack(list(vec.values()))
+    user_vec = normalize(np.ones((1, 8), np.float32))[0]
+    res = EmbeddingRecall(index).recall(s.with_vector(user_vec), 10)
+    scores = mat @ user_vec
+    ranked = [int(i) for i in ids[np.argsort(-scores, kind="stable")] if int(i) not in s.seen][:10]
+    assert res.movie_ids.tolist() == ranked
+    # fallback: the normalised mean of the recent positives' vectors
+    recent = [m for m in s.recent_positives[:20] if m in vec]
+    mean = np.mean([vec[m] for m in recent], axis=0)
+    q = EmbeddingRecall(index, n_recent=20).query(s)
+    np.testing.assert_allclose(q, mean / np.linalg.norm(mean), atol=1e-6)
+    assert len(EmbeddingRecall(index, fallback="none").recall(s, 10)) == 0
+    assert len(EmbeddingRecall(index).recall(UserState(user_id=-1), 10)) == 0  # nothing to go on
+
+
+def test_item_to_item_sums_seed_neighbours(world, states):
+    _, _, _, index, vec = world
+    s = max(states[0].values(), key=lambda st: len(st.recent_positives))
+    path = ItemToItemRecall(index, n_seeds=3, decay=0.5)
+    res = path.recall(s, len(vec))  # k ≥ catalog: every item is among each seed's neighbours
+    seeds = [m for m in s.recent_positives if m in vec][:3]
+    ids = np.array(list(vec))
+    mat = np.stack(list(vec.values()))
+    total: Counter = Counter()
+    for rank, m in enumerate(seeds):
+        for i, sc in zip(ids, mat @ vec[m]):
+            total[int(i)] += 0.5**rank * float(sc)
+    exp = [m for m, _ in sorted(total.items(), key=lambda kv: (-kv[1], kv[0])) if m not in s.seen]
+    assert res.movie_ids.tolist() == exp
+    np.testing.assert_allclose(res.scores, [total[m] for m in exp], rtol=1e-5)
+    short = path.recall(s, 5).movie_ids.tolist()
+    assert len(short) == 5 and set(short) <= set(exp)
+    assert not set(res.movie_ids.tolist()) & s.seen
+
+
+def test_popular_paths(world, states):
+    ratings, _, catalog, _, _ = world
+    pop = Popularity(catalog, ratings)
+    s = next(iter(states[0].values()))
+    res = PopularRecall(pop).recall(s, 10)
+    counts = ratings[ratings["timestamp"] < s.as_of]["movieId"].value_counts()
+    exp = [int(m) for m, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if m not in s.seen][:10]
+    assert res.movie_ids.tolist() == exp
+    recent = PopularRecall(pop, window_days=10)
+    assert recent.name == "popular_recent"
+    r = recent.recall(s, 10).movie_ids.tolist()
+    window = ratings[(ratings["timestamp"] < s.as_of) & (ratings["timestamp"] >= s.as_of - 10 * DAY)]
+    wc = window["movieId"].value_counts()
+    key = {int(m): (-wc.get(m, 0), -counts.get(m, 0), int(m)) for m in counts.index}
+    assert r == sorted((m for m in key if m not in s.seen), key=key.__getitem__)[:10]
+
+
+def test_genre_path_shares_quota_by_preference(world, states):
+    ratings, _, catalog, _, _ = world
+    pop = Popularity(catalog, ratings)
+    s = max(states[0].values(), key=lambda st: len(st.genres))
+    assert len(s.genres) >= 2
+    res = GenreRecall(pop).recall(s, 12)
+    assert 0 < len(res) <= 12 and not set(res.movie_ids.tolist()) & s.seen
+    for m in res.movie_ids.tolist():
+        assert set(catalog.genres_of(m)) & set(s.genres)
+    first = [m for m in res.movie_ids.tolist() if s.genres[0] in catalog.genres_of(m)]
+    assert len(first) >= min(4, len(res))  # the favourite genre gets the largest share
+    assert len(GenreRecall(pop).recall(UserState(user_id=1), 5)) == 0
+
+
+def test_merger_quotas_dedup_seen_and_paths(world, states):
+    ratings, _, catalog, index, _ = world
+    pop = Popularity(catalog, ratings)
+    cfg = RecallConfig(quotas={"embedding": 6, "item2item": 4, "genre": 3, "popular": 3})
+    merger = Merger.from_config(cfg, index=index, popularity=pop)
+    for s in states[0].values():
+        cands = merger.recall(s)
+        ids = [c.movie_id for c in cands]
+        assert len(ids) == len(set(ids)) == 16  # backfill keeps the total when paths overlap or run dry
+        assert not set(ids) & s.seen
+        for p in merger.paths:
+            top = p.recall(s, merger.quotas[p.name]).movie_ids.tolist()
+            assert set(top) <= set(ids)  # each path's own top-quota is in the merged set…
+            for c in cands:
+                if c.movie_id in top:
+                    assert p.name in c.paths  # …and credited to it
+        assert all(c.paths for c in cands)
+    cold = merger.recall(UserState(user_id=999, as_of=int(ratings["timestamp"].max())))
+    assert len(cold) == 16 and {p for c in cold for p in c.paths} <= {"popular", "genre"}
+    assert len(merger.recall(next(iter(states[0].values())), total=8)) == 8
+
+
+def test_recall_config_validation():
+    assert RecallConfig().total == 200
+    with pytest.raises(ValidationError, match="unknown recall path"):
+        RecallConfig(quotas={"embeding": 10})
+    with pytest.raises(ValidationError):
+        RecallConfig(quotas={"popular": 10}, colour="red")
+    with pytest.raises(ValidationError, match="at least 1"):
+        RecallConfig(quotas={"popular": 0})
+
+
+def test_similar_items_by_embedding_and_genre_fallback(world):
+    ratings, _, catalog, index, vec = world
+    sim = SimilarItems(index, catalog, Popularity(catalog, ratings))
+    m = next(iter(vec))
+    res = sim(m, 5)
+    ids = np.array(list(vec))
+    scores = np.stack(list(vec.values())) @ vec[m]
+    exp = [int(i) for i in ids[np.argsort(-scores, kind="stable")] if i != m][:5]
+    assert res.source == "embedding" and res.movie_ids.tolist() == exp
+    cold = int(catalog.movie_ids[-1])  # not in the index
+    genres = set(catalog.genres_of(cold)) or {catalog.genre_names[0]}
+    res = sim.similar(cold, 8, genres=sorted(genres))
+    assert res.source == "genre" and 0 < len(res.movie_ids) <= 8 and cold not in res.movie_ids.tolist()
+    assert all(set(catalog.genres_of(i)) & genres for i in res.movie_ids.tolist())
+    assert (np.diff(res.scores) <= 1e-9).all()
+    for i, s in zip(res.movie_ids.tolist(), res.scores.tolist()):
+        g = set(catalog.genres_of(i))
+        assert s == pytest.approx(len(g & genres) / len(g | genres))
+    assert sim.similar(10**9, 5).source == "none"
+
+
+def test_user_state_from_online_row():
+    row = {"userId": 7, "user_recent_items": [5, 3], "user_genres": ["Drama", "Comedy"]}
+    s = UserState.from_features(row, seen=[1, 2], vector=np.ones(4))
+    assert s.recent_positives == (5, 3) and s.genres == ("Drama", "Comedy")
+    assert s.seen == frozenset({1, 2, 3, 5}) and s.vector.dtype == np.float32
+
+
+def test_split_relevance_and_evaluate_counts_hits(world):
+    ratings, _, catalog, index, _ = world
+    test = ratings.sort_values("timestamp").groupby("userId").tail(5)
+    as_of, relevant = split_relevance(test)
+    assert all(as_of[u] == test[test["userId"] == u]["timestamp"].min() for u in as_of.index)
+    assert all((test[(test["userId"] == u) & test["movieId"].isin(r)]["rating"] >= 3.5).all() for u, r in relevant.items())
+    st = user_states_as_of(ratings, as_of, catalog)
+    merger = Merger.from_config(RecallConfig(quotas={"popular": 20}), index=None, popularity=Popularity(catalog, ratings))
+    report = evaluate(merger, st, relevant, k=20)
+    exp = []
+    for u, s in st.items():
+        rel = relevant.get(u, frozenset()) - s.seen
+        if rel:
+            got = {c.movie_id for c in merger.recall(s, 20)}
+            exp.append(len(got & rel) / len(rel))
+    assert report.users == len(exp) and report.merged == pytest.approx(np.mean(exp))
+    assert report.paths[0].recall_at_k == pytest.approx(report.merged)
+
+
+def test_svd_embeddings_and_parquet_round_trip(world, tmp_path):
+    ratings, _, _, _, _ = world
+    emb = svd_item_embeddings(ratings, dim=8)
+    liked = np.unique(ratings[ratings["rating"] >= 3.5]["movieId"])
+    np.testing.assert_array_equal(emb.movie_ids, liked)
+    np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)
+    art = str(tmp_path / "artifacts")
+    model = uri.join(art, "models", "retriever", "v1")
+    write_item_embeddings(uri.join(model, "item_embeddings.parquet"), emb.movie_ids, emb.vectors)
+    uri.write_json(uri.join(model, "meta.json"), {"features_version": "f1"})
+    uri.set_latest(uri.join(art, "models", "retriever"), "v1")
+    back = read_item_embeddings(art)
+    np.testing.assert_array_equal(back.movie_ids, emb.movie_ids)
+    np.testing.assert_allclose(back.vectors, emb.vectors, atol=1e-6)
+    assert back.source["model_version"] == "v1" and back.source["features_version"] == "f1"
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(uri.join(model, "item_embeddings.parquet"))
+    assert str(schema.field("movieId").type) == "int64" and str(schema.field("embedding").type) == "list<element: float>"
+    with pytest.raises(FileNotFoundError, match="--embeddings svd"):
+        read_item_embeddings(str(tmp_path / "empty"))
