@@ -90,6 +90,38 @@ def _ingest(data: MovieLens, out: str, num_blocks: int) -> None:
     _write_parquet(data.movies, uri.join(out, "movies.parquet"))
 
 
+# Arrow types of the list features: given explicitly, so Ray Data never guesses (it would turn lists of
+# equal length into tensor columns)
+LIST_TYPES = {
+    "user_genres": pa.large_list(pa.string()),
+    "user_recent_items": pa.large_list(pa.int64()),
+    "item_genres": pa.large_list(pa.string()),
+}
+
+
+def _arrow(df: pd.DataFrame) -> pa.Table:
+    """A pass's pandas output as an Arrow block with typed list columns and no pandas metadata."""
+    lists = {c: pa.array(df[c].to_numpy(), type=t, from_pandas=True) for c, t in LIST_TYPES.items() if c in df}
+    table = pa.Table.from_pandas(df.drop(columns=list(lists)), preserve_index=False).replace_schema_metadata(None)
+    for c, arr in lists.items():
+        table = table.append_column(c, arr)
+    return table
+
+
+def _by_key(ds: Any, num_blocks: int, key: str) -> Any:
+    """Blocks that each hold every row of their keys: a hash shuffle, or for data that fits one block
+    a plain merge into one (the shuffle's actors cost seconds to start)."""
+    return ds.repartition(1) if num_blocks <= 1 else ds.repartition(num_blocks, keys=[key])
+
+
+def _item_pass(batch: pd.DataFrame, **kwargs: Any) -> pa.Table:
+    return _arrow(item_pass(batch, **kwargs))
+
+
+def _user_pass(batch: pd.DataFrame, **kwargs: Any) -> pa.Table:
+    return _arrow(user_pass(batch, **kwargs))
+
+
 def _rows(batch: pa.Table, sentinel: bool) -> pa.Table:
     return batch.filter(pc.equal(batch.column("sentinel"), sentinel))
 
@@ -131,7 +163,7 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
     version = uri.new_version()
     out = uri.join(features_root(cfg.artifacts), version)
     n = len(data.ratings)
-    nb = cfg.num_blocks or max(2, -(-n // ROWS_PER_BLOCK))
+    nb = cfg.num_blocks or -(-n // ROWS_PER_BLOCK)
     log.info("features %s: %d ratings, %d hash partitions → %s", version, n, nb, out)
 
     _ingest(data, out, nb)
@@ -141,18 +173,18 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
     t = time.perf_counter()
     ratings = ray.data.read_parquet(uri.join(out, "ratings"))
     by_item = (
-        ratings.repartition(nb, keys=["movieId"])
-        .map_batches(item_pass, fn_kwargs={"movies": movies}, batch_format="pandas", batch_size=None)
+        _by_key(ratings, nb, "movieId")
+        .map_batches(_item_pass, fn_kwargs={"movies": movies}, batch_format="pandas", batch_size=None)
         .materialize()
     )
     timings["item_pass_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    rated = by_item.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pyarrow", batch_size=None)
     by_user = (
-        by_item.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pyarrow", batch_size=None)
-        .repartition(nb, keys=["userId"])
+        _by_key(rated, nb, "userId")
         .map_batches(
-            user_pass,
+            _user_pass,
             fn_kwargs={
                 "movies": movies,
                 "threshold": cfg.threshold,

@@ -144,7 +144,7 @@ class SpecPartial:
         p.users = set(np.unique(column_numpy(batch, "userId")).tolist())
         p.items = set(np.unique(column_numpy(batch, "movieId")).tolist())
         for col in ("item_genres", "user_genres"):
-            p.genres.update(list_values(batch, col))
+            p.genres.update(list_values(batch, col, distinct=True))
         for name, how in USER_NUMERIC + ITEM_NUMERIC:
             x = _transform(column_numpy(batch, name, np.float64), how)
             x = x[~np.isnan(x)]
@@ -336,11 +336,14 @@ def column_numpy(batch: pd.DataFrame | pa.Table, name: str, dtype: Any = None) -
     return x
 
 
-def list_values(batch: pd.DataFrame | pa.Table, name: str) -> list[Any]:
-    """Every element of every list in a list column, flattened (order kept, repeats kept)."""
+def list_values(batch: pd.DataFrame | pa.Table, name: str, distinct: bool = False) -> list[Any]:
+    """Every element of every list in a list column, flattened (order and repeats kept), or with
+    ``distinct`` each value once."""
     if isinstance(batch, pa.Table):
-        return pc.list_flatten(batch.column(name)).to_pylist()
-    return [v for vs in batch[name] for v in vs]
+        flat = pc.list_flatten(batch.column(name))
+        return (pc.unique(flat) if distinct else flat).to_pylist()
+    values = [v for vs in batch[name] for v in vs]
+    return list(dict.fromkeys(values)) if distinct else values
 
 
 def _col(df: pd.DataFrame | Mapping[str, Any], name: str) -> Any:
