@@ -43,6 +43,16 @@ def load_online(store_url: str | None, features_path: str, *, use_ray: bool = Tr
     return out
 
 
+def seed_realtime(store_url: str | None, data, threshold: float) -> int:
+    """Exact per-user statistics for incremental updates from events (``POST /events``), from the
+    same ratings the features were computed on."""
+    from rayrec.realtime.updater import seed_stats
+    from rayrec.store import open_store
+
+    with open_store(store_url) as store:
+        return seed_stats(store, data.ratings, data.movies, threshold)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compute samples, online features, the FeatureSpec and statistics.")
     parser.add_argument("--dataset", default="auto", help=f"one of {', '.join(DATASET_CHOICES)}, or a MovieLens folder")
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         url = None if args.online_store == "default" else args.online_store
         loaded = load_online(url, result.path)
         rows = sum(r for _, r, _ in loaded.values())
+        seeded = seed_realtime(url, data, result.spec.label_threshold)
+        log.info("online store: real-time statistics seeded for %d users", seeded)
         print(f"online store   {rows:,} rows loaded in {time.perf_counter() - t:.1f}s "
               f"(users v{loaded['user'][0]}, items v{loaded['item'][0]})", flush=True)
     return 0

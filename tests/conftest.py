@@ -23,6 +23,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never attach to a cluster someone started with `ray start`
             num_cpus=2,
             include_dashboard=False,
             logging_level="WARNING",

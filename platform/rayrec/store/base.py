@@ -31,6 +31,7 @@ __all__ = [
     "check_entity",
     "check_version",
     "check_kind",
+    "check_log",
     "as_ids",
     "iter_rows",
     "batched",
@@ -86,6 +87,13 @@ def check_kind(kind: str) -> str:
     if not isinstance(kind, str) or not _NAME_RE.match(kind):
         raise ValueError(f"bad embedding kind {kind!r}: use 1-128 letters, digits, '_', '.' or '-'")
     return kind
+
+
+def check_log(name: str) -> str:
+    """Log names (``"events"``, ``"items"``…) end up in keys and rows, like versions."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"bad log name {name!r}: use 1-128 letters, digits, '_', '.' or '-'")
+    return name
 
 
 def as_ids(ids: Sequence[int] | np.ndarray) -> list[int]:
@@ -269,6 +277,32 @@ class OnlineStore(ABC):
     @abstractmethod
     def get_history(self, user_id: int, limit: int | None = None) -> list[Row]:
         """The user's recent events, oldest first and newest last; the newest ``limit`` if given."""
+
+    # -- durable append-only logs ---------------------------------------------------------------
+    # The real-time path records every accepted event here before applying it, so that the next
+    # training run can replay what users did (see rayrec.realtime). A log is named; offsets are opaque
+    # strings that only the backend orders. Not abstract: backends without logs raise.
+
+    def append_log(self, name: str, records: Sequence[Mapping[str, Any]], *, maxlen: int | None = None) -> list[str]:
+        """Durably append ``records`` (dicts) to log ``name`` in order and return their offsets. With
+        ``maxlen`` the log is trimmed to about its newest ``maxlen`` records (Redis trims whole
+        internal nodes, so it may keep a few more). Safe to call from several processes at once:
+        records of one call stay together and in order."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
+
+    def read_log(self, name: str, after: str | None = None, limit: int | None = None) -> list[tuple[str, Row]]:
+        """``(offset, record)`` pairs of log ``name`` in append order, starting after offset ``after``
+        (from the start when None), at most ``limit`` of them. An unknown log reads as empty."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
+
+    def log_length(self, name: str) -> int:
+        """How many records log ``name`` holds now."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
+
+    def trim_log(self, name: str, upto: str) -> int:
+        """Delete the records of log ``name`` up to and including offset ``upto`` (once a training
+        run has replayed them); returns how many were deleted."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ Keys (``<prefix>`` defaults to ``rayrec``):
 - ``<prefix>:<entity>:live``: the alias holding the live version, swapped atomically by ``commit_load``;
 - ``<prefix>:<entity>:loading``: a set of versions started by ``begin_load`` and not yet committed;
 - ``<prefix>:emb:<kind>:<id>`` (float32 bytes) and ``<prefix>:emb:<kind>:dim``;
-- ``<prefix>:history:<user_id>``: a list of events, newest last.
+- ``<prefix>:history:<user_id>``: a list of events, newest last;
+- ``<prefix>:log:<name>``: a stream, one durable append-only log (the event log); offsets are stream
+  ids (``<ms>-<seq>``), each record one MessagePack field ``r``.
 
 A batched ``get`` sends ``GET alias`` and ``MGET`` of the rows of the version it last saw in one
 ``MULTI``/``EXEC`` round trip: the two run atomically, so if the alias still names that version every
@@ -19,7 +21,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import numpy as np
@@ -45,6 +47,7 @@ from rayrec.store.base import (
     as_ids,
     check_entity,
     check_kind,
+    check_log,
     check_version,
     iter_rows,
     mask_url,
@@ -58,6 +61,7 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}/\-]{1,64}$")
 _OWN_OPTIONS = {"prefix", "ttl", "timeout", "max_connections"}
 _BATCH = 1000  # commands per pipeline when writing
 _UPDATE_ATTEMPTS = 1000
+_STREAM_ID_RE = re.compile(r"^(\d+)-(\d+)$")
 
 # Makes a committed version live: atomic check-and-swap of the alias. Returns {code, previous alias}:
 # 0 = version was never begun, 1 = already live, 2 = swapped.
@@ -475,6 +479,66 @@ class RedisStore(OnlineStore):
         except RedisError as e:
             raise self._error(e, f"read history of user {user_id}") from e
         return [unpack(v) for v in values]
+
+    # -- durable append-only logs ---------------------------------------------------------------
+
+    def _log(self, name: str) -> str:
+        return f"{self._prefix}:log:{check_log(name)}"
+
+    @staticmethod
+    def _stream_id(offset: str, what: str) -> tuple[int, int]:
+        m = _STREAM_ID_RE.match(offset) if isinstance(offset, str) else None
+        if m is None:
+            raise ValueError(f"bad log offset {what}={offset!r}: pass an offset returned by this store (<ms>-<seq>)")
+        return int(m.group(1)), int(m.group(2))
+
+    def append_log(self, name: str, records: Sequence[Mapping[str, Any]], *, maxlen: int | None = None) -> list[str]:
+        key = self._log(name)
+        if maxlen is not None and maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        blobs = [pack(r) for r in records]
+        if not blobs:
+            return []
+        try:
+            # MULTI/EXEC: the records of one call land together, in order (XADD ids only grow).
+            pipe = self._r.pipeline(transaction=len(blobs) > 1)
+            for b in blobs:
+                pipe.xadd(key, {"r": b}, maxlen=maxlen, approximate=True)
+            ids: list[bytes] = pipe.execute()
+        except RedisError as e:
+            raise self._error(e, f"append to log {name}") from e
+        return [i.decode() for i in ids]
+
+    def read_log(self, name: str, after: str | None = None, limit: int | None = None) -> list[tuple[str, Row]]:
+        key = self._log(name)
+        if after is not None:
+            self._stream_id(after, "after")
+        if limit is not None and limit <= 0:
+            return []
+        try:
+            entries = cast(
+                "list[tuple[bytes, dict[bytes, bytes]]]",
+                self._r.xrange(key, min="-" if after is None else "(" + after, max="+", count=limit),
+            )
+        except RedisError as e:
+            raise self._error(e, f"read log {name}") from e
+        return [(i.decode(), unpack(fields[b"r"])) for i, fields in entries]
+
+    def log_length(self, name: str) -> int:
+        key = self._log(name)
+        try:
+            return int(self._r.xlen(key))
+        except RedisError as e:
+            raise self._error(e, f"count log {name}") from e
+
+    def trim_log(self, name: str, upto: str) -> int:
+        key = self._log(name)
+        ms, seq = self._stream_id(upto, "upto")
+        try:
+            # MINID keeps ids >= minid: the id right after ``upto``.
+            return int(self._r.xtrim(key, minid=f"{ms}-{seq + 1}", approximate=False))
+        except RedisError as e:
+            raise self._error(e, f"trim log {name}") from e
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ crosses a fork). Tables:
 - ``versions(vid, entity, name, state)``: every version of an entity's table (loading, live, retired);
 - ``live(entity, vid)``: the alias readers follow, swapped in one transaction by ``commit_load``;
 - ``feature_rows(vid, id, value)``: rows of every version, keyed by ``(vid, id)``;
-- ``embeddings``/``embedding_dims`` and ``history`` (per-user events, newest kept).
+- ``embeddings``/``embedding_dims`` and ``history`` (per-user events, newest kept);
+- ``logs(seq, name, record)``: durable append-only logs (the event log), offsets are ``seq``; created
+  on first use, so store files written before logs existed gain the table without a reload.
 
 A batched ``get`` is one ``SELECT`` that resolves the alias inside the statement, so it reads a single
 snapshot and never mixes versions.
@@ -38,6 +40,7 @@ from rayrec.store.base import (
     as_ids,
     check_entity,
     check_kind,
+    check_log,
     check_version,
     iter_rows,
 )
@@ -77,6 +80,16 @@ CREATE TABLE IF NOT EXISTS history (
     event BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_user ON history (user_id, seq);
+"""
+
+# Created on first use of a log (not in _SCHEMA), so existing store files keep their schema version.
+_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_by_name ON logs (name, seq);
 """
 
 # Bound parameters per statement: SQLite builds before 3.32 allow 999.
@@ -531,6 +544,91 @@ class SqliteStore(OnlineStore):
         except sqlite3.Error as e:
             raise self._error(e, f"read history of user {user_id}") from e
         return [unpack(r[0]) for r in reversed(rows)]
+
+    # -- durable append-only logs ---------------------------------------------------------------
+
+    def _log_conn(self) -> sqlite3.Connection:
+        """This thread's connection, with the logs table created once per connection."""
+        conn = self._conn()
+        if getattr(self._local, "log_conn", None) is not conn:
+            try:
+                conn.executescript("BEGIN IMMEDIATE;" + _LOG_SCHEMA + "COMMIT;")
+            except BaseException as e:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise self._error(e, "create the logs table") from e
+                raise
+            self._local.log_conn = conn
+        return conn
+
+    @staticmethod
+    def _offset(offset: str, what: str) -> int:
+        try:
+            return int(offset)
+        except (TypeError, ValueError):
+            raise ValueError(f"bad log offset {what}={offset!r}: pass an offset returned by this store") from None
+
+    def append_log(self, name: str, records: Sequence[Mapping[str, Any]], *, maxlen: int | None = None) -> list[str]:
+        check_log(name)
+        if maxlen is not None and maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        blobs = [pack(r) for r in records]
+        if not blobs:
+            return []
+        conn = self._log_conn()
+        try:
+            with self._write(conn):
+                offsets = [
+                    str(conn.execute("INSERT INTO logs (name, record) VALUES (?, ?) RETURNING seq", (name, b)).fetchone()[0])
+                    for b in blobs
+                ]
+                if maxlen is not None:
+                    conn.execute(
+                        "DELETE FROM logs WHERE name = ? AND seq <= "
+                        "(SELECT seq FROM logs WHERE name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                        (name, name, maxlen),
+                    )
+        except sqlite3.Error as e:
+            raise self._error(e, f"append to log {name}") from e
+        return offsets
+
+    def read_log(self, name: str, after: str | None = None, limit: int | None = None) -> list[tuple[str, Row]]:
+        check_log(name)
+        start = -1 if after is None else self._offset(after, "after")
+        if limit is not None and limit <= 0:
+            return []
+        try:
+            rows = (
+                self._log_conn()
+                .execute(
+                    "SELECT seq, record FROM logs WHERE name = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (name, start, -1 if limit is None else limit),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise self._error(e, f"read log {name}") from e
+        return [(str(seq), unpack(blob)) for seq, blob in rows]
+
+    def log_length(self, name: str) -> int:
+        check_log(name)
+        try:
+            row = self._log_conn().execute("SELECT count(*) FROM logs WHERE name = ?", (name,)).fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e, f"count log {name}") from e
+        return int(row[0])
+
+    def trim_log(self, name: str, upto: str) -> int:
+        check_log(name)
+        end = self._offset(upto, "upto")
+        conn = self._log_conn()
+        try:
+            with self._write(conn):
+                cur = conn.execute("DELETE FROM logs WHERE name = ? AND seq <= ?", (name, end))
+        except sqlite3.Error as e:
+            raise self._error(e, f"trim log {name}") from e
+        return int(cur.rowcount)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
