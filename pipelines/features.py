@@ -25,6 +25,7 @@ from rayrec.data import DataError
 from rayrec.data.source import DATASET_CHOICES, load_dataset
 from rayrec.features import FeaturesConfig, run_features
 from rayrec.features.pipeline import summary
+from rayrec.store import default_store_url
 
 log = logging.getLogger("pipelines.features")
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(result), flush=True)
     if args.online_store:
         t = time.perf_counter()
-        url = None if args.online_store == "default" else args.online_store
+        url = default_store_url(cfg.artifacts) if args.online_store == "default" else args.online_store
         loaded = load_online(url, result.path)
         rows = sum(r for _, r, _ in loaded.values())
         seeded = seed_realtime(url, data, result.spec.label_threshold)

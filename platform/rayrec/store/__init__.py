@@ -78,9 +78,9 @@ def config_class(name: str) -> type[BaseModel]:
     return out
 
 
-def default_store_url() -> str:
+def default_store_url(artifacts: str | None = None) -> str:
     """The embedded default: ``<artifacts>/online/store.sqlite`` (artifacts must be a local path)."""
-    artifacts = default_artifacts()
+    artifacts = artifacts or default_artifacts()
     if "://" in artifacts and not artifacts.startswith("file://"):
         raise ValueError(
             f"the default online store lives under the artifacts URI, which is not local ({artifacts}): "

@@ -1,0 +1,140 @@
+"""The serving job: deploy the recommender on Ray Serve and print where it answers.
+
+    python -m pipelines.serve [--artifacts URI] [--store URL] [--port 8000] [--host 127.0.0.1]
+                              [--composition fused|ranker|chain] [--blocking] [--reload]
+
+Single-node local mode by default (a local Ray is started, the HTTP proxy listens on 127.0.0.1).
+``--reload`` re-reads the registry's LATEST pointers of a running app through ``user_config``
+(a hot swap: no replica restarts, no failed request). The same app deploys to a cluster with the
+Serve config: ``serve deploy serve_apps/config.yaml`` (``serve run serve_apps/config.yaml`` locally).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
+
+log = logging.getLogger("pipelines.serve")
+
+APP_NAME = "rayrec"
+
+
+def deploy(
+    artifacts: str | None = None,
+    store: str | None = None,
+    *,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    composition: str = "fused",
+    name: str = APP_NAME,
+    route_prefix: str = "/",
+    serving: dict[str, Any] | None = None,
+    wait_s: float = 120.0,
+    **overrides: Any,
+) -> str:
+    """Deploy the app on the running Ray (a local one is started if none) and return its URL once
+    ``/healthz`` answers. Serve's HTTP options (host, port) are fixed when Serve first starts on a
+    cluster; deploying again with other ones keeps the first. ``serving`` is the ServingConfig sent as
+    ``user_config``; ``overrides`` are further :class:`serve_apps.recommender.AppArgs` fields."""
+    from ray import serve
+
+    from serve_apps.recommender import build_app
+
+    init_ray()
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": 30})
+    args: dict[str, Any] = {"artifacts": artifacts_arg(artifacts), "store": store, "composition": composition, **overrides}
+    if serving is not None:
+        args["serving"] = serving
+    serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    host, port = _http_address(host, port)
+    url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
+    _wait_healthy(url, wait_s)
+    return url
+
+
+def reload(name: str = APP_NAME, **deploy_kwargs: Any) -> str:
+    """Pick up new LATEST versions in a running app: redeploy with a new ``generation`` in the
+    serving config; Serve calls ``reconfigure`` on the live replicas (no restart)."""
+    serving = dict(deploy_kwargs.pop("serving", None) or {})
+    serving["generation"] = time.time_ns() // 1_000_000
+    return deploy(name=name, serving=serving, **deploy_kwargs)
+
+
+def _http_address(host: str, port: int) -> tuple[str, int]:
+    """Where Serve's proxy really listens: HTTP options are fixed by the first start on a cluster."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        cfg = _get_global_client().http_config
+        if cfg.port != port or (cfg.host or host) != host:
+            log.warning("Serve was already running on %s:%s; the app answers there", cfg.host, cfg.port)
+        return (cfg.host or host), int(cfg.port)
+    except Exception:  # private API moved: trust the arguments
+        return host, port
+
+
+def _wait_healthy(url: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.5)
+    raise TimeoutError(f"the app did not answer {url}/healthz within {wait_s:.0f}s (last error: {last})")
+
+
+def banner(url: str) -> str:
+    return "\n".join([
+        f"rayrec is serving at {url}/  (web page; API docs at {url}/docs)",
+        "try:",
+        f"  curl '{url}/recommend?user_id=1&k=5'",
+        f"  curl '{url}/similar?movie_id=1&k=5'",
+        f"  curl -X POST {url}/events -H 'content-type: application/json' "
+        "-d '{\"kind\": \"rating\", \"user_id\": 1, \"movie_id\": 1, \"value\": 4.5}'",
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Serve the recommender on Ray Serve.")
+    add_common_args(p)
+    p.add_argument("--store", default=None, help="online store URL (default: SQLite under the artifacts)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--composition", choices=("fused", "ranker", "chain"), default="fused")
+    p.add_argument("--blocking", action="store_true", help="keep serving until Ctrl-C")
+    p.add_argument("--reload", action="store_true", help="hot-swap a running app to the LATEST artifacts")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    store = None if args.store in (None, "default") else args.store
+    kwargs = dict(artifacts=args.artifacts, store=store, port=args.port, host=args.host, composition=args.composition)
+    if args.address:
+        init_ray(args.address)
+    try:
+        url = reload(**kwargs) if args.reload else deploy(**kwargs)
+    except (FileNotFoundError, TimeoutError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(banner(url), flush=True)
+    if args.blocking:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            from ray import serve
+
+            serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Top-k retrieval quality over the whole catalog: Recall@k, NDCG@k, HitRate@k and catalog coverage.
+
+Protocol (per-user temporal split): for every user, rank every catalog item that is not in the user's
+training history; the relevant items are the user's test items rated at or above the label threshold;
+metrics are averaged over users with at least one relevant item. The popularity baseline is scored
+by the same code so that a model and its baseline always share one protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["RetrievalTask", "build_task", "evaluate", "popularity_scores", "top_k"]
+
+Scorer = Callable[[np.ndarray], np.ndarray]  # user positions (b,) → scores (b, N) over the catalog
+
+
+@dataclass(frozen=True)
+class RetrievalTask:
+    """Who is evaluated against what. Item sets are positions into ``item_ids`` in CSR form."""
+
+    user_ids: np.ndarray  # (U,) userId of each evaluated user
+    item_ids: np.ndarray  # (N,) movieId of each catalog item: the ranking universe
+    seen_indptr: np.ndarray  # (U+1,) the user's training history, excluded from the ranking
+    seen: np.ndarray
+    relevant_indptr: np.ndarray  # (U+1,) the user's relevant held-out items
+    relevant: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def seen_of(self, u: int) -> np.ndarray:
+        return self.seen[self.seen_indptr[u] : self.seen_indptr[u + 1]]
+
+    def relevant_of(self, u: int) -> np.ndarray:
+        return self.relevant[self.relevant_indptr[u] : self.relevant_indptr[u + 1]]
+
+
+def _csr(user_pos: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, sorted unique item positions) of user position → items, from parallel arrays."""
+    pairs = np.unique(np.stack([user_pos, items], axis=1), axis=0) if len(user_pos) else np.zeros((0, 2), np.int64)
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.add.at(indptr, pairs[:, 0] + 1, 1)
+    return np.cumsum(indptr), pairs[:, 1].astype(np.int64)
+
+
+def build_task(
+    history: pd.DataFrame,
+    heldout: pd.DataFrame,
+    catalog: np.ndarray,
+    *,
+    threshold: float,
+) -> RetrievalTask:
+    """The retrieval task of a split: ``history`` (userId, movieId: the training ratings, all of them)
+    and ``heldout`` (userId, movieId, rating). Users without a relevant held-out item are left out;
+    an item of the user's history is never relevant (it is excluded from the ranking)."""
+    catalog = np.asarray(catalog, dtype=np.int64)
+    index = pd.Index(catalog)
+    if not index.is_unique:
+        raise ValueError("catalog movieIds must be unique")
+    hist = pd.DataFrame(
+        {"userId": history["userId"].to_numpy(np.int64), "pos": index.get_indexer(history["movieId"].to_numpy(np.int64))}
+    )
+    hist = hist[hist["pos"] >= 0].drop_duplicates()
+    liked = heldout[heldout["rating"].to_numpy(np.float64) >= threshold]
+    rel = pd.DataFrame(
+        {"userId": liked["userId"].to_numpy(np.int64), "pos": index.get_indexer(liked["movieId"].to_numpy(np.int64))}
+    )
+    rel = rel[rel["pos"] >= 0].drop_duplicates()
+    rel = rel.merge(hist, on=["userId", "pos"], how="left", indicator=True)
+    rel = rel[rel["_merge"] == "left_only"]
+    users = np.unique(rel["userId"].to_numpy(np.int64))
+    uindex = pd.Index(users)
+    hist = hist[hist["userId"].isin(users)]
+    seen_indptr, seen = _csr(uindex.get_indexer(hist["userId"]), hist["pos"].to_numpy(np.int64), len(users))
+    rel_indptr, relevant = _csr(uindex.get_indexer(rel["userId"]), rel["pos"].to_numpy(np.int64), len(users))
+    return RetrievalTask(users, catalog, seen_indptr, seen, rel_indptr, relevant)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """(b, k) column positions of the k highest scores per row, best first (ties: lower position)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def evaluate(
+    task: RetrievalTask,
+    scorer: Scorer,
+    *,
+    ks: Sequence[int] = (10, 50, 100),
+    ndcg_k: int = 10,
+    hit_k: int = 10,
+    batch_users: int = 512,
+) -> dict[str, float]:
+    """Recall@k for each k, NDCG@ndcg_k, HitRate@hit_k and coverage@k (share of the catalog that
+    appears in at least one user's top k), averaged over the task's users."""
+    kmax = max(max(ks), ndcg_k, hit_k)
+    n_items = len(task.item_ids)
+    recall = {k: 0.0 for k in ks}
+    ndcg = hit = 0.0
+    covered = {k: np.zeros(n_items, dtype=bool) for k in ks}
+    discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
+    for start in range(0, task.n_users, batch_users):
+        pos = np.arange(start, min(start + batch_users, task.n_users))
+        scores = np.array(scorer(pos), dtype=np.float32, copy=True)
+        if scores.shape != (len(pos), n_items):
+            raise ValueError(f"scorer returned shape {scores.shape}, expected {(len(pos), n_items)}")
+        for row, u in enumerate(pos.tolist()):
+            scores[row, task.seen_of(u)] = -np.inf
+        top = top_k(scores, kmax)
+        for row, u in enumerate(pos.tolist()):
+            rel = task.relevant_of(u)
+            hits = np.isin(top[row], rel)
+            for k in ks:
+                recall[k] += hits[:k].sum() / len(rel)
+                covered[k][top[row, :k]] = True
+            dcg = float((hits[:ndcg_k] * discounts[:ndcg_k]).sum())
+            ideal = float(discounts[: min(len(rel), ndcg_k)].sum())
+            ndcg += dcg / ideal
+            hit += float(hits[:hit_k].any())
+    n = max(task.n_users, 1)
+    out: dict[str, float] = {f"recall@{k}": float(recall[k] / n) for k in ks}
+    out[f"ndcg@{ndcg_k}"] = float(ndcg / n)
+    out[f"hitrate@{hit_k}"] = float(hit / n)
+    out.update({f"coverage@{k}": float(covered[k].mean()) for k in ks})
+    out["users"] = float(task.n_users)
+    return out
+
+
+def popularity_scores(history: pd.DataFrame, catalog: np.ndarray) -> np.ndarray:
+    """(N,) number of training ratings of each catalog item: the popularity baseline's score."""
+    counts = history["movieId"].value_counts()
+    return counts.reindex(np.asarray(catalog, dtype=np.int64)).fillna(0.0).to_numpy(np.float32)

@@ -1,0 +1,204 @@
+"""Everything a replica serves from, loaded from the artifacts as one immutable, versioned bundle.
+
+A bundle pins one version of each artifact (features, index, ranker, retriever). Hot swap builds a
+new bundle beside the live one and replaces the reference in one assignment, so a request runs wholly
+on the old bundle or wholly on the new one. Missing pieces degrade instead of failing: without an
+index the embedding and item-to-item paths are left out; without a ranker, candidates keep their
+recall order; without a retriever, the embedding path queries with the mean of the user's recent likes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayrec import uri
+from rayrec.realtime import ColdStart
+from rayrec.rerank import RerankConfig
+from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
+from rayrec.retrieval.index import ItemIndex
+from rayrec.retrieval.merge import Merger, RecallConfig
+from rayrec.retrieval.similar import SimilarItems
+from rayrec.serving.history import RatingHistory
+from rayrec.serving.scoring import RankModel, UserTower, load_models
+
+__all__ = ["ServingConfig", "Bundle", "load_bundle", "resolve_versions", "FALLBACK_SIZE"]
+
+log = logging.getLogger(__name__)
+
+FALLBACK_SIZE = 500  # popular items kept in memory for answers without the store
+
+
+class ServingConfig(BaseModel):
+    """What a replica serves: artifact versions, recall and rerank settings, store deadlines.
+
+    Sent as the Serve deployments' ``user_config``; a change is applied by ``reconfigure`` without a
+    restart. ``"latest"`` follows each ``LATEST`` pointer at (re)configuration time: bump
+    ``generation`` to re-read the pointers when nothing else changed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features_version: str = "latest"
+    index_version: str | None = Field(default="latest", description="None: serve without the embedding paths")
+    ranker_version: str | None = Field(default="latest", description="None: keep the recall order")
+    retriever_version: str | None = Field(default="latest", description="None: query the index with recent likes")
+    candidates: int = Field(default=100, ge=10, le=2000, description="candidates recalled per request (at least 3 × k)")
+    rank_weight: float = Field(
+        default=1.0, ge=0.0, le=1.0,
+        description="final order = rank_weight × ranker percentile + (1 − rank_weight) × recall percentile; "
+        "cold-start users keep the cold-start order",
+    )
+    recall: RecallConfig = Field(default_factory=lambda: RecallConfig.model_validate({}))
+    rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
+    store_timeout_s: float = Field(default=0.3, gt=0, le=10, description="deadline of the store reads of one request")
+    store_cooldown_s: float = Field(default=2.0, ge=0, le=300, description="after a store failure, skip it for this long")
+    generation: int = Field(default=0, description="bump to re-resolve 'latest' with no other change")
+
+    def artifact_key(self) -> tuple[Any, ...]:
+        """What decides whether a reconfigure must load a new bundle (rerank settings do not)."""
+        return (self.features_version, self.index_version, self.ranker_version, self.retriever_version,
+                self.recall, self.generation)  # fmt: skip
+
+
+def resolve_versions(artifacts: str, cfg: ServingConfig) -> dict[str, str | None]:
+    """The concrete version each pointer names now (None for a missing or disabled artifact)."""
+    out: dict[str, str | None] = {}
+    pairs = (("features", "features", cfg.features_version), ("index", "index", cfg.index_version),
+             ("ranker", "models/ranker", cfg.ranker_version), ("retriever", "models/retriever", cfg.retriever_version))  # fmt: skip
+    for name, root, version in pairs:
+        if version is None:
+            out[name] = None
+            continue
+        try:
+            out[name] = uri.resolve_version(uri.join(artifacts, *root.split("/")), version).rstrip("/").rsplit("/", 1)[-1]
+        except FileNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass
+class Bundle:
+    """One consistent set of serving artifacts (see the module docstring)."""
+
+    artifacts: str
+    config: ServingConfig
+    versions: dict[str, str | None]
+    catalog: ItemCatalog
+    popularity: Popularity
+    history: RatingHistory
+    merger: Merger
+    similar: SimilarItems
+    index: ItemIndex | None
+    ranker: RankModel | None
+    tower: UserTower | None
+    fallback: list[dict[str, Any]]  # the most popular items as Movie dicts, best first
+    cold: ColdStart  # the cold-start path: popularity per hour of day and genre
+    notes: list[str] = field(default_factory=list)
+    loaded_s: float = 0.0
+
+    def item_vectors(self, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(found, vectors)`` of items from the index, None without an index."""
+        if self.index is None:
+            return None
+        return self.index.vectors(movie_ids)
+
+    @property
+    def rerank(self) -> RerankConfig:
+        return self.config.rerank
+
+    @property
+    def now_year(self) -> float:
+        """The present year for freshness: that of the last rating in the data (so a replay of old
+        data is not all stale), else this year."""
+        last = self.popularity.last_timestamp
+        return float(datetime.fromtimestamp(last, timezone.utc).year if last else datetime.now(timezone.utc).year)
+
+    def with_config(self, cfg: ServingConfig) -> Bundle:
+        """The same artifacts under new rerank / store settings (no loading)."""
+        return replace(self, config=cfg)
+
+
+def _fallback(features: str, n: int) -> list[dict[str, Any]]:
+    fs, path = uri.filesystem(uri.join(features, "online", "items.parquet"))
+    cols = ["movieId", "title", "genres", "item_year", "item_rating_count", "item_rating_mean"]
+    df = pd.read_parquet(path, filesystem=fs, columns=cols)
+    df = df.sort_values(["item_rating_count", "item_rating_mean", "movieId"], ascending=[False, False, True]).head(n)
+    out = []
+    for r in df.itertuples(index=False):
+        out.append({
+            "movie_id": int(r.movieId), "title": r.title, "genres": list(r.genres) if r.genres is not None else [],
+            "year": None if pd.isna(r.item_year) else int(r.item_year),
+            "rating_count": None if pd.isna(r.item_rating_count) else int(r.item_rating_count),
+            "rating_mean": None if pd.isna(r.item_rating_mean) else float(r.item_rating_mean),
+        })  # fmt: skip
+    return out
+
+
+def _index_matches_tower(index: ItemIndex | None, tower: UserTower | None) -> bool:
+    """The user tower's vectors live in the index's space only if the index holds that retriever's
+    item embeddings (not the PureSVD baseline, not another retriever version)."""
+    if index is None or tower is None:
+        return False
+    source = index.meta.get("embeddings") or {}
+    if source.get("kind") == "svd":
+        return False
+    model_version = index.meta.get("model_version") or source.get("model_version")
+    return model_version is None or str(model_version) == tower.version
+
+
+def load_bundle(artifacts: str, cfg: ServingConfig = ServingConfig()) -> Bundle:
+    """Load the artifacts ``cfg`` names. Raises FileNotFoundError only when there are no features
+    (nothing to serve); other missing pieces are noted and degrade (see the module docstring)."""
+    t = time.perf_counter()
+    versions = resolve_versions(artifacts, cfg)
+    if versions["features"] is None:
+        raise FileNotFoundError(
+            f"no features under {uri.join(artifacts, 'features')}: run the features job first "
+            "(python -m pipelines.features --online-store default)"
+        )
+    features = uri.join(artifacts, "features", versions["features"])
+    notes: list[str] = []
+    catalog = ItemCatalog.load(features)
+    ratings = read_ratings(features)
+    popularity = Popularity(catalog, ratings, min_rating=cfg.recall.popular_min_rating)
+    history = RatingHistory(ratings)
+    cold = ColdStart.build(ratings, catalog)
+    del ratings
+    index = None
+    if versions["index"] is not None:
+        from rayrec.retrieval.versions import load_index
+
+        index = load_index(artifacts, versions["index"])
+    else:
+        notes.append("no index: embedding and item-to-item recall are off")
+    ranker, tower, model_notes = load_models(artifacts, versions["ranker"], versions["retriever"])
+    notes += model_notes
+    if tower is not None and not _index_matches_tower(index, tower):
+        notes.append(f"index was not built from retriever {tower.version}: querying it with recent likes instead")
+        tower = None
+    versions["ranker"] = ranker.version if ranker is not None else None
+    versions["retriever"] = tower.version if tower is not None else None
+    recall = cfg.recall
+    if index is None:
+        quotas = {n: q for n, q in recall.quotas.items() if n not in ("embedding", "item2item")}
+        if not quotas or sum(quotas.values()) == 0:
+            quotas = {"genre": recall.total // 2, "popular": recall.total - recall.total // 2}
+        recall = recall.model_copy(update={"quotas": quotas})
+    merger = Merger.from_config(recall, index=index, popularity=popularity)
+    similar = SimilarItems(index, catalog, popularity)
+    bundle = Bundle(
+        artifacts=artifacts, config=cfg, versions=versions, catalog=catalog, popularity=popularity,
+        history=history, merger=merger, similar=similar, index=index, ranker=ranker, tower=tower,
+        fallback=_fallback(features, FALLBACK_SIZE), cold=cold, notes=notes,
+    )  # fmt: skip
+    bundle.loaded_s = time.perf_counter() - t
+    log.info("serving bundle %s loaded in %.2fs%s", versions, bundle.loaded_s, "; " + "; ".join(notes) if notes else "")
+    return bundle

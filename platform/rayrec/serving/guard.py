@@ -1,0 +1,127 @@
+"""Store calls with a deadline and a circuit breaker, for the async request path.
+
+A shared store outage must cost each request at most ``timeout_s``, and then nothing: after a
+failure the breaker opens for ``cooldown_s`` and requests skip the store (answering from popularity)
+instead of piling threads onto a dead connection. After the cooldown one request probes the store;
+its success closes the breaker. Store calls run on a small dedicated thread pool, so a hung store
+cannot exhaust the event loop's default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from rayrec.store.base import StoreError, StoreUnavailable
+
+__all__ = ["StoreGuard", "StoreDown"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StoreDown(StoreUnavailable):
+    """The breaker is open, or the call failed or missed its deadline."""
+
+
+class StoreGuard:
+    """``inline=True`` calls the store on the event loop's thread instead of the pool: for the
+    embedded SQLite file, whose reads (WAL mode) never wait on a network or a writer, the two thread
+    hops per request cost more than the reads themselves. A slow or failing call still opens the
+    breaker; only the deadline cannot interrupt an inline call."""
+
+    def __init__(self, timeout_s: float = 0.3, cooldown_s: float = 2.0, threads: int = 8, *, inline: bool = False) -> None:
+        self.timeout_s, self.cooldown_s, self.inline = timeout_s, cooldown_s, inline
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
+        self._lock = threading.Lock()
+        self._open_until = 0.0
+        self._probing = False
+        self.last_error: str | None = None
+        self.failures = 0
+        self._closed = False
+
+    def configure(self, timeout_s: float, cooldown_s: float) -> None:
+        self.timeout_s, self.cooldown_s = timeout_s, cooldown_s
+
+    @property
+    def healthy(self) -> bool:
+        """False while the breaker is open."""
+        return time.monotonic() >= self._open_until
+
+    def _admit(self) -> bool:
+        """Whether a call may go to the store now (closed breaker, or the one probe after cooldown)."""
+        with self._lock:
+            if time.monotonic() >= self._open_until:
+                if self.failures and self._probing:
+                    return False
+                if self.failures:
+                    self._probing = True
+                return True
+            return False
+
+    def _record(self, error: BaseException | None) -> None:
+        with self._lock:
+            self._probing = False
+            if error is None:
+                self.failures = 0
+                self.last_error = None
+                return
+            self.failures += 1
+            self.last_error = str(error) or type(error).__name__
+            self._open_until = time.monotonic() + self.cooldown_s
+        log.warning("online store failed (%s); skipping it for %.1fs", self.last_error, self.cooldown_s)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the store pool within the deadline; :class:`StoreDown` on an open breaker,
+        a :class:`StoreError`, or a missed deadline. Other exceptions (bugs) propagate unchanged."""
+        if not self._admit():
+            raise StoreDown(f"online store skipped for {self.cooldown_s:g}s after a failure: {self.last_error}")
+        if self.inline:
+            return self._run_inline(fn, *args)
+        loop = asyncio.get_running_loop()
+        try:
+            out = await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout_s)
+        except asyncio.TimeoutError:
+            err = StoreDown(f"online store did not answer within {self.timeout_s:g}s")
+            self._record(err)
+            raise err from None
+        except StoreError as e:
+            self._record(e)
+            raise StoreDown(str(e)) from e
+        except BaseException:
+            with self._lock:
+                self._probing = False
+            raise
+        self._record(None)
+        return out
+
+    def _run_inline(self, fn: Callable[..., T], *args: Any) -> T:
+        t = time.monotonic()
+        try:
+            out = fn(*args)
+        except StoreError as e:
+            self._record(e)
+            raise StoreDown(str(e)) from e
+        except BaseException:
+            with self._lock:
+                self._probing = False
+            raise
+        slow = time.monotonic() - t
+        if slow > self.timeout_s:  # answered, but too late: skip the store for a while
+            self._record(StoreDown(f"online store answered in {slow:.2f}s, over the {self.timeout_s:g}s deadline"))
+        else:
+            self._record(None)
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)

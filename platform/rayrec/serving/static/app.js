@@ -1,0 +1,106 @@
+// The rayrec page: pick a user, see "guess you like", open a movie for similar ones, rate it.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let currentUser = null;
+let currentMovie = null;
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = text;
+  return e;
+}
+
+async function getJSON(url, options) {
+  const r = await fetch(url, options);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
+  return body;
+}
+
+function movieLine(m) {
+  return [m.year, (m.genres || []).join(", ")].filter(Boolean).join(" · ");
+}
+
+function renderItem(item, i) {
+  const li = el("li", "item");
+  li.dataset.movieId = item.movie_id;
+  li.appendChild(el("span", "rank", String(i + 1)));
+  const title = el("span", "title", item.title || `movie ${item.movie_id}`);
+  for (const p of item.paths || []) title.appendChild(el("span", "path", p));
+  li.appendChild(title);
+  li.appendChild(el("span", "score", item.score.toFixed(3)));
+  li.appendChild(el("span", "genres", movieLine(item)));
+  if (item.reason) li.appendChild(el("span", "reason", item.reason));
+  li.addEventListener("click", () => showMovie(item.movie_id));
+  return li;
+}
+
+async function loadRecs() {
+  const uid = parseInt($("user-id").value || $("user-select").value, 10);
+  const k = parseInt($("k").value || "10", 10);
+  if (!Number.isInteger(uid) || uid < 1) { $("status").textContent = "Enter a user id (a positive integer)."; return; }
+  currentUser = uid;
+  $("who").textContent = `(user ${uid})`;
+  $("status").className = "status";
+  $("status").textContent = "Loading…";
+  try {
+    const rec = await getJSON(`recommend?user_id=${uid}&k=${k}`);
+    const list = $("recs");
+    list.replaceChildren(...rec.items.map(renderItem));
+    const notes = [`${rec.items.length} items in ${rec.took_ms.toFixed(1)} ms`];
+    if (rec.cold_start) notes.push("new user: cold-start picks");
+    if (rec.degraded) notes.push(`degraded (${rec.degraded_reason})`);
+    if (rec.model_version) notes.push(`ranker ${rec.model_version}`);
+    $("status").textContent = notes.join(" · ");
+    if (rec.degraded) $("status").className = "status degraded";
+    document.body.dataset.loaded = "recs";
+  } catch (e) {
+    $("status").className = "status degraded";
+    $("status").textContent = `Could not load recommendations: ${e.message}`;
+  }
+}
+
+async function showMovie(movieId) {
+  currentMovie = movieId;
+  $("detail-panel").hidden = false;
+  $("rate-status").textContent = "";
+  try {
+    const [movie, sim] = await Promise.all([getJSON(`movies/${movieId}`), getJSON(`similar?movie_id=${movieId}&k=8`)]);
+    $("detail-title").textContent = movie.title || `movie ${movieId}`;
+    const stats = movie.rating_count ? ` · ${movie.rating_count} ratings, mean ${(movie.rating_mean || 0).toFixed(2)}` : "";
+    $("detail-meta").textContent = movieLine(movie) + stats;
+    $("similar").replaceChildren(...sim.items.map((s, i) => {
+      const li = renderItem({ ...s, paths: [], reason: null }, i);
+      return li;
+    }));
+    document.body.dataset.loaded = "similar";
+  } catch (e) {
+    $("detail-meta").textContent = `Could not load movie: ${e.message}`;
+  }
+}
+
+async function rate(rating) {
+  if (currentUser === null || currentMovie === null) return;
+  try {
+    await getJSON("events", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ kind: "rating", user_id: currentUser, movie_id: currentMovie, value: rating }),
+    });
+    $("rate-status").textContent = `Rated ${rating}★, refreshing your list…`;
+    await loadRecs();
+  } catch (e) {
+    $("rate-status").textContent = `Could not rate: ${e.message}`;
+  }
+}
+
+$("user-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadRecs(); });
+$("user-select").addEventListener("change", () => { $("user-id").value = ""; loadRecs(); });
+for (const b of document.querySelectorAll("#rate button")) b.addEventListener("click", () => rate(parseFloat(b.dataset.rating)));
+
+const params = new URLSearchParams(location.search);
+if (params.get("user_id")) $("user-id").value = params.get("user_id");
+if (params.get("movie_id")) showMovie(parseInt(params.get("movie_id"), 10));
+loadRecs();

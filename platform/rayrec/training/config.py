@@ -1,0 +1,58 @@
+"""How a model is trained: optimisation, early stopping and the Ray Train scaling knobs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+__all__ = ["TrainConfig", "default_train_config"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Every default runs on one laptop CPU; ``use_gpu`` switches the device."""
+
+    epochs: int = 12  # the most epochs; early stopping may end sooner
+    batch_size: int = 1024  # per worker
+    lr: float = 2e-3
+    weight_decay: float = 0.0  # decoupled (AdamW); models add their own per-table decay
+    schedule: Literal["onecycle", "constant"] = "onecycle"
+    patience: int = 3  # epochs without a better validation metric before stopping
+    valid_fraction: float = 0.1  # each user's last share of training rows: the validation split
+    refit: bool = True  # after selecting the epoch count on validation, retrain on all training rows
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional, so several workers fit on a small machine
+    amp: bool = True  # mixed precision (bfloat16 autocast) when the device is CUDA
+    max_failures: int = 2  # worker-failure restarts from the last checkpoint
+    shuffle_buffer: int = 100_000  # rows in each worker's local shuffle buffer
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be ≥ 2, got {self.batch_size}")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be ≥ 1, got {self.num_workers}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.schedule not in ("onecycle", "constant"):
+            raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def default_train_config(name: str, **overrides: Any) -> TrainConfig:
+    """The tuned defaults of model ``name`` ("ranker" | "retriever") on MovieLens-sized data."""
+    base = {
+        "ranker": TrainConfig(epochs=12, batch_size=1024, lr=2e-3, schedule="onecycle"),
+        "retriever": TrainConfig(epochs=12, batch_size=1024, lr=3e-3, schedule="constant"),
+    }
+    if name not in base:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(base)}")
+    return replace(base[name], **overrides)

@@ -1,0 +1,168 @@
+"""Training data from a features version: samples, point-in-time history, hold-outs, boundary state.
+
+Everything here is pandas/numpy on the samples of one features version (``samples/train`` and
+``samples/test``); the encoded arrays then become Ray Datasets that Ray Train shards over workers.
+
+* ``positive_history``: per sample, the user's liked movies strictly before it (point-in-time, like
+  every other feature), longer than the 5 recent items the features carry.
+* ``temporal_holdout``: each user's last share of training rows by time, the validation split used for
+  early stopping, cut the same way as the train/test split.
+* ``users_at`` / ``items_at``: user and item feature rows as of the end of a set of ratings (the
+  train/test boundary), computed by the features pipeline's own point-in-time functions on those
+  ratings only. The retrieval evaluation ranks from this state; ``online/*.parquet`` is as of the end
+  of all data and would leak the test period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from rayrec import uri
+from rayrec.features.pointintime import attach_movie_attributes, item_pass, prior_sums, user_pass
+from rayrec.features.spec import FeatureSpec
+from rayrec.models.inputs import HISTORY
+
+__all__ = [
+    "FeaturesVersion",
+    "open_features",
+    "read_table",
+    "positive_history",
+    "temporal_holdout",
+    "users_at",
+    "items_at",
+    "data_range",
+    "encode_batch",
+    "to_dataset",
+]
+
+
+@dataclass(frozen=True)
+class FeaturesVersion:
+    """One features version: where it lives, its spec, and its train/test samples and catalog."""
+
+    version: str
+    path: str
+    spec: FeatureSpec
+    train: pd.DataFrame
+    test: pd.DataFrame
+    movies: pd.DataFrame  # movieId, title, year, genres (the catalog)
+
+
+def read_table(target: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file or folder (local or s3://) as pandas with numpy dtypes."""
+    fs, path = uri.filesystem(target)
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+    return table.to_pandas(ignore_metadata=True)  # numpy dtypes, NaN for missing numbers
+
+
+def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
+    """Load a features version's spec, samples and catalog (``version``: a name or "latest")."""
+    root = uri.join(artifacts, "features")
+    try:
+        path = uri.resolve_version(root, version)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}. Run `python -m pipelines.features` first.") from None
+    spec = FeatureSpec.load(uri.join(path, "spec.json"))
+    train = _sorted(read_table(uri.join(path, "samples", "train")))
+    test = _sorted(read_table(uri.join(path, "samples", "test")))
+    movies = read_table(uri.join(path, "movies.parquet"))
+    return FeaturesVersion(path.rsplit("/", 1)[-1], path, spec, train, test, movies)
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["userId", "timestamp", "movieId"], kind="mergesort").reset_index(drop=True)
+
+
+def positive_history(df: pd.DataFrame, max_len: int) -> list[list[int]]:
+    """Per row (in ``df``'s order), the user's liked movieIds strictly before it, most recent first,
+    at most ``max_len``. ``df`` must hold all the rows of its users whose likes should count."""
+    order = np.lexsort((df["movieId"].to_numpy(), df["timestamp"].to_numpy(), df["userId"].to_numpy()))
+    keys = df["userId"].to_numpy()[order]
+    ts = df["timestamp"].to_numpy()[order]
+    liked = df["label"].to_numpy()[order].astype(bool)
+    items = df["movieId"].to_numpy(np.int64)[order]
+    n = len(keys)
+    n_before = prior_sums(keys, ts, liked.astype(np.int64))  # likes strictly before each row
+    like_rows = np.flatnonzero(liked)
+    like_items = items[like_rows]
+    new_key = np.ones(n, dtype=bool)
+    new_key[1:] = keys[1:] != keys[:-1]
+    first_row = np.maximum.accumulate(np.where(new_key, np.arange(n), 0))
+    start = np.searchsorted(like_rows, first_row)  # the user's first like in like_items
+    end = start + n_before
+    sorted_out = [like_items[max(s, e - max_len) : e][::-1].tolist() for s, e in zip(start.tolist(), end.tolist())]
+    out: list[list[int]] = [[]] * n
+    for dst, hist in zip(order.tolist(), sorted_out):
+        out[dst] = hist
+    return out
+
+
+def temporal_holdout(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fit, valid): each user's last ``fraction`` of rows by time is valid; users with fewer than
+    ``min_rows`` rows stay in fit. The same cut as the features pipeline's train/test split."""
+    d = _sorted(df)
+    rank = d.groupby("userId").cumcount().to_numpy()
+    n = d.groupby("userId")["userId"].transform("size").to_numpy()
+    n_valid = np.where(n >= min_rows, np.floor(n * fraction + 1e-9).astype(np.int64), 0)
+    is_valid = rank >= n - n_valid
+    return d[~is_valid].reset_index(drop=True), d[is_valid].reset_index(drop=True)
+
+
+def users_at(ratings: pd.DataFrame, movies: pd.DataFrame, history_len: int, threshold: float) -> pd.DataFrame:
+    """One row per user: ``userId``, the user features and ``history_items`` as of the end of
+    ``ratings`` (userId, movieId, rating, timestamp), by the features pipeline's point-in-time code."""
+    base = attach_movie_attributes(ratings[["userId", "movieId", "rating", "timestamp"]].copy(), movies)
+    latest = user_pass(base, movies, threshold=threshold, sentinels=True)
+    keep = ["userId", "user_rating_count", "user_rating_mean", "user_rating_std", "user_year_mean",
+            "user_year_std", "user_genres", "user_recent_items"]  # fmt: skip
+    latest = latest.loc[latest["sentinel"].to_numpy(), keep]
+    liked = ratings[ratings["rating"].to_numpy(np.float64) >= threshold]
+    liked = liked.sort_values(["userId", "timestamp", "movieId"], ascending=[True, False, False], kind="mergesort")
+    hist = liked.groupby("userId")["movieId"].agg(lambda s: s.to_numpy(np.int64)[:history_len].tolist())
+    latest = latest.reset_index(drop=True)
+    latest[HISTORY] = [hist.get(u, []) for u in latest["userId"].to_numpy()]
+    return latest
+
+
+def items_at(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFrame:
+    """One row per catalog movie: ``movieId`` and the item features as of the end of ``ratings``
+    (movies nobody rated yet get count 0), in catalog order."""
+    latest = item_pass(ratings[["userId", "movieId", "rating", "timestamp"]].copy(), movies, sentinels=True)
+    latest = latest[latest["sentinel"].to_numpy()]
+    cols = ["movieId", "item_rating_count", "item_rating_mean", "item_rating_std"]
+    rated = latest[cols].set_index("movieId")
+    cat = pd.DataFrame({"movieId": movies["movieId"].to_numpy(np.int64)})
+    cat = cat.join(rated, on="movieId")
+    cat["item_rating_count"] = cat["item_rating_count"].fillna(0).astype(np.int64)
+    return attach_movie_attributes(cat, movies).reset_index(drop=True)
+
+
+def data_range(df: pd.DataFrame) -> dict[str, int]:
+    """The time span and size of a training set, recorded with the model."""
+    ts = df["timestamp"].to_numpy()
+    return {"rows": int(len(df)), "start": int(ts.min()) if len(ts) else 0, "end": int(ts.max()) if len(ts) else 0}
+
+
+def encode_batch(batch: pd.DataFrame, spec: FeatureSpec, history_len: int | None) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function: feature rows → the models' input arrays."""
+    from rayrec.models.inputs import encode_pairs
+
+    return encode_pairs(spec, batch, history_len)
+
+
+def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8) -> Any:
+    """A materialised Ray Dataset of encoded training rows, ready to be sharded by Ray Train."""
+    import ray
+
+    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
+    step = max(1, -(-len(rows) // blocks))
+    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, max(len(rows), 1), step)])
+    fn: Any = encode_batch  # Ray's stubs type a batch function without its keyword arguments
+    kwargs = {"spec": spec, "history_len": history_len}
+    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pandas", batch_size=8192).materialize()

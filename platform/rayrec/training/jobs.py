@@ -1,0 +1,278 @@
+"""The training job of one model, end to end: data → select → refit → test → registry.
+
+1. **data**: the samples of a features version; each user's last ``valid_fraction`` of training rows
+   (by time) is the validation split, the rest the fit split.
+2. **select**: train on fit with early stopping on the validation metric (ranker: ROC AUC; retriever:
+   Recall@50 over the catalog), which picks the number of epochs.
+3. **refit** (``TrainConfig.refit``): train again on all training rows for that many epochs, so the
+   most recent ratings, the ones closest to the test period, are not lost to validation.
+4. **test**: ranker ROC AUC, PR AUC, log loss and accuracy on the test split; retriever Recall@k,
+   NDCG@10, HitRate@10 and coverage, with the popularity baseline scored on the same task.
+5. **registry**: weights, config, spec hash, data range and metrics under ``models/<name>/<version>``;
+   the retriever adds the item embeddings of the whole catalog (``item_embeddings.parquet``).
+
+Both training stages run on Ray Train and checkpoint every epoch under ``<storage>/<run name>/``; a
+rerun with the same run name resumes them (a finished stage returns at once).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayrec import registry, uri
+from rayrec.config import default_artifacts
+from rayrec.evaluation.classification import classification_metrics
+from rayrec.evaluation.retrieval import build_task, evaluate, popularity_scores
+from rayrec.features.spec import FeatureSpec
+from rayrec.models import MODELS, build_model, model_config
+from rayrec.models.inference import item_vectors
+from rayrec.models.inputs import encode_items, encode_pairs, encode_users
+from rayrec.models.two_tower import TwoTower
+from rayrec.training.config import TrainConfig, default_train_config
+from rayrec.training.data import (
+    FeaturesVersion,
+    data_range,
+    items_at,
+    open_features,
+    positive_history,
+    read_table,
+    temporal_holdout,
+    to_dataset,
+    users_at,
+)
+from rayrec.training.tasks import RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
+from rayrec.training.trainer import FitResult, fit, runs_root
+
+__all__ = ["JobConfig", "JobResult", "run_job", "retriever_rows", "retrieval_data"]
+
+log = logging.getLogger(__name__)
+
+ITEM_STATS = ("item_rating_count", "item_rating_mean", "item_rating_std")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One training job. ``train``/``model`` default to the tuned defaults of ``name``."""
+
+    name: str  # "ranker" | "retriever"
+    artifacts: str = field(default_factory=default_artifacts)
+    features_version: str = "latest"
+    train: TrainConfig | None = None
+    model: Any = None  # RankerConfig | TwoTowerConfig
+    run_name: str | None = None  # reuse to resume an interrupted job
+    storage: str | None = None  # checkpoints; default <artifacts>/train_runs
+    max_users: int | None = None  # train and test on the first N users only (quick checks)
+    publish: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; expected one of {sorted(MODELS)}")
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self.train or default_train_config(self.name)
+
+    @property
+    def model_config(self) -> Any:
+        return self.model or model_config(self.name)
+
+
+@dataclass
+class JobResult:
+    name: str
+    run_name: str
+    version: str | None  # registry version (None when not published)
+    path: str | None
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+    select: FitResult | None
+    final: FitResult
+
+
+# -- data ------------------------------------------------------------------------------------------
+def _subset(fv: FeaturesVersion, max_users: int | None) -> FeaturesVersion:
+    if not max_users:
+        return fv
+    users = np.sort(fv.train["userId"].unique())[:max_users]
+    keep = lambda df: df[df["userId"].isin(users)].reset_index(drop=True)  # noqa: E731
+    return FeaturesVersion(fv.version, fv.path, fv.spec, keep(fv.train), keep(fv.test), fv.movies)
+
+
+def retriever_rows(rows: pd.DataFrame, movies: pd.DataFrame, history_len: int) -> pd.DataFrame:
+    """The retriever's training rows: the liked samples, each with the user's point-in-time history of
+    liked movies, and the item statistics of one snapshot (as of the end of ``rows``).
+
+    Why a snapshot: a sample's point-in-time item statistics say *when* it happened (a movie's count
+    grows with time). With in-batch negatives taken from other times, the towers would learn to match
+    the time of a user to the time of an item instead of their tastes, and at retrieval time every
+    item is seen at one instant. Static statistics of the training period keep the signal (popularity,
+    average rating) without the clock."""
+    out = rows.assign(history_items=positive_history(rows, history_len))
+    out = out[out["label"].to_numpy() == 1].reset_index(drop=True)
+    snap = items_at(rows, movies).set_index("movieId")
+    for col in ITEM_STATS:
+        out[col] = snap[col].reindex(out["movieId"].to_numpy()).to_numpy()
+    return out
+
+
+def retrieval_data(
+    history: pd.DataFrame, heldout: pd.DataFrame, movies: pd.DataFrame, spec: FeatureSpec, history_len: int
+) -> RetrievalData:
+    """The retrieval evaluation of ``heldout`` after ``history``: every user's state and every catalog
+    item's features as of the end of ``history`` (no look past the boundary)."""
+    items = items_at(history, movies)
+    task = build_task(history, heldout, items["movieId"].to_numpy(), threshold=spec.label_threshold)
+    users = users_at(history, movies, history_len, spec.label_threshold).set_index("userId")
+    users = users.loc[task.user_ids].reset_index()
+    return RetrievalData(task, encode_users(spec, users, history_len), encode_items(spec, items))
+
+
+# -- stages ----------------------------------------------------------------------------------------
+def _ranker_task(cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None) -> tuple[Any, Any]:
+    spec = fv.spec
+    task = RankTask(cfg.model_config, spec.sizes, rows=len(rows),
+                    valid=encode_pairs(spec, valid) if valid is not None else None)  # fmt: skip
+    return task, to_dataset(rows, spec)
+
+
+def _retriever_task(
+    cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None
+) -> tuple[Any, Any]:
+    spec, h = fv.spec, cfg.model_config.history_len
+    train_rows = retriever_rows(rows, fv.movies, h)
+    counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
+    vdata = retrieval_data(rows, valid, fv.movies, spec, h) if valid is not None else None
+    task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata)
+    return task, to_dataset(train_rows, spec, h)
+
+
+def _run_manifest(storage: str, run_name: str, cfg: JobConfig, fv: FeaturesVersion) -> str:
+    """Pin a run to its features version and configs; a rerun with other settings is refused."""
+    target = uri.join(storage, run_name, "run.json")
+    want = {
+        "model": cfg.name,
+        "features_version": fv.version,
+        "spec_hash": fv.spec.hash,
+        "train": cfg.train_config.to_dict(),
+        "model_config": cfg.model_config.to_dict(),
+        "max_users": cfg.max_users,
+    }
+    if uri.exists(target):
+        have = uri.read_json(target)
+        scaling = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures"}
+        strip = lambda d: {**d, "train": {k: v for k, v in d["train"].items() if k not in scaling}}  # noqa: E731
+        if strip(have) != strip(want):
+            raise ValueError(
+                f"run {run_name!r} exists at {uri.join(storage, run_name)} with other settings "
+                f"(features {have['features_version']}); use a new --run-name, or the same settings to resume"
+            )
+    else:
+        uri.write_json(target, want)
+    return uri.join(storage, run_name)
+
+
+def run_job(cfg: JobConfig) -> JobResult:
+    """Train, evaluate and (with ``publish``) register model ``cfg.name``. Needs Ray (``ray.init()``)."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    tc, mc = cfg.train_config, cfg.model_config
+    run_name = cfg.run_name or f"{cfg.name}-{uri.new_version()}"
+    storage = cfg.storage or runs_root(cfg.artifacts)
+    pinned = uri.join(storage, run_name, "run.json")
+    version = uri.read_json(pinned)["features_version"] if uri.exists(pinned) else cfg.features_version
+    fv = _subset(open_features(cfg.artifacts, version), cfg.max_users)
+    run_dir = _run_manifest(storage, run_name, cfg, fv)
+    make_task = _ranker_task if cfg.name == "ranker" else _retriever_task
+    fit_rows, valid_rows = temporal_holdout(fv.train, tc.valid_fraction) if tc.valid_fraction > 0 else (fv.train, None)
+    timings["data_s"] = time.perf_counter() - t
+    print(f"[{cfg.name}] run {run_name}: features {fv.version}, {len(fv.train):,} train / {len(fv.test):,} test "
+          f"samples, {tc.num_workers} worker(s), {'GPU' if tc.use_gpu else 'CPU'}", flush=True)  # fmt: skip
+
+    select: FitResult | None = None
+    if valid_rows is not None:
+        t = time.perf_counter()
+        task, ds = make_task(cfg, fv, fit_rows, valid_rows)
+        select = fit(task, ds, tc, name="select", storage=run_dir)
+        timings["select_s"] = time.perf_counter() - t
+        print(f"[{cfg.name}] selected {select.best_epoch + 1} epoch(s): valid {task.metric} "
+              f"{select.progress['best_metric']:.4f}", flush=True)  # fmt: skip
+    if select is None or tc.refit:
+        t = time.perf_counter()
+        epochs = select.best_epoch + 1 if select is not None else tc.epochs
+        task, ds = make_task(cfg, fv, fv.train, None)
+        final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir)
+        timings["refit_s"] = time.perf_counter() - t
+    else:
+        final = select
+
+    t = time.perf_counter()
+    model = build_model(cfg.name, mc, fv.spec)
+    model.load_state_dict(final.weights)
+    model.eval()
+    files: dict[str, bytes] = {}
+    if cfg.name == "ranker":
+        test = classification_metrics(fv.test["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, fv.test)))
+        metrics: dict[str, Any] = {"test": test}
+    else:
+        assert isinstance(model, TwoTower)
+        data = retrieval_data(fv.train, fv.test, fv.movies, fv.spec, mc.history_len)
+        liked = fv.train[fv.train["label"].to_numpy() == 1]
+        pop = popularity_scores(liked, data.task.item_ids)
+        metrics = {
+            "test": retrieval_metrics(model, data),
+            "popularity": evaluate(data.task, lambda pos: np.broadcast_to(pop, (len(pos), len(pop)))),
+        }
+        files["item_embeddings.parquet"] = _catalog_embeddings(model, fv)
+    timings["test_s"] = time.perf_counter() - t
+    if select is not None:
+        metrics["valid"] = {"metric": select.progress.get("best_metric"), "best_epoch": select.best_epoch + 1,
+                            "history": select.progress["history"]}  # fmt: skip
+    metrics["epochs"] = final.epochs_run
+    metrics["timings"] = timings
+
+    reg_version = reg_path = None
+    if cfg.publish:
+        reg_version = registry.publish(
+            cfg.artifacts,
+            cfg.name,
+            weights=final.weights,
+            config={"kind": cfg.name, "model": mc.to_dict(), "sizes": fv.spec.sizes},
+            meta={
+                "spec_hash": fv.spec.hash,
+                "features_version": fv.version,
+                "data_range": {"train": data_range(fv.train), "test": data_range(fv.test)},
+                "train_config": tc.to_dict(),
+                "run_name": run_name,
+                "max_users": cfg.max_users,
+            },
+            metrics=metrics,
+            files=files,
+        )
+        reg_path = uri.join(registry.models_root(cfg.artifacts, cfg.name), reg_version)
+    return JobResult(cfg.name, run_name, reg_version, reg_path, metrics, timings, select, final)
+
+
+def _catalog_embeddings(model: TwoTower, fv: FeaturesVersion) -> bytes:
+    """Parquet bytes: movieId, embedding (L2-normalised) for every movie of ``online/items.parquet``
+    (features as of the end of the data, as the index serves them; unknown movies via the OOV id)."""
+    items = read_table(uri.join(fv.path, "online", "items.parquet"))
+    vectors = item_vectors(model, fv.spec, items)
+    table = pa.table(
+        {
+            "movieId": pa.array(items["movieId"].to_numpy(np.int64)),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1]),
+        }
+    )
+    table = table.cast(pa.schema([("movieId", pa.int64()), ("embedding", pa.list_(pa.float32()))]))
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()

@@ -1,0 +1,205 @@
+"""The one training loop for every model, run per worker by Ray Train's ``TorchTrainer``.
+
+Per epoch: iterate this worker's shard of the training dataset, step the optimizer (DDP averages the
+gradients across workers), validate (rank 0, the result broadcast so every worker takes the same
+early-stopping decision), checkpoint, report, and print one progress line. A restarted worker group
+(worker failure) or a restarted driver (same run name) resumes from the last checkpoint: weights,
+optimizer, schedule, epoch, RNG state and early-stopping progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rayrec.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, state_to_cpu
+from rayrec.training.config import TrainConfig
+
+__all__ = ["train_loop_per_worker", "new_progress"]
+
+log = logging.getLogger("rayrec.training")
+
+
+def new_progress() -> dict[str, Any]:
+    return {"best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False,
+            "history": [], "starts": []}  # fmt: skip
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train logs every report at INFO, under a logger named after its source file; the loop's
+    own line per epoch says the same, readably."""
+    import importlib
+
+    module = importlib.import_module("ray.train.v2._internal.execution.context")
+    getattr(module, "logger", logging.getLogger(module.__file__)).setLevel(logging.WARNING)
+
+
+def _broadcast(obj: Any, world: int) -> Any:
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int) -> Any:
+    if tc.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=max(20, tc.epochs * steps_per_epoch),  # OneCycle needs a few steps per phase
+        pct_start=0.1,
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """``config``: ``task`` (a training task) and ``train`` (a TrainConfig)."""
+    import ray.train
+    import ray.train.torch
+
+    task, tc = config["task"], config["train"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_flush_denormal(True)  # denormals slow the CPU down by orders of magnitude late in training
+    torch.manual_seed(tc.seed)
+    _quiet_report_logs()
+
+    raw = task.build()
+    progress, start_epoch = new_progress(), 0
+    restored = ray.train.get_checkpoint()
+    state: dict[str, Any] | None = None
+    if restored is not None:
+        with restored.as_directory() as folder:
+            state = load_checkpoint(folder)
+        raw.load_state_dict(state["weights"])
+        progress, start_epoch = state["progress"], int(state["epoch"]) + 1
+    progress["starts"].append(start_epoch)
+    model = ray.train.torch.prepare_model(raw)  # to the device; DDP when world > 1
+    optimizer = torch.optim.AdamW(raw.param_groups(tc.weight_decay), lr=tc.lr)
+    per_worker = task.rows // world
+    steps = max(1, per_worker // tc.batch_size if task.drop_last else math.ceil(per_worker / tc.batch_size))
+    scheduler = _schedule(optimizer, tc, steps)
+    use_amp = tc.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    best: dict[str, torch.Tensor] | None = None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        best = state["best"]
+    if rank == 0 and start_epoch > 0:
+        log.info("[%s] resumed from the checkpoint of epoch %d", task.name, start_epoch)
+
+    shard = ray.train.get_dataset_shard("train")
+    validating = task.valid is not None
+    for epoch in range(start_epoch, tc.epochs):
+        if progress["stopped"]:
+            break
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        batches = shard.iter_torch_batches(
+            batch_size=tc.batch_size,
+            device=device,
+            drop_last=task.drop_last,
+            local_shuffle_buffer_size=tc.shuffle_buffer,
+            local_shuffle_seed=tc.seed * 100_003 + epoch * 101 + rank,
+        )
+        for batch in batches:
+            amp = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+            with amp:
+                loss = task.loss(model, raw, batch)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if scheduler is not None and scheduler.last_epoch + 1 < scheduler.total_steps:
+                scheduler.step()
+            n = len(batch["item_id"])
+            loss_sum += loss.detach().double() * n
+            seen += n
+        train_s = time.perf_counter() - t0
+        total_loss, total_seen = _sum([float(loss_sum), float(seen)], device, world)
+        metrics: dict[str, float] = {}
+        if validating:
+            found = {k: float(v) for k, v in task.validate(raw, device).items()} if rank == 0 else None
+            metrics = _broadcast(found, world)
+        value = metrics.get(task.metric, -math.inf) if validating else float(epoch)
+        if value > progress["best_metric"]:
+            progress.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
+            best = state_to_cpu(raw) if validating else None
+        else:
+            progress["bad_epochs"] += 1
+            progress["stopped"] = validating and progress["bad_epochs"] >= tc.patience
+        report = {
+            "epoch": epoch,
+            "loss": total_loss / max(total_seen, 1.0),
+            "samples_per_s": total_seen / max(train_s, 1e-9),
+            "train_s": train_s,
+            **{f"valid_{k}": v for k, v in metrics.items()},
+            "best_epoch": progress["best_epoch"],
+            "stopped": progress["stopped"],
+            "resumed_from": progress["starts"][-1],
+            "torch_threads": torch.get_num_threads(),
+        }
+        progress["history"].append({k: v for k, v in report.items() if isinstance(v, (int, float))})
+        _report(report, rank, raw, optimizer, scheduler, scaler, epoch, progress, best)
+        if rank == 0:
+            log.info(_line(task, tc, report, progress))
+    return {k: progress[k] for k in ("best_metric", "best_epoch", "stopped", "history", "starts")}
+
+
+def _report(
+    report: dict[str, Any], rank: int, raw: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+    epoch: int, progress: dict[str, Any], best: dict[str, torch.Tensor] | None,
+) -> None:  # fmt: skip
+    """Checkpoint (written by rank 0 only: DDP replicas are identical) and report to Ray Train."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(report, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(folder, model=raw, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        epoch=epoch, progress=progress, best=best)  # fmt: skip
+        ray.train.report(
+            report,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=f"epoch-{epoch:04d}",
+        )
+
+
+def _line(task: Any, tc: TrainConfig, r: dict[str, Any], progress: dict[str, Any]) -> str:
+    valid = "".join(f" valid {k[6:]} {v:.4f}" for k, v in r.items() if k.startswith("valid_"))
+    best = f" (best epoch {progress['best_epoch'] + 1})" if valid else ""
+    stop = " early stop" if r["stopped"] else ""
+    return (
+        f"[{task.name}] epoch {r['epoch'] + 1}/{tc.epochs} loss {r['loss']:.4f}{valid}{best} "
+        f"{r['samples_per_s']:,.0f} samples/s ({r['train_s']:.1f}s){stop}"
+    )

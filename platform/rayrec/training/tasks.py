@@ -1,0 +1,124 @@
+"""Training tasks: what the one training loop needs to know about a model.
+
+A task builds its model, turns a batch into a loss, and scores the model on its validation data (held
+as numpy arrays, small next to the training set, so it travels with the task to every worker). The
+ranker's validation metric is ROC AUC on the validation rows; the retriever's is Recall@50 over the
+whole catalog, with the users' state at the fit/validation boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rayrec.evaluation.classification import classification_metrics
+from rayrec.evaluation.retrieval import RetrievalTask, evaluate
+from rayrec.models import build_model
+from rayrec.models.two_tower import TwoTower
+
+__all__ = ["RankTask", "RetrieveTask", "RetrievalData", "predict_ranker", "encode_towers", "retrieval_metrics"]
+
+Arrays = Mapping[str, np.ndarray]
+
+
+def _chunks(arrays: Arrays, size: int, device: torch.device) -> Any:
+    n = len(next(iter(arrays.values())))
+    for start in range(0, n, size):
+        yield {k: torch.as_tensor(v[start : start + size]).to(device) for k, v in arrays.items()}
+
+
+@torch.no_grad()
+def predict_ranker(model: nn.Module, arrays: Arrays, device: torch.device | str = "cpu", chunk: int = 8192) -> np.ndarray:
+    """Probabilities of the ranker on encoded rows, in order."""
+    was = model.training
+    model.eval()
+    out = [torch.sigmoid(model(b)).float().cpu().numpy() for b in _chunks(arrays, chunk, torch.device(device))]
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+@torch.no_grad()
+def encode_towers(
+    model: TwoTower, users: Arrays, items: Arrays, device: torch.device | str = "cpu", chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """(U, D) user vectors and (N, D) item vectors, both L2-normalised."""
+    was = model.training
+    model.eval()
+    dev = torch.device(device)
+    u = [model.user(b).float().cpu().numpy() for b in _chunks(users, chunk, dev)]
+    i = [model.item(b).float().cpu().numpy() for b in _chunks(items, chunk, dev)]
+    model.train(was)
+    return np.concatenate(u), np.concatenate(i)
+
+
+@dataclass(frozen=True)
+class RetrievalData:
+    """A retrieval evaluation: the task, its users' encoded state (in task order) and the catalog."""
+
+    task: RetrievalTask
+    users: dict[str, np.ndarray]
+    items: dict[str, np.ndarray]
+
+
+def retrieval_metrics(model: TwoTower, data: RetrievalData, device: torch.device | str = "cpu") -> dict[str, float]:
+    u, i = encode_towers(model, data.users, data.items, device)
+    return evaluate(data.task, lambda pos: u[pos] @ i.T)
+
+
+@dataclass(frozen=True)
+class RankTask:
+    """Binary like/dislike classification of (user, item) rows with BCE."""
+
+    config: Any  # RankerConfig
+    sizes: dict[str, int]
+    rows: int  # training rows, for the learning-rate schedule
+    valid: dict[str, np.ndarray] | None = None
+    name: str = "ranker"
+    metric: str = "auc"
+    drop_last: bool = False
+
+    def build(self) -> nn.Module:
+        return build_model(self.name, self.config, self.sizes)
+
+    def loss(self, model: nn.Module, raw: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(batch)
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+
+    def validate(self, raw: nn.Module, device: torch.device) -> dict[str, float]:
+        assert self.valid is not None
+        m = classification_metrics(self.valid["label"], predict_ranker(raw, self.valid, device))
+        return {"auc": m["auc"], "logloss": m["logloss"]}
+
+
+@dataclass(frozen=True)
+class RetrieveTask:
+    """In-batch sampled softmax over (user state, liked movie) rows."""
+
+    config: Any  # TwoTowerConfig
+    sizes: dict[str, int]
+    rows: int
+    item_counts: np.ndarray = field(repr=False)  # per movie id: times it is a training positive
+    valid: RetrievalData | None = None
+    name: str = "retriever"
+    metric: str = "recall@50"
+    drop_last: bool = True  # a tiny last batch has too few in-batch negatives
+
+    def build(self) -> nn.Module:
+        model = build_model(self.name, self.config, self.sizes)
+        assert isinstance(model, TwoTower)
+        model.set_sampling_counts(torch.tensor(np.asarray(self.item_counts)))
+        return model
+
+    def loss(self, model: nn.Module, raw: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        assert isinstance(raw, TwoTower)
+        return raw.loss(model(batch), batch)
+
+    def validate(self, raw: nn.Module, device: torch.device) -> dict[str, float]:
+        assert self.valid is not None and isinstance(raw, TwoTower)
+        m = retrieval_metrics(raw, self.valid, device)
+        return {"recall@50": m["recall@50"], "ndcg@10": m["ndcg@10"]}

@@ -1,0 +1,259 @@
+"""The recommender on Ray Serve: Ingress (FastAPI), Recall, Ranker, Reranker, and the app builder.
+
+Every deployment wraps :mod:`rayrec.serving`; this file only wires them. Three compositions, chosen
+by the ``composition`` arg:
+
+- ``fused`` (default): the Ingress runs recall, rank and rerank in its own process. Ranking is still
+  batched across concurrent callers (``@serve.batch`` on the ingress's ``rank``): each batch reads the
+  candidates' features from the store in one call and scores them in one forward pass. No
+  DeploymentHandle hop on the request path.
+- ``ranker``: the Ingress recalls and reranks; the Ranker deployment (``@serve.batch``, store read
+  per batch) scores. One hop; the Ranker scales on its own (e.g. on GPU nodes).
+- ``chain``: Ingress → Recall → Ranker → Reranker, three hops, each stage scaled separately.
+
+Why fused is the default: measured on the 2-core development machine with tests/perf/bench_serving.py
+(shared with other jobs, so absolute figures swing by 2x between rounds; the order never changed).
+A FastAPI no-op ingress answered 155–483 req/s at concurrency 8–32; the same no-op behind one
+DeploymentHandle hop 84–173, behind two 78–109: a hop costs more CPU than the whole recall → rank →
+rerank compute (about 6–9 ms). The full app at concurrency 8: fused with 2 replicas 69–119 req/s,
+fused with 1 replica 56–73, ranker (one hop) 40–72, chain (three hops) 25–50. So the request path has
+no hop, and a second ingress replica (autoscaling, 1 → 2) uses the second core; the split
+compositions are for clusters where a stage needs its own hardware or replica count.
+
+Overload gets 503s, not timeouts. Requests must not wait in the proxy's queue: a request queued
+there polls for a free replica with back-off (up to 0.5 s), leaving replicas idle. With
+``max_ongoing_requests=16`` one replica fell from 52–63 req/s at concurrency 8 to 19–31 at 32; with 48
+it held 48–65. So the ingress admits up to 48 requests per replica (waiting there costs nothing:
+asyncio, and ranking batches grow with load), the proxy queues at most 16 more and refuses the rest
+at once (BackPressureError → 503). Shedding requests inside the replica past a deadline was tried and
+dropped: the work already done was wasted and goodput fell. Health checks report only faults local
+to a replica (a broken bundle or thread pool); a store outage degrades answers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from rayrec.config import default_artifacts, repo_root
+from rayrec.realtime import ColdContext
+from rayrec.serving import RecommenderService, ServingConfig, create_app
+from rayrec.serving.api import Recommendation
+from rayrec.serving.core import Ranked, Recalled
+
+log = logging.getLogger("ray.serve")
+
+Composition = Literal["fused", "ranker", "chain"]
+
+
+class Scaling(BaseModel):
+    """Resources, autoscaling and admission limits of one deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(default=0.25, gt=0, le=16)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=4, gt=0)
+    max_ongoing_requests: int = Field(default=8, ge=1)
+    max_queued_requests: int = Field(default=16, ge=-1, description="-1: unbounded queue (no fast 503s)")
+    upscale_delay_s: float = Field(default=5.0, ge=0, description="sustained load this long before adding a replica")
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "max_replicas": max(self.max_replicas, self.min_replicas),
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+            },
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+
+
+#: Per-deployment defaults: they fit 2 cores (ingress 2 × 0.5 at most in the fused composition).
+SCALING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ingress": {"num_cpus": 0.5, "max_replicas": 2, "target_ongoing_requests": 4, "max_ongoing_requests": 48,
+                "max_queued_requests": 16},
+    "recall": {"num_cpus": 0.25, "max_replicas": 2, "target_ongoing_requests": 8, "max_ongoing_requests": 16,
+               "max_queued_requests": 32},
+    "ranker": {"num_cpus": 0.25, "max_replicas": 2, "target_ongoing_requests": 16, "max_ongoing_requests": 32,
+               "max_queued_requests": 64},
+    "reranker": {"num_cpus": 0.1, "max_replicas": 1, "target_ongoing_requests": 8, "max_ongoing_requests": 16,
+                 "max_queued_requests": 32},
+}  # fmt: skip
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    # 0: no waiting. A batch leaves as soon as the previous one is done, holding every request that
+    # arrived meanwhile: batches grow with load and an idle server adds no delay.
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=1)
+
+
+class AppArgs(BaseModel):
+    """Typed args of :func:`build_app` (``serve run serve_apps.recommender:build_app artifacts=…`` or
+    the ``args:`` of an application in the Serve config YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifacts: str = Field(default_factory=default_artifacts, description="artifacts URI (path or s3://)")
+    store: str | None = Field(default=None, description="online store URL; None: SQLite under the artifacts")
+    composition: Composition = "fused"
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="sent as user_config (hot)")
+    batching: Batching = Field(default_factory=Batching)
+    ingress: Scaling = Field(default_factory=lambda: Scaling(**SCALING_DEFAULTS["ingress"]))
+    recall: Scaling = Field(default_factory=lambda: Scaling(**SCALING_DEFAULTS["recall"]))
+    ranker: Scaling = Field(default_factory=lambda: Scaling(**SCALING_DEFAULTS["ranker"]))
+    reranker: Scaling = Field(default_factory=lambda: Scaling(**SCALING_DEFAULTS["reranker"]))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_scaling(cls, data: Any) -> Any:
+        """``ingress: {num_cpus: 0.1}`` changes that field only; the others keep their defaults."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for name, defaults in SCALING_DEFAULTS.items():
+                if isinstance(data.get(name), dict):
+                    data[name] = {**defaults, **data[name]}
+        return data
+
+    @field_validator("artifacts")
+    @classmethod
+    def _resolve(cls, v: str) -> str:
+        """A relative path resolves against the repository, not the current directory."""
+        if "://" in v or os.path.isabs(v):
+            return v
+        return str(repo_root() / v)
+
+
+def _threads() -> None:
+    """One intra-op thread per replica: replicas and requests are the parallelism on a small node."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class _Stage:
+    """Shared by every deployment: a :class:`RecommenderService` and hot reconfiguration."""
+
+    def __init__(self, artifacts: str, store: str | None, composition: str) -> None:
+        _threads()
+        self.service = RecommenderService.create(artifacts, store, ServingConfig(), composition=composition)
+        self._sync: asyncio.Task[None] | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        if self._sync is None:  # the replica's event loop runs by now: start syncing live items
+            self._sync = asyncio.get_running_loop().create_task(self.service.sync_items_forever())
+        if await self.service.reconfigure(ServingConfig.model_validate(user_config or {})):
+            log.info("reloaded: %s", self.service.bundle.versions)
+
+    def check_health(self) -> None:
+        self.service.check_local()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class Recall(_Stage):
+    """Recall stage: the user's state from the store, multi-path candidates."""
+
+    async def recall(self, user_id: int, k: int, context: ColdContext | None = None) -> Recalled:
+        return await self.service.recall_local(user_id, k, context)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class Ranker(_Stage):
+    """Rank stage: Embedding+MLP over the candidates of a batch of requests (``@serve.batch``); each
+    batch reads all candidates' features from the store in one call."""
+
+    def __init__(self, artifacts: str, store: str | None, composition: str, batching: Batching) -> None:
+        super().__init__(artifacts, store, composition)
+        self.rank.set_max_batch_size(batching.max_batch_size)
+        self.rank.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def rank(self, batch: list[Recalled]) -> list[Ranked]:
+        return await self.service.rank_batch(batch)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class Reranker(_Stage):
+    """Rerank stage: MMR, freshness, popularity, business rules, reasons."""
+
+    async def finish(self, recalled: Recalled, ranked: Ranked) -> Recommendation:
+        return self.service.core.finish(recalled, ranked)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10, health_check_timeout_s=30)
+@serve.ingress()
+class Ingress(_Stage):
+    """HTTP ingress: the API and the web page. Runs the stages itself (``fused``) or calls the stage
+    deployments through their handles."""
+
+    def __init__(
+        self,
+        artifacts: str,
+        store: str | None,
+        composition: str,
+        batching: Batching,
+        recall: DeploymentHandle | None = None,
+        ranker: DeploymentHandle | None = None,
+        reranker: DeploymentHandle | None = None,
+    ) -> None:
+        super().__init__(artifacts, store, composition)
+        svc = self.service
+        svc.passthrough = (BackPressureError,)
+        self.rank.set_max_batch_size(batching.max_batch_size)
+        self.rank.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        svc.rank_fn = self.rank
+        if ranker is not None:
+            svc.rank_fn = lambda r: ranker.rank.remote(r.for_ranker())  # type: ignore[assignment,return-value]
+        if recall is not None:
+            svc.recall_fn = lambda uid, k, ctx: recall.recall.remote(uid, k, ctx)  # type: ignore[assignment,return-value]
+        if reranker is not None:
+            svc.finish_fn = lambda r, ranked: reranker.finish.remote(r, ranked)  # type: ignore[assignment,return-value]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def rank(self, batch: list[Recalled]) -> list[Ranked]:
+        return await self.service.rank_batch(batch)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self.service, title="rayrec")
+
+    async def __del__(self) -> None:
+        await asyncio.to_thread(self.service.close)
+
+
+def build_app(args: dict[str, Any] | AppArgs | None = None) -> serve.Application:
+    """The recommender app from typed args (see :class:`AppArgs`): the ingress, plus the stage
+    deployments the composition calls. The serving config goes to every deployment as ``user_config``."""
+    a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    user_config = a.serving.model_dump(mode="json")
+    common = (a.artifacts, a.store, a.composition)
+
+    def stage(cls: Any, scaling: Scaling, *extra: Any) -> Any:
+        return cls.options(user_config=user_config, **scaling.options()).bind(*common, *extra)
+
+    recall = ranker = reranker = None
+    if a.composition in ("ranker", "chain"):
+        ranker = stage(Ranker, a.ranker, a.batching)
+    if a.composition == "chain":
+        recall = stage(Recall, a.recall)
+        reranker = stage(Reranker, a.reranker)
+    return Ingress.options(user_config=user_config, **a.ingress.options()).bind(
+        *common, a.batching, recall, ranker, reranker
+    )

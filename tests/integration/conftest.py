@@ -1,0 +1,98 @@
+"""Fixtures of the serving tests: one small artifacts folder and one Serve app per test session.
+
+The artifacts are built the way the main job builds them, on a slice of ml-latest-small (the first
+users; the synthetic generator when MovieLens is absent): features → online store (SQLite in tmp) →
+tiny ranker and retriever → index. The app is deployed once on the session's local Ray, on a free
+port on 127.0.0.1, and deleted at the end of the session.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+N_USERS = 120  # users of ml-latest-small kept (about 18k ratings): features, training and index in seconds
+
+
+@dataclass(frozen=True)
+class ServingArtifacts:
+    artifacts: str
+    store: str
+    features_path: str
+    movielens: bool
+    trained: bool
+
+
+def _dataset(tmp: Path):
+    from rayrec.config import shared_movielens_dir
+    from rayrec.data import read_movielens
+    from rayrec.data.synthetic import SyntheticConfig, generate
+
+    found = shared_movielens_dir()
+    if found is not None:
+        data = read_movielens(found)
+        keep = data.ratings["userId"] <= N_USERS
+        data.ratings = data.ratings[keep].reset_index(drop=True)
+        return data, True
+    generate(tmp / "synthetic", SyntheticConfig(n_users=N_USERS, n_items=600, n_ratings=12_000))
+    return read_movielens(tmp / "synthetic"), False
+
+
+def _train(artifacts: str) -> bool:
+    """Train tiny models (2 epochs, no refit) through the training job, as the main job does."""
+    from pipelines import train
+
+    for model in ("ranker", "retriever"):
+        rc = train.main(["--model", model, "--artifacts", artifacts, "--epochs", "2", "--num-workers", "1", "--no-refit"])
+        assert rc == 0, f"training the {model} failed (exit {rc})"
+    return True
+
+
+@pytest.fixture(scope="session")
+def serving_artifacts(ray_session, tmp_path_factory) -> ServingArtifacts:
+    from rayrec.features import FeaturesConfig, run_features
+    from rayrec.retrieval import IndexConfig, run_index
+    from rayrec.store.loader import load_table
+
+    tmp = tmp_path_factory.mktemp("serving")
+    data, is_movielens = _dataset(tmp)
+    artifacts = str(tmp / "artifacts")
+    result = run_features(data, FeaturesConfig(artifacts=artifacts, num_blocks=2))
+    store = f"sqlite://{tmp}/store.db"
+    for entity, table, key in (("user", "users", "userId"), ("item", "items", "movieId")):
+        load_table(store, entity, result.uri("online", f"{table}.parquet"), key)
+    trained = _train(artifacts)
+    run_index(IndexConfig(artifacts=artifacts, recall_queries=100, latency_queries=10))  # the retriever's embeddings
+    return ServingArtifacts(artifacts, store, result.path, is_movielens, trained)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServingApp:
+    url: str
+    name: str
+    artifacts: ServingArtifacts
+
+
+APP_NAME = "rayrec-test"
+
+
+@pytest.fixture(scope="session")
+def serving_app(serving_artifacts: ServingArtifacts):
+    from ray import serve
+
+    from pipelines.serve import deploy
+
+    small = {"num_cpus": 0.1, "max_replicas": 1}
+    url = deploy(serving_artifacts.artifacts, serving_artifacts.store, port=free_port(), name=APP_NAME,
+                 ingress=small)  # fmt: skip
+    yield ServingApp(url, APP_NAME, serving_artifacts)
+    serve.delete(APP_NAME)

@@ -1,0 +1,99 @@
+"""The serving core with both registered models, in process: the ranker scores every candidate of a
+batch of requests in one forward pass, the user tower queries the index, and the lists follow the
+scores. The models are the session's tiny ones: these tests check the plumbing and properties that
+hold for any model, not recommendation quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rayrec.features.spec import FeatureSpec
+from rayrec.models.ranker import Ranker, RankerConfig
+from rayrec.models.two_tower import TwoTower, TwoTowerConfig
+from rayrec.serving import Recommender, ServingConfig, load_bundle
+from rayrec.serving.scoring import RankModel, UserTower, item_columns, user_columns
+from rayrec.store import open_store
+
+
+@pytest.fixture(scope="module")
+def wired(serving_artifacts):
+    torch.manual_seed(0)
+    spec = FeatureSpec.load(f"{serving_artifacts.features_path}/spec.json")
+    bundle = load_bundle(serving_artifacts.artifacts, ServingConfig(rerank={"diversity": 0.0, "freshness_weight": 0.0,
+                                                                            "popularity_weight": 0.0, "max_per_genre": None}))  # fmt: skip
+    assert bundle.ranker is not None and bundle.tower is not None, bundle.notes
+    return Recommender(bundle), open_store(serving_artifacts.store)
+
+
+def test_registered_models_load_and_match_the_spec(serving_artifacts) -> None:
+    from rayrec import uri
+    from rayrec.models.inference import RankerScorer, load_model
+
+    spec = FeatureSpec.load(f"{serving_artifacts.features_path}/spec.json")
+    bundle = load_bundle(serving_artifacts.artifacts)
+    assert bundle.versions["ranker"] == uri.latest(uri.join(serving_artifacts.artifacts, "models", "ranker"))
+    assert bundle.versions["retriever"] == uri.latest(uri.join(serving_artifacts.artifacts, "models", "retriever"))
+    # the serving adapter scores exactly as the registry's own scorer
+    store = open_store(serving_artifacts.store)
+    core = Recommender(bundle)
+    r = core.recall(store, 3, 10)
+    ranked = core.rank(store, [r])[0]
+    import pandas as pd
+
+    rows = store.get("item", r.ids.tolist())
+    reference = RankerScorer(load_model(serving_artifacts.artifacts, "ranker", spec=spec), spec).score(
+        pd.DataFrame([store.get("user", [3])[0]]), pd.DataFrame(rows)
+    )
+    np.testing.assert_allclose(ranked.scores, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_untrained_models_plug_in_too(serving_artifacts) -> None:
+    """Any Ranker / TwoTower built from the FeatureSpec serves (no registry needed)."""
+    torch.manual_seed(0)
+    spec = FeatureSpec.load(f"{serving_artifacts.features_path}/spec.json")
+    bundle = load_bundle(serving_artifacts.artifacts)
+    bundle.ranker = RankModel(Ranker(RankerConfig(), spec.sizes).eval(), spec, "untrained")
+    bundle.tower = UserTower(TwoTower(TwoTowerConfig(id_dim=bundle.index.dim), spec.sizes).eval(), spec, "untrained")
+    rec = Recommender(bundle).recommend(open_store(serving_artifacts.store), 4, 10)
+    assert len(rec.items) == 10 and all(i.rank_score is not None for i in rec.items)
+
+
+def test_batched_scores_equal_one_by_one(wired) -> None:
+    core, store = wired
+    batch = [core.recall(store, u, 10) for u in (1, 2, 3, 987654321)]
+    together = core.rank(store, batch)
+    for r, ranked in zip(batch, together):
+        alone = core.rank(store, [r])[0]
+        assert ranked.scores is not None and ranked.scores.shape == (len(r.ids),)
+        np.testing.assert_allclose(ranked.scores, alone.scores, rtol=1e-5, atol=1e-6)
+        assert ((ranked.scores >= 0) & (ranked.scores <= 1)).all()
+    assert together[0].timings["batch"] == 4.0
+
+
+def test_list_follows_the_ranker(wired) -> None:
+    core, store = wired
+    rec = core.recommend(store, 5, 10)
+    assert not rec.degraded and len(rec.items) == 10
+    ranks = [i.rank_score for i in rec.items]
+    assert ranks == sorted(ranks, reverse=True), "with rerank weights at 0 the list is the ranker's order"
+    r = core.recall(store, 5, 10)
+    ranked = core.rank(store, [r])[0]
+    unseen = [s for m, s in zip(r.ids.tolist(), ranked.scores.tolist()) if m not in r.seen]
+    assert ranks[0] == pytest.approx(max(unseen), rel=1e-5)
+
+
+def test_user_vector_queries_the_index(wired) -> None:
+    core, store = wired
+    b = core.bundle
+    row = store.get("user", [7])[0]
+    hist = b.history.user(7)
+    v = b.tower.vector(user_columns(7, row, hist.liked, tuple(row["user_genres"])))
+    assert v.shape == (b.index.dim,) and abs(float(np.linalg.norm(v)) - 1.0) < 1e-4
+    r = core.recall(store, 7, 10)
+    assert "embedding" in {p for ps in r.paths for p in ps}
+    # the item side of the tower encodes store rows too (used for items added live)
+    rows = store.get("item", r.ids[:3].tolist())
+    vecs = b.tower.items(item_columns(r.ids[:3].tolist(), rows) | {"genres": [x["genres"] for x in rows]})
+    assert vecs.shape == (3, b.index.dim)

@@ -1,0 +1,121 @@
+"""Training on Ray Train end to end, on a small features version: the jobs publish complete registry
+versions, a killed worker resumes from the last checkpoint, and a rerun with the same run name
+(a restarted driver) continues from where the run stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rayrec import registry, uri
+from rayrec.models.inference import RankerScorer, TowerEncoder, load_model
+from rayrec.training import JobConfig, TrainConfig, run_job
+from rayrec.training.data import open_features, read_table, to_dataset, users_at
+from rayrec.training.tasks import RankTask
+from rayrec.training.trainer import fit
+from train_data import small, write_version
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> str:
+    art = str(tmp_path_factory.mktemp("train-artifacts"))
+    write_version(small(n_users=60, n_items=80, n=2500, seed=2), art)
+    return art
+
+
+def quick(**changes) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "batch_size": 256, "lr": 3e-3, "max_failures": 1, **changes})
+
+
+def test_ranker_job_publishes_a_complete_version_and_resumes_by_run_name(ray_session, artifacts):
+    cfg = JobConfig(name="ranker", artifacts=artifacts, train=quick(refit=False), run_name="ranker-test")
+    result = run_job(cfg)
+    test = result.metrics["test"]
+    assert set(test) >= {"auc", "pr_auc", "logloss", "accuracy"} and 0.0 <= test["auc"] <= 1.0
+    assert result.final.epochs_run == 2 and len(result.metrics["valid"]["history"]) == 2
+    stored = registry.load(artifacts, "ranker")
+    assert stored.version == result.version
+    fv = open_features(artifacts)
+    assert stored.meta["spec_hash"] == fv.spec.hash and stored.meta["features_version"] == fv.version
+    assert stored.meta["data_range"]["train"]["rows"] == len(fv.train)
+    assert stored.metrics["test"]["auc"] == pytest.approx(test["auc"])
+    # serving loads what the job wrote and scores online rows
+    users = read_table(uri.join(fv.path, "online", "users.parquet"))
+    items = read_table(uri.join(fv.path, "online", "items.parquet"))
+    probs = RankerScorer(load_model(artifacts, "ranker", spec=fv.spec), fv.spec).score(users.iloc[[0]], items)
+    assert probs.shape == (len(items),) and np.isfinite(probs).all()
+
+    # a run name is pinned to its features version and settings: resuming with others is refused
+    with pytest.raises(ValueError, match="other settings"):
+        run_job(JobConfig(name="ranker", artifacts=artifacts, train=quick(refit=False, lr=1e-2), run_name="ranker-test"))
+
+
+def test_retriever_job_writes_catalog_embeddings_and_the_popularity_baseline(ray_session, artifacts):
+    result = run_job(JobConfig(name="retriever", artifacts=artifacts, train=quick(refit=True)))
+    m = result.metrics
+    for block in ("test", "popularity"):
+        assert {"recall@10", "recall@50", "recall@100", "ndcg@10", "hitrate@10", "coverage@10"} <= set(m[block])
+        assert m[block]["users"] == m["test"]["users"] > 0
+    assert result.final.epochs_run == result.select.best_epoch + 1  # refit for the selected epochs
+    fv = open_features(artifacts)
+    emb = pd.read_parquet(Path(result.path) / "item_embeddings.parquet")
+    items = read_table(uri.join(fv.path, "online", "items.parquet"))
+    assert emb["movieId"].tolist() == items["movieId"].tolist()  # the whole catalog, cold movies too
+    vectors = np.stack(emb["embedding"].to_numpy())
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    enc = TowerEncoder(load_model(artifacts, "retriever", spec=fv.spec), fv.spec)
+    assert np.allclose(enc.items(items), vectors, atol=1e-6)
+    state = users_at(fv.train, fv.movies, 50, fv.spec.label_threshold)
+    assert enc.users(state).shape == (len(state), vectors.shape[1])
+
+
+def _kill_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the training worker process once its first checkpoint is committed (the second one is
+    being written: a report returns only after its checkpoint is persisted)."""
+    from ray._private import state  # the GCS actor table: works without the dashboard's state API
+
+    while not stop.is_set() and not (run_dir / "epoch-0001").exists():
+        time.sleep(0.02)
+    if stop.is_set():
+        return
+    for actor in state.actors(actor_state_name="ALIVE").values():
+        if actor["ActorClassName"] == "RayTrainWorker" and actor["Pid"]:
+            os.kill(actor["Pid"], signal.SIGKILL)
+            killed.append(actor["Pid"])
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(ray_session, artifacts, tmp_path):
+    fv = open_features(artifacts)
+    from rayrec.models import RankerConfig
+
+    rows = pd.concat([fv.train] * 4, ignore_index=True)  # epochs long enough (seconds) to interrupt one
+    task = RankTask(RankerConfig(), fv.spec.sizes, rows=len(rows))
+    ds = to_dataset(rows, fv.spec)
+    tc = quick(epochs=4, batch_size=32, schedule="onecycle")
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_worker_after_first_checkpoint, args=(tmp_path / "run", killed, stop))
+    killer.start()
+    try:
+        out = fit(task, ds, tc, name="run", storage=str(tmp_path))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "the worker was never killed"
+    starts = out.returned["starts"]
+    assert len(starts) == 2 and 1 <= starts[1] < tc.epochs  # restarted once, from a checkpoint
+    assert [h["epoch"] for h in out.progress["history"]] == list(range(tc.epochs))  # no epoch lost or repeated
+
+    # a new driver with the same run name and a longer schedule picks up after the last epoch
+    more = fit(task, ds, tc.with_(epochs=tc.epochs + 1), name="run", storage=str(tmp_path))
+    assert more.returned["starts"][-1] == tc.epochs
+    assert [h["epoch"] for h in more.progress["history"]] == list(range(tc.epochs + 1))

@@ -1,0 +1,135 @@
+"""Training throughput: the same model on the same data in a plain single-process PyTorch loop, and on
+Ray Train with 1 and 2 workers; samples/s of each and the ratios to the plain loop.
+
+The data are the encoded training rows of a features version (the live one under the artifacts URI,
+ml-latest-small after ``python -m pipelines.features``). Every setting trains the same model class
+with the same config, batch size, optimizer and epochs; samples/s is the median over epochs after the
+first (warm-up), counting training steps only (Ray Train: the loop's own ``samples_per_s``, measured
+around the shard iteration, so validation-free, checkpoint-free). Ray start-up and the end-to-end wall
+time of each ``fit`` are printed too: on small data they dominate.
+
+    .venv/bin/python tests/perf/bench_training.py [--model ranker|retriever] [--epochs 4] [--workers 1 2]
+
+On a shared 2-core machine the figures are pessimistic and noisy; rerun for stable numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from rayrec.config import default_artifacts
+from rayrec.models import model_config
+from rayrec.models.inputs import encode_pairs, to_tensors
+from rayrec.training import default_train_config
+from rayrec.training.data import open_features, to_dataset
+from rayrec.training.jobs import retriever_rows
+from rayrec.training.tasks import RankTask, RetrieveTask
+from rayrec.training.trainer import fit
+
+
+def build(name: str, fv) -> tuple[object, object, dict[str, np.ndarray]]:  # noqa: ANN001
+    """(task without validation, Ray Dataset, encoded arrays) of the whole training split."""
+    mc = model_config(name)
+    if name == "ranker":
+        rows = fv.train
+        arrays = encode_pairs(fv.spec, rows)
+        return RankTask(mc, fv.spec.sizes, rows=len(rows)), to_dataset(rows, fv.spec), arrays
+    rows = retriever_rows(fv.train, fv.movies, mc.history_len)
+    arrays = encode_pairs(fv.spec, rows, mc.history_len)
+    counts = np.bincount(arrays["item_id"], minlength=fv.spec.sizes["item_vocab"])
+    task = RetrieveTask(mc, fv.spec.sizes, rows=len(rows), item_counts=counts)
+    return task, to_dataset(rows, fv.spec, mc.history_len), arrays
+
+
+def plain_loop(task, arrays: dict[str, np.ndarray], tc) -> list[float]:  # noqa: ANN001
+    """The reference: one process, tensors in memory, shuffled index batches."""
+    torch.manual_seed(tc.seed)
+    torch.set_flush_denormal(True)
+    model = task.build()
+    opt = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr)
+    data = to_tensors(arrays)
+    n = len(arrays["item_id"])
+    rates = []
+    for _ in range(tc.epochs):
+        model.train()
+        perm = torch.randperm(n)
+        t0, seen = time.perf_counter(), 0
+        for start in range(0, n, tc.batch_size):
+            idx = perm[start : start + tc.batch_size]
+            if task.drop_last and len(idx) < tc.batch_size:
+                break
+            batch = {k: v[idx] for k, v in data.items()}
+            loss = task.loss(model, model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+        rates.append(seen / (time.perf_counter() - t0))
+    return rates
+
+
+def steady(rates: list[float]) -> float:
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["ranker", "retriever"], default="ranker")
+    parser.add_argument("--artifacts", default=None)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args(argv)
+
+    try:
+        fv = open_features(args.artifacts or default_artifacts())
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import ray
+
+    t = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray_start = time.perf_counter() - t
+    tc = default_train_config(args.model, epochs=args.epochs, batch_size=args.batch_size, schedule="constant")
+    task, ds, arrays = build(args.model, fv)
+    n = len(arrays["item_id"])
+    print(f"{args.model}: {n:,} training rows (features {fv.version}), batch {tc.batch_size}, {tc.epochs} epochs; "
+          f"ray.init {ray_start:.1f}s; torch threads in this process {torch.get_num_threads()}")  # fmt: skip
+
+    results: list[tuple[str, float, float]] = []
+    threads = torch.get_num_threads()
+    # the plain loop with this process's threads, and with 1 thread like each Ray worker (0.5 CPU)
+    for n_threads in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(n_threads)
+        t = time.perf_counter()
+        rates = plain_loop(task, arrays, tc)
+        results.append((f"plain PyTorch ({n_threads} thr)", steady(rates), time.perf_counter() - t))
+    torch.set_num_threads(threads)
+    for w in args.workers:
+        with tempfile.TemporaryDirectory() as storage:
+            t = time.perf_counter()
+            # fractional CPUs: 2 workers × 1 CPU with a Ray Data shard each starves on 2 cores
+            out = fit(task, ds, tc.with_(num_workers=w, cpus_per_worker=0.5), name=f"bench-{w}", storage=storage)
+            wall = time.perf_counter() - t
+        rates = [h["samples_per_s"] for h in out.progress["history"]]
+        threads = out.progress["history"][-1].get("torch_threads", "?")
+        results.append((f"Ray Train, {w} worker(s) ({threads} thr)", steady(rates), wall))
+
+    base = results[0][1]  # the plain loop with all of this process's threads
+    print(f"\n{'setting':<34} {'samples/s':>12} {'ratio':>7} {'wall s':>8}")
+    for name, rate, wall in results:
+        print(f"{name:<34} {rate:>12,.0f} {rate / base:>7.2f} {wall:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The ranker and the two-tower model: shapes, normalisation, the sampled-softmax loss against a
+direct computation, cold items through the OOV id, configs and optimizer groups."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rayrec.features.spec import OOV
+from rayrec.models import Ranker, RankerConfig, TwoTower, TwoTowerConfig, build_model, model_config
+from rayrec.models.inputs import HISTORY, encode_items, encode_pairs, encode_users, to_tensors
+from rayrec.models.two_tower import sampled_softmax_loss
+from rayrec.training.data import positive_history
+from train_data import small
+
+
+@pytest.fixture(scope="module")
+def data():
+    return small()
+
+
+def ranker_batch(data, n=64):
+    return to_tensors(encode_pairs(data.spec, data.train.iloc[:n]))
+
+
+def tower_batch(data, n=64):
+    rows = data.train.assign(**{HISTORY: positive_history(data.train, 20)}).iloc[:n]
+    return to_tensors(encode_pairs(data.spec, rows, 20))
+
+
+def test_ranker_outputs_one_logit_per_row_and_learns(data):
+    torch.manual_seed(0)
+    model = Ranker(RankerConfig(hidden=(32, 32), dropout=0.0, movie_weight_decay=0.0), data.spec.sizes)
+    batch = ranker_batch(data, 128)
+    assert model(batch).shape == (128,)
+    p = model.predict(batch)
+    assert ((p > 0) & (p < 1)).all()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(batch).item()
+    for _ in range(40):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    assert model.loss(batch).item() < 0.5 * first  # it can fit a small batch: gradients reach every part
+
+
+def test_ranker_param_groups_cover_every_parameter_once(data):
+    model = Ranker(RankerConfig(movie_weight_decay=7.0), data.spec.sizes)
+    groups = model.param_groups(0.01)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    assert groups[0]["params"][0] is model.item.weight and groups[0]["weight_decay"] == 7.0
+
+
+def test_ranker_id_dropout_only_in_training(data):
+    model = Ranker(RankerConfig(id_dropout=0.9), data.spec.sizes).eval()
+    batch = ranker_batch(data)
+    assert torch.equal(model(batch), model(batch))  # eval: deterministic, ids used as given
+
+
+def test_towers_are_l2_normalised_and_shaped(data):
+    model = TwoTower(TwoTowerConfig(id_dim=16, feature_dim=4, history_len=20), data.spec.sizes).eval()
+    batch = tower_batch(data)
+    users, items = model(batch)
+    assert users.shape == (64, 16) and items.shape == (64, 16)
+    assert torch.allclose(users.norm(dim=1), torch.ones(64), atol=1e-5)
+    assert torch.allclose(items.norm(dim=1), torch.ones(64), atol=1e-5)
+
+
+def test_user_tower_falls_back_to_recent_items_without_history(data):
+    model = TwoTower(TwoTowerConfig(id_dim=16, history_len=5), data.spec.sizes).eval()
+    rows = data.users.iloc[:10]
+    with_recent_as_history = encode_users(data.spec, rows.assign(**{HISTORY: rows["user_recent_items"]}), 5)
+    without = encode_users(data.spec, rows, 5)  # no history column: recent items stand in
+    a = model.user(to_tensors(with_recent_as_history))
+    b = model.user(to_tensors(without))
+    assert torch.allclose(a, b)
+
+
+def test_cold_items_get_a_usable_vector_through_the_oov_id(data):
+    model = TwoTower(TwoTowerConfig(id_dim=16), data.spec.sizes).eval()
+    items = data.items.iloc[:5].copy()
+    items["movieId"] = [10**9 + i for i in range(5)]  # never seen in training
+    enc = encode_items(data.spec, items)
+    assert (enc["item_id"] == OOV).all()
+    v = model.item(to_tensors(enc))
+    assert torch.isfinite(v).all() and torch.allclose(v.norm(dim=1), torch.ones(5), atol=1e-5)
+    # content features still separate cold movies with different genres / years
+    if len({tuple(g) for g in items["item_genres"]}) > 1:
+        assert torch.cdist(v, v).max() > 1e-4
+
+
+def test_sampled_softmax_matches_direct_computation():
+    torch.manual_seed(1)
+    u = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    ids = torch.tensor([3, 4, 3, 5, 6, 7])  # rows 0 and 2 hold the same movie
+    log_q = torch.log(torch.tensor([0.1, 0.2, 0.1, 0.3, 0.05, 0.25]))
+    t = 0.1
+    got = sampled_softmax_loss(u, v, ids, t, log_q).item()
+    total = 0.0
+    for i in range(6):
+        logits = [(u[i] @ v[j]).item() / t - log_q[j].item() for j in range(6) if j == i or ids[j] != ids[i]]
+        pos = (u[i] @ v[i]).item() / t - log_q[i].item()
+        total += -(pos - math.log(sum(math.exp(x) for x in logits)))
+    assert got == pytest.approx(total / 6, rel=1e-5)
+
+
+def test_logq_weight_scales_the_correction(data):
+    base = TwoTower(TwoTowerConfig(id_dim=8, logq=0.0), data.spec.sizes)
+    weighted = build_model("retriever", TwoTowerConfig(id_dim=8, logq=2.0), data.spec)
+    weighted.load_state_dict(base.state_dict())
+    counts = torch.arange(data.spec.sizes["item_vocab"]).float() + 1
+    for m in (base, weighted):
+        m.set_sampling_counts(counts)
+        m.eval()
+    batch = tower_batch(data, 32)
+    out = base(batch)
+    assert not math.isclose(base.loss(out, batch).item(), weighted.loss(out, batch).item())
+    unweighted = sampled_softmax_loss(*out, batch["item_id"], base.config.temperature, None)
+    assert base.loss(out, batch).item() == pytest.approx(unweighted.item())
+
+
+def test_configs_round_trip_and_unknown_model_is_refused(data):
+    for name, cfg in (("ranker", RankerConfig(hidden=(32, 16), dropout=0.1)), ("retriever", TwoTowerConfig(id_dim=8))):
+        again = model_config(name, cfg.to_dict())
+        assert again == cfg
+        assert build_model(name, cfg.to_dict(), data.spec.sizes) is not None
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("wide-and-deep", {}, data.spec.sizes)
+
+
+def test_encoders_map_unknown_users_and_movies_to_oov(data):
+    rows = data.train.iloc[:3].copy()
+    rows["userId"] = -5
+    rows["movieId"] = -7
+    enc = encode_pairs(data.spec, rows)
+    assert (enc["user_id"] == OOV).all() and (enc["item_id"] == OOV).all()
+    assert np.isfinite(enc["user_dense"]).all() and np.isfinite(enc["item_dense"]).all()

@@ -1,0 +1,108 @@
+"""Training data preparation against the pandas reference: point-in-time history, the validation
+hold-out, the user and item state at a boundary (no look past it); and checkpoint round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import reference as ref
+from rayrec.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from rayrec.training.data import data_range, items_at, positive_history, temporal_holdout, users_at
+from rayrec.training.jobs import retriever_rows
+from train_data import small
+
+
+@pytest.fixture(scope="module")
+def data():
+    return small(n_users=20, n_items=25, n=300, seed=5)
+
+
+def test_positive_history_is_point_in_time_and_most_recent_first(data):
+    df = data.train.sample(frac=1.0, random_state=0)  # any row order
+    got = positive_history(df, 8)
+    for (_, row), hist in zip(df.iterrows(), got):
+        mine = df[(df["userId"] == row["userId"]) & (df["timestamp"] < row["timestamp"]) & (df["label"] == 1)]
+        mine = mine.sort_values(["timestamp", "movieId"])
+        assert hist == mine["movieId"].tolist()[::-1][:8]
+
+
+def test_positive_history_extends_the_features_recent_items(data):
+    got = positive_history(data.train, 50)
+    assert all(h[:5] == list(r) for h, r in zip(got, data.train["user_recent_items"]))
+
+
+def test_temporal_holdout_takes_each_users_last_rows():
+    df = pd.DataFrame({"userId": [1] * 10 + [2] * 3, "movieId": range(13), "timestamp": list(range(10)) + [5, 1, 3],
+                       "label": 1})  # fmt: skip
+    fit, valid = temporal_holdout(df, 0.2, min_rows=5)
+    assert valid["userId"].tolist() == [1, 1] and valid["timestamp"].tolist() == [8, 9]
+    assert len(fit) == 11  # user 2 has fewer than 5 rows: all fit
+    assert fit.groupby("userId")["timestamp"].max().loc[1] < valid["timestamp"].min()
+
+
+def test_user_state_at_boundary_equals_reference(data):
+    history = data.train
+    got = users_at(history, data.movies, 50, 3.5)
+    exp = ref.latest_users(history[["userId", "movieId", "rating", "timestamp"]], data.movies)
+    ref.assert_same_features(got[exp.columns], exp, ["userId"])
+    liked = history[history["rating"] >= 3.5].sort_values(["timestamp", "movieId"])
+    for _, row in got.iterrows():
+        want = liked.loc[liked["userId"] == row["userId"], "movieId"].tolist()[::-1]
+        assert row["history_items"] == want
+
+
+def test_item_state_at_boundary_equals_reference_for_the_whole_catalog(data):
+    history = data.train
+    got = items_at(history, data.movies)
+    exp = ref.latest_items(history[["userId", "movieId", "rating", "timestamp"]], data.movies)
+    assert got["movieId"].tolist() == data.movies["movieId"].tolist()
+    ref.assert_same_features(got, exp, ["movieId"])
+    # the state ignores everything after the boundary: test ratings never count
+    assert got["item_rating_count"].sum() == len(history)
+
+
+def test_retriever_rows_are_liked_samples_with_static_item_statistics(data):
+    rows = retriever_rows(data.train, data.movies, 10)
+    assert (rows["label"] == 1).all() and len(rows) == int(data.train["label"].sum())
+    snap = items_at(data.train, data.movies).set_index("movieId")
+    per_movie = rows.groupby("movieId")["item_rating_count"].nunique()
+    assert (per_movie == 1).all()  # one snapshot per movie, whatever the sample's time
+    assert (rows.set_index("movieId")["item_rating_count"] == snap["item_rating_count"].reindex(rows["movieId"]).to_numpy()).all()
+
+
+def test_data_range_records_span_and_size(data):
+    r = data_range(data.train)
+    assert r == {"rows": len(data.train), "start": int(data.train["timestamp"].min()), "end": int(data.train["timestamp"].max())}
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=20)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    sched.step()
+    np.random.seed(3)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    progress = {"best_metric": 0.7, "best_epoch": 1, "bad_epochs": 0, "stopped": False, "history": [{"epoch": 1, "loss": 0.5}], "starts": [0]}
+    save_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, scaler=None, epoch=1, progress=progress, best=best)
+    expected_torch, expected_np = torch.rand(3), np.random.rand(3)
+
+    torch.manual_seed(99)
+    np.random.seed(99)
+    state = load_checkpoint(tmp_path)  # weights_only: nothing is unpickled
+    set_rng_state(state["rng"])
+    assert torch.equal(torch.rand(3), expected_torch) and np.array_equal(np.random.rand(3), expected_np)
+    fresh = torch.nn.Linear(4, 2)
+    fresh.load_state_dict(state["weights"])
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    sched2 = torch.optim.lr_scheduler.OneCycleLR(opt2, max_lr=0.1, total_steps=20)  # the loop's order
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["scheduler"])
+    assert sched2.last_epoch == sched.last_epoch and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert state["epoch"] == 1 and state["progress"] == progress and state["best"] is not None
