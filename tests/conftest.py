@@ -6,8 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 # Let tests import the pandas reference and factories beside them (tests/ is not a package).
@@ -48,6 +46,31 @@ def movielens(movielens_dir):
     from rayrec.data import read_movielens
 
     return read_movielens(movielens_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_down() -> str | None:
+    """Why the Redis backend cannot be tested here, or None when Redis answers."""
+    from realtime_doubles import redis_down as why
+
+    return why()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path, redis_down):
+    """A fresh, empty store of each backend (Redis: a unique key prefix in a test db, removed after)."""
+    from realtime_doubles import store_urls
+
+    yield from store_urls(request.param, tmp_path)
+
+
+@pytest.fixture
+def store(store_url):
+    from rayrec.store import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture()

@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rayrec.store import StoreUnavailable, open_store
+from rayrec.store import open_store
 from rayrec.store.loader import load_table
 
 REDIS_URL = os.environ.get("RAYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/store.db"
-        return
-    try:
-        open_store(REDIS_URL + "?timeout=0.5").ping()
-    except StoreUnavailable as e:
-        pytest.skip(f"Redis not answering: {e}")
-    prefix = f"rayrec-test-{uuid.uuid4().hex[:12]}"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
 
 
 def items(n: int, gen: int) -> pd.DataFrame:

@@ -100,7 +100,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(r
     rows = pd.concat([fv.train] * 4, ignore_index=True)  # epochs long enough (seconds) to interrupt one
     task = RankTask(RankerConfig(), fv.spec.sizes, rows=len(rows))
     ds = to_dataset(rows, fv.spec)
-    tc = quick(epochs=4, batch_size=32, schedule="onecycle")
+    tc = quick(epochs=5, batch_size=16, schedule="onecycle")  # ~1 s per epoch: the kill lands mid-run
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_worker_after_first_checkpoint, args=(tmp_path / "run", killed, stop))
@@ -112,7 +112,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(r
         killer.join()
     assert killed, "the worker was never killed"
     starts = out.returned["starts"]
-    assert len(starts) == 2 and 1 <= starts[1] < tc.epochs  # restarted once, from a checkpoint
+    assert len(starts) == 2 and 1 <= starts[1] < tc.epochs, starts  # restarted once, from a checkpoint
     assert [h["epoch"] for h in out.progress["history"]] == list(range(tc.epochs))  # no epoch lost or repeated
 
     # a new driver with the same run name and a longer schedule picks up after the last epoch

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from rayrec import uri
 from rayrec.config import shared_movielens_dir
 from rayrec.data import SyntheticConfig, generate, read_movielens
 from rayrec.data.movielens import MovieLens

@@ -10,14 +10,13 @@ import math
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from realtime_doubles import FakeTowers, item_rows, item_vectors, random_ratings, store_urls, toy_movies
+from realtime_doubles import FakeTowers, item_rows, item_vectors, random_ratings, toy_movies
 from rayrec.data import read_movielens
 from rayrec.features.pointintime import item_pass, user_pass
 from rayrec.realtime import (
@@ -85,18 +84,6 @@ def assert_same_features(got: dict[str, Any], want: Any, cols: tuple[str, ...] =
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    yield from store_urls(request.param, tmp_path)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[OnlineStore]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")

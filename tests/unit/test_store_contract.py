@@ -31,48 +31,6 @@ REDIS_URL = os.environ.get("RAYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 BACKENDS = ["sqlite", "redis"]
 
 
-def _redis_down() -> str | None:
-    """Why Redis cannot be tested, or None when it answers."""
-    try:
-        store = open_store(REDIS_URL + "?timeout=0.5")
-        store.ping()
-        store.close()
-    except StoreUnavailable as e:
-        return str(e)
-    return None
-
-
-@pytest.fixture(scope="module")
-def redis_down() -> str | None:
-    return _redis_down()
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path, redis_down) -> Iterator[str]:
-    """The URL of a fresh, empty store of each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/store.db"
-        return
-    if redis_down:
-        pytest.skip(f"Redis not answering: {redis_down}")
-    prefix = f"rayrec-test-{uuid.uuid4().hex[:12]}"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[OnlineStore]:
-    s = open_store(store_url)
-    yield s
-    s.close()
-
-
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Any]:
     """Worker processes, started once (spawn: a clean interpreter, no inherited connections)."""

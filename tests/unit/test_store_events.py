@@ -7,55 +7,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from rayrec.store import OnlineStore, StoreUnavailable, open_store
+from rayrec.store import OnlineStore, open_store
 
 REDIS_URL = os.environ.get("RAYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-
-
-def _redis_down() -> str | None:
-    try:
-        store = open_store(REDIS_URL + "?timeout=0.5")
-        store.ping()
-        store.close()
-    except StoreUnavailable as e:
-        return str(e)
-    return None
-
-
-@pytest.fixture(scope="module")
-def redis_down() -> str | None:
-    return _redis_down()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path, redis_down) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/store.db"
-        return
-    if redis_down:
-        pytest.skip(f"Redis not answering: {redis_down}")
-    prefix = f"rayrec-test-{uuid.uuid4().hex[:12]}"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[OnlineStore]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def event(i: int, **extra: Any) -> dict[str, Any]:
