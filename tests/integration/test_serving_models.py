@@ -46,7 +46,9 @@ def test_registered_models_load_and_match_the_spec(serving_artifacts) -> None:
     reference = RankerScorer(load_model(serving_artifacts.artifacts, "ranker", spec=spec), spec).score(
         pd.DataFrame([store.get("user", [3])[0]]), pd.DataFrame(rows)
     )
-    np.testing.assert_allclose(ranked.scores, reference, rtol=1e-4, atol=1e-5)
+    # float32 MLP on different batch shapes: kernels sum in different orders (seen: 8e-5 apart);
+    # any feature or encoding difference moves scores by far more than this
+    np.testing.assert_allclose(ranked.scores, reference, rtol=1e-3, atol=2e-4)
 
 
 def test_untrained_models_plug_in_too(serving_artifacts) -> None:

@@ -17,8 +17,10 @@ import pytest
 from rayrec import registry, uri
 from rayrec.models.inference import RankerScorer, TowerEncoder, load_model
 from rayrec.training import JobConfig, TrainConfig, run_job
-from rayrec.training.data import open_features, read_table, to_dataset, users_at
-from rayrec.training.tasks import RankTask
+from rayrec.models import RankerConfig, build_model, model_config
+from rayrec.training.data import open_features, read_table, temporal_holdout, to_dataset, users_at
+from rayrec.training.jobs import retrieval_data
+from rayrec.training.tasks import RankTask, retrieval_metrics
 from rayrec.training.trainer import fit
 from train_data import small, write_version
 
@@ -36,12 +38,13 @@ def quick(**changes) -> TrainConfig:
     return TrainConfig(**{"epochs": 2, "batch_size": 256, "lr": 3e-3, "max_failures": 1, **changes})
 
 
-def test_ranker_job_publishes_a_complete_version_and_resumes_by_run_name(ray_session, artifacts):
-    cfg = JobConfig(name="ranker", artifacts=artifacts, train=quick(refit=False), run_name="ranker-test")
+def test_ranker_job_publishes_a_complete_version(ray_session, artifacts):
+    # no validation split: one run on every training row for a fixed number of epochs (the refit path)
+    cfg = JobConfig(name="ranker", artifacts=artifacts, train=quick(valid_fraction=0.0), run_name="ranker-test")
     result = run_job(cfg)
     test = result.metrics["test"]
     assert set(test) >= {"auc", "pr_auc", "logloss", "accuracy"} and 0.0 <= test["auc"] <= 1.0
-    assert result.final.epochs_run == 2 and len(result.metrics["valid"]["history"]) == 2
+    assert result.select is None and result.final.epochs_run == 2
     stored = registry.load(artifacts, "ranker")
     assert stored.version == result.version
     fv = open_features(artifacts)
@@ -53,20 +56,31 @@ def test_ranker_job_publishes_a_complete_version_and_resumes_by_run_name(ray_ses
     items = read_table(uri.join(fv.path, "online", "items.parquet"))
     probs = RankerScorer(load_model(artifacts, "ranker", spec=fv.spec), fv.spec).score(users.iloc[[0]], items)
     assert probs.shape == (len(items),) and np.isfinite(probs).all()
-
     # a run name is pinned to its features version and settings: resuming with others is refused
     with pytest.raises(ValueError, match="other settings"):
-        run_job(JobConfig(name="ranker", artifacts=artifacts, train=quick(refit=False, lr=1e-2), run_name="ranker-test"))
+        run_job(JobConfig(name="ranker", artifacts=artifacts, train=quick(valid_fraction=0.0, lr=1e-2), run_name="ranker-test"))
 
 
-def test_retriever_job_writes_catalog_embeddings_and_the_popularity_baseline(ray_session, artifacts):
-    result = run_job(JobConfig(name="retriever", artifacts=artifacts, train=quick(refit=True)))
+def test_retriever_job_early_stops_and_writes_catalog_embeddings_and_popularity(ray_session, artifacts):
+    result = run_job(JobConfig(name="retriever", artifacts=artifacts, train=quick(epochs=4, patience=1, refit=False)))
     m = result.metrics
     for block in ("test", "popularity"):
         assert {"recall@10", "recall@50", "recall@100", "ndcg@10", "hitrate@10", "coverage@10"} <= set(m[block])
         assert m[block]["users"] == m["test"]["users"] > 0
-    assert result.final.epochs_run == result.select.best_epoch + 1  # refit for the selected epochs
+    history = m["valid"]["history"]
+    assert [h["epoch"] for h in history] == list(range(len(history)))
+    assert all("valid_recall@50" in h for h in history) and result.final is result.select
+    best = max(history, key=lambda h: h["valid_recall@50"])
+    assert m["valid"]["best_epoch"] == best["epoch"] + 1  # the kept weights are the best epoch's
+    if len(history) < 4:  # stopped early: the last epoch did not improve on the best
+        assert history[-1]["stopped"] and history[-1]["valid_recall@50"] <= best["valid_recall@50"]
     fv = open_features(artifacts)
+    # the published weights score the validation split exactly as the best epoch did
+    model = build_model("retriever", model_config("retriever"), fv.spec)
+    model.load_state_dict(result.final.weights)
+    fit_rows, valid_rows = temporal_holdout(fv.train, 0.1)
+    data = retrieval_data(fit_rows, valid_rows, fv.movies, fv.spec, model.config.history_len)
+    assert retrieval_metrics(model, data)["recall@50"] == pytest.approx(best["valid_recall@50"], abs=1e-6)
     emb = pd.read_parquet(Path(result.path) / "item_embeddings.parquet")
     items = read_table(uri.join(fv.path, "online", "items.parquet"))
     assert emb["movieId"].tolist() == items["movieId"].tolist()  # the whole catalog, cold movies too
@@ -95,8 +109,6 @@ def _kill_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: 
 
 def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(ray_session, artifacts, tmp_path):
     fv = open_features(artifacts)
-    from rayrec.models import RankerConfig
-
     rows = pd.concat([fv.train] * 4, ignore_index=True)  # epochs long enough (seconds) to interrupt one
     task = RankTask(RankerConfig(), fv.spec.sizes, rows=len(rows))
     ds = to_dataset(rows, fv.spec)
