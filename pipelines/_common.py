@@ -28,7 +28,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def init_ray(address: str | None = None, **kwargs) -> None:
-    """Join the cluster a job was submitted to (``ray job submit`` sets RAY_ADDRESS), or start a local Ray."""
+    """Join the cluster a job was submitted to (``ray job submit`` sets RAY_ADDRESS) or ``--address``,
+    else start a local Ray for this job."""
     import ray
 
     if ray.is_initialized():
@@ -36,5 +37,5 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    else:  # a Ray of this job's own: never attach to whatever cluster happens to run on this machine
+        ray.init(address="local", include_dashboard=False, **kwargs)
