@@ -5,8 +5,10 @@ The data are the encoded training rows of a features version (the live one under
 ml-latest-small after ``python -m pipelines.features``). Every setting trains the same model class
 with the same config, batch size, optimizer and epochs; samples/s is the median over epochs after the
 first (warm-up), counting training steps only (Ray Train: the loop's own ``samples_per_s``, measured
-around the shard iteration, so validation-free, checkpoint-free). Ray start-up and the end-to-end wall
-time of each ``fit`` are printed too: on small data they dominate.
+around the shard iteration, so validation-free, checkpoint-free). Ratios are to the plain loop with one
+thread, the compute each Ray worker gets (0.5 CPU → 1 torch thread); the plain loop with all threads is
+shown too. Ray start-up and the end-to-end wall time of each ``fit`` are printed: on small data they
+dominate.
 
     .venv/bin/python tests/perf/bench_training.py [--model ranker|retriever] [--epochs 4] [--workers 1 2]
 
@@ -107,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[tuple[str, float, float]] = []
     threads = torch.get_num_threads()
-    # the plain loop with this process's threads, and with 1 thread like each Ray worker (0.5 CPU)
-    for n_threads in sorted({threads, 1}, reverse=True):
+    # the plain loop with 1 thread like each Ray worker (0.5 CPU each), then with this process's threads
+    for n_threads in sorted({1, threads}):
         torch.set_num_threads(n_threads)
         t = time.perf_counter()
         rates = plain_loop(task, arrays, tc)
@@ -121,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             out = fit(task, ds, tc.with_(num_workers=w, cpus_per_worker=0.5), name=f"bench-{w}", storage=storage)
             wall = time.perf_counter() - t
         rates = [h["samples_per_s"] for h in out.progress["history"]]
-        threads = out.progress["history"][-1].get("torch_threads", "?")
-        results.append((f"Ray Train, {w} worker(s) ({threads} thr)", steady(rates), wall))
+        worker_threads = out.progress["history"][-1].get("torch_threads", "?")
+        results.append((f"Ray Train, {w} worker(s) ({worker_threads} thr)", steady(rates), wall))
 
-    base = results[0][1]  # the plain loop with all of this process's threads
+    base = results[0][1]  # the plain loop, 1 thread: the same compute each Ray worker gets
     print(f"\n{'setting':<34} {'samples/s':>12} {'ratio':>7} {'wall s':>8}")
     for name, rate, wall in results:
         print(f"{name:<34} {rate:>12,.0f} {rate / base:>7.2f} {wall:>8.1f}")

@@ -204,7 +204,7 @@ class SqliteStore(OnlineStore):
                 check_same_thread=False,  # each thread still gets its own; close() may run elsewhere
                 cached_statements=256,
             )
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
             if str(mode).lower() != "wal":
                 raise StoreError(
                     f"online store {self.url}: the file system refused WAL mode (got {mode!r}); "
@@ -213,7 +213,7 @@ class SqliteStore(OnlineStore):
             # NORMAL is durable against process crashes in WAL mode; a power cut may lose the last
             # commits, which the next load or event rewrites.
             conn.execute("PRAGMA synchronous = NORMAL")
-            self._ensure_schema(conn)
+            self._retry_busy(lambda: self._ensure_schema(conn))
         except BaseException as e:
             if conn is not None:
                 conn.close()
@@ -221,6 +221,21 @@ class SqliteStore(OnlineStore):
                 raise self._error(e, "open the database") from e
             raise
         return conn
+
+    def _retry_busy(self, fn: Any) -> Any:
+        """Run ``fn``, retrying while SQLite answers "locked"/"busy" without waiting: switching a new
+        file to WAL and creating the schema take locks that bypass the busy timeout, so several
+        processes opening one new file at once would otherwise fail at once."""
+        deadline = time.monotonic() + self.config.timeout
+        delay = 0.01
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as e:
+                if not ("locked" in str(e) or "busy" in str(e)) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()

@@ -30,6 +30,7 @@ from rayrec.models.inputs import HISTORY
 
 __all__ = [
     "FeaturesVersion",
+    "features_path",
     "open_features",
     "read_table",
     "positive_history",
@@ -61,13 +62,21 @@ def read_table(target: str, columns: list[str] | None = None) -> pd.DataFrame:
     return table.to_pandas(ignore_metadata=True)  # numpy dtypes, NaN for missing numbers
 
 
-def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
-    """Load a features version's spec, samples and catalog (``version``: a name or "latest")."""
+def features_path(artifacts: str, version: str = "latest") -> str:
+    """``<artifacts>/features/<version>`` ("latest": the LATEST pointer); a clear error when absent."""
     root = uri.join(artifacts, "features")
     try:
-        path = uri.resolve_version(root, version)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}. Run `python -m pipelines.features` first.") from None
+        return uri.resolve_version(root, version)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no features version {version!r} under {root}: run `python -m pipelines.features "
+            f"--artifacts {artifacts}` first"
+        ) from None
+
+
+def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
+    """Load a features version's spec, samples and catalog (``version``: a name or "latest")."""
+    path = features_path(artifacts, version)
     spec = FeatureSpec.load(uri.join(path, "spec.json"))
     train = _sorted(read_table(uri.join(path, "samples", "train")))
     test = _sorted(read_table(uri.join(path, "samples", "test")))

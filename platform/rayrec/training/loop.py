@@ -81,7 +81,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(tc.seed)
     _quiet_report_logs()
 
-    raw = task.build()
+    raw = task.build()  # the same initial weights on every rank (and DDP broadcasts rank 0's anyway)
+    torch.manual_seed(tc.seed * 1_000 + rank)  # different dropout masks per rank
     progress, start_epoch = new_progress(), 0
     restored = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
