@@ -19,6 +19,7 @@ import sys
 
 from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
 from rayrec.training import JobConfig, TrainingError, default_train_config, run_job
+from rayrec.training.data import features_path
 
 
 def _summary(result) -> str:  # noqa: ANN001
@@ -65,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     except ValueError as e:
         parser.error(str(e))
+    try:
+        features_path(cfg.artifacts, cfg.features_version)  # fail before starting Ray
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     init_ray(args.address)
     try:
         result = run_job(cfg)
