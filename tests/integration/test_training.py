@@ -92,13 +92,22 @@ def test_retriever_job_early_stops_and_writes_catalog_embeddings_and_popularity(
     assert enc.users(state).shape == (len(state), vectors.shape[1])
 
 
+def _committed_checkpoint(run_dir: Path) -> bool:
+    """Whether Ray Train has registered a checkpoint of this run (what a restart resumes from)."""
+    from ray.train import Result
+
+    try:
+        return Result.from_path(str(run_dir)).checkpoint is not None
+    except Exception:  # noqa: BLE001 - the run folder or its snapshot is still being written
+        return False
+
+
 def _kill_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL the training worker process once its first checkpoint is committed (the second one is
-    being written: a report returns only after its checkpoint is persisted)."""
+    """SIGKILL the training worker process once a checkpoint is committed, mid-run."""
     from ray._private import state  # the GCS actor table: works without the dashboard's state API
 
-    while not stop.is_set() and not (run_dir / "epoch-0001").exists():
-        time.sleep(0.02)
+    while not stop.is_set() and not _committed_checkpoint(run_dir):
+        time.sleep(0.05)
     if stop.is_set():
         return
     for actor in state.actors(actor_state_name="ALIVE").values():
@@ -109,7 +118,7 @@ def _kill_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: 
 
 def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(ray_session, artifacts, tmp_path):
     fv = open_features(artifacts)
-    rows = pd.concat([fv.train] * 4, ignore_index=True)  # epochs long enough (seconds) to interrupt one
+    rows = pd.concat([fv.train] * 10, ignore_index=True)  # epochs long enough (seconds) to interrupt one mid-run
     task = RankTask(RankerConfig(), fv.spec.sizes, rows=len(rows))
     ds = to_dataset(rows, fv.spec)
     tc = quick(epochs=5, batch_size=16, schedule="onecycle")  # ~1 s per epoch: the kill lands mid-run
