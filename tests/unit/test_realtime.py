@@ -37,17 +37,10 @@ from rayrec.realtime import (
     stats_from_ratings,
 )
 from rayrec.retrieval import ItemCatalog, ItemIndex
+from rayrec.features.pointintime import USER_FEATURES
 from rayrec.store import OnlineStore, open_store
 
-USER_COLS = (
-    "user_rating_count",
-    "user_rating_mean",
-    "user_rating_std",
-    "user_year_mean",
-    "user_year_std",
-    "user_genres",
-    "user_recent_items",
-)
+USER_COLS = USER_FEATURES  # the features pipeline's own list: the updates must keep every one
 ITEM_COLS = ("item_rating_count", "item_rating_mean", "item_rating_std")
 
 
