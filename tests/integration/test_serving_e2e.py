@@ -176,6 +176,7 @@ def test_a_rating_changes_the_next_list(serving_app, users) -> None:
     assert top not in [i["movie_id"] for i in after["items"]], "a rated movie must not be recommended again"
     _, user = call(f"{serving_app.url}/users/{u}")
     assert user["history"][-1]["movie_id"] == top and user["recent"][0]["movie_id"] == top
+    assert "realtime" not in user["features"], "the real-time bookkeeping is not a feature"
 
 
 def test_a_new_user_is_personalised_after_a_few_ratings(serving_app, ratings) -> None:

@@ -17,12 +17,15 @@ from rayrec.serving.scoring import RankModel, UserTower, item_columns, user_colu
 from rayrec.store import open_store
 
 
+# rerank that keeps the order it is given
+PLAIN = {"diversity": 0.0, "freshness_weight": 0.0, "popularity_weight": 0.0, "max_per_genre": None}
+
+
 @pytest.fixture(scope="module")
 def wired(serving_artifacts):
     torch.manual_seed(0)
     spec = FeatureSpec.load(f"{serving_artifacts.features_path}/spec.json")
-    bundle = load_bundle(serving_artifacts.artifacts, ServingConfig(rerank={"diversity": 0.0, "freshness_weight": 0.0,
-                                                                            "popularity_weight": 0.0, "max_per_genre": None}))  # fmt: skip
+    bundle = load_bundle(serving_artifacts.artifacts, ServingConfig(fresh_weight=0.0, rerank=PLAIN))
     assert bundle.ranker is not None and bundle.tower is not None, bundle.notes
     return Recommender(bundle), open_store(serving_artifacts.store)
 
@@ -99,3 +102,45 @@ def test_user_vector_queries_the_index(wired) -> None:
     rows = store.get("item", r.ids[:3].tolist())
     vecs = b.tower.items(item_columns(r.ids[:3].tolist(), rows) | {"genres": [x["genres"] for x in rows]})
     assert vecs.shape == (3, b.index.dim)
+
+
+def pct(x: np.ndarray) -> np.ndarray:
+    """Rank among the values in [0, 1], 1 = best (ties by position), as serving mixes signals."""
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable") / (len(x) - 1)
+
+
+def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
+    """By definition: the list starts from the ranker's percentiles; likes posted since the batch data
+    mix in, with fresh_weight, the percentile of the candidates' affinity to them (mean of the
+    percentiles of genre-profile cosine and of best embedding cosine); a candidate the catalog lacks
+    (added live) takes its place in the recall order instead of the ranker's."""
+    from dataclasses import replace
+
+    core0, store = wired
+    b = core0.bundle.with_config(ServingConfig(fresh_weight=0.5, rerank=PLAIN))
+    core = Recommender(b)
+    r = core.recall(store, 9, 30)
+    ranked = core.rank(store, [r])[0]
+    cat = b.catalog
+    fresh = tuple(int(m) for m in cat.movie_ids[cat.genre_matrix[:, cat.genre_names.index("Horror")] > 0][:3])
+    n = len(r.ids)
+    g = cat.genre_matrix[cat.rows(r.ids)].astype(float)
+    profile = cat.genre_matrix[cat.rows(list(fresh))].sum(axis=0).astype(float)
+    gcos = (g @ profile) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(profile), 1e-12)
+    found, cand = b.index.vectors(r.ids)
+    emb = np.where(found, (cand @ b.index.vectors(list(fresh))[1].T).max(axis=1), -1.0)
+    want = 0.5 * pct(ranked.scores) + 0.5 * pct((pct(gcos) + pct(emb)) / 2)
+    got = core.finish(replace(r, fresh=fresh, seen=frozenset()), ranked)
+    assert [i.movie_id for i in got.items] == r.ids[np.argsort(-want, kind="stable")][:30].tolist()
+    plain = core.finish(replace(r, seen=frozenset()), ranked)  # no fresh likes: the ranker's order
+    assert [i.movie_id for i in plain.items] == r.ids[np.argsort(-ranked.scores, kind="stable")][:30].tolist()
+    # the ranker's last pick, made unknown to the catalog (an item added live), takes the recall
+    # order's place instead: first when it is first in the recall order
+    worst = int(np.argmin(ranked.scores))
+    order = np.r_[worst, np.delete(np.arange(n), worst)]
+    live = r.ids[order].copy()
+    live[0] = int(cat.movie_ids.max()) + 1
+    moved = core.finish(replace(r, ids=live, paths=[r.paths[i] for i in order], seen=frozenset()),
+                        replace(ranked, rows=[ranked.rows[i] for i in order], scores=ranked.scores[order]))  # fmt: skip
+    ids = [i.movie_id for i in moved.items]
+    assert live[0] in ids[:2], (live[0], ids[:5])  # from last to (tied) first

@@ -344,15 +344,24 @@ def test_seeding_makes_batch_rows_exact_and_keeps_earlier_events(loaded: OnlineS
 # -- new items --------------------------------------------------------------------------------------
 
 
-def test_a_new_item_gets_a_fresh_id_a_row_a_vector_and_is_searchable(loaded: OnlineStore, movies: pd.DataFrame) -> None:
-    rt = make_realtime(loaded, movies)
+@pytest.mark.parametrize("how", ["blend", "tower", "genre_mean"])
+def test_a_new_item_gets_a_fresh_id_a_row_a_vector_and_is_searchable(
+    loaded: OnlineStore, movies: pd.DataFrame, how: str
+) -> None:
+    rt = make_realtime(loaded, movies, item_embedding=how)
+    if how == "blend":
+        assert RealtimeConfig().item_embedding == "blend"  # the default
     added = rt.add_item({"title": "  A   New Film ", "genres": ["Horror", "Comedy"], "year": 2024})
-    assert added.movie_id == int(movies["movieId"].max()) + 1 and added.indexed and added.embedding == "tower"
+    assert added.movie_id == int(movies["movieId"].max()) + 1 and added.indexed and added.embedding == how
     row = loaded.get("item", [added.movie_id])[0]
     assert (
         row["title"] == "A New Film (2024)" and row["genres"] == ["Horror", "Comedy"] and row["item_rating_count"] == 0
     )
-    vec = FakeTowers().items(pd.DataFrame([row]))[0]
+    tower = FakeTowers().items(pd.DataFrame([row]))[0]
+    tower = tower / np.linalg.norm(tower)
+    mean = rt.genre_mean(["Horror", "Comedy"])
+    assert mean is not None
+    vec = {"tower": tower, "genre_mean": mean, "blend": (tower + mean) / np.linalg.norm(tower + mean)}[how]
     np.testing.assert_allclose(loaded.get_embeddings("item", [added.movie_id])[0][0], vec, atol=1e-6)
     ids, _ = rt.index.search(vec[None, :], 1)  # type: ignore[union-attr]
     assert ids[0, 0] == added.movie_id

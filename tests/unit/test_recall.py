@@ -18,6 +18,7 @@ from rayrec.retrieval import (
     ItemIndex,
     ItemToItemRecall,
     Merger,
+    NewItemRecall,
     PopularRecall,
     Popularity,
     RecallConfig,
@@ -126,6 +127,40 @@ def test_item_to_item_sums_seed_neighbours(world, states):
     short = path.recall(s, 5).movie_ids.tolist()
     assert len(short) == 5 and set(short) <= set(exp)
     assert not set(res.movie_ids.tolist()) & s.seen
+
+
+def test_new_item_path_recalls_live_items_inside_a_seed_neighbourhood(world, states):
+    _, _, catalog, _, vec = world
+    index = ItemIndex.build(np.array(list(vec)), np.stack(list(vec.values())), "Flat")  # a copy to add to
+    path = NewItemRecall(index, catalog, n_seeds=3, neighbours=5)
+    s = max(states[0].values(), key=lambda st: len(st.recent_positives))
+    assert len(path.recall(s, 10)) == 0  # nothing added live yet
+    seeds = [m for m in s.recent_positives if m in vec][:3]
+    rng = np.random.default_rng(1)
+    base = int(catalog.movie_ids.max()) + 1
+    new_vecs = normalize(np.stack([
+        vec[seeds[0]] + 0.05 * rng.standard_normal(8),  # next to the latest like: inside its neighbourhood
+        vec[seeds[1]] + 0.10 * rng.standard_normal(8),
+        -vec[seeds[0]],  # opposite: outside every neighbourhood
+        *rng.standard_normal((3, 8)),
+    ]).astype(np.float32))  # fmt: skip
+    new_ids = np.arange(base, base + len(new_vecs))
+    unrated = int(catalog.movie_ids[-1])  # in the catalog, with no vector yet: inserted, but not new
+    index.add([*new_ids.tolist(), unrated], np.vstack([new_vecs, rng.standard_normal((1, 8)).astype(np.float32)]))
+    user = UserState(user_id=s.user_id, recent_positives=s.recent_positives, seen=s.seen | {base + 1},
+                     vector=normalize(rng.standard_normal((1, 8)).astype(np.float32))[0])  # fmt: skip
+    got = path.recall(user, 10)
+    # by definition: each query's 5th best similarity over everything indexed, the best margin over it
+    all_ids, all_vecs = index.movie_ids, index.vectors(index.movie_ids)[1]
+    queries = np.vstack([np.stack([vec[m] for m in seeds]), user.vector[None, :]])
+    sims = queries @ all_vecs.T
+    edge = np.sort(sims, axis=1)[:, -5]
+    margin = {int(m): float((queries @ v - edge).max()) for m, v in zip(all_ids, all_vecs) if m >= base}
+    want = sorted((m for m, g in margin.items() if g >= 0 and m not in user.seen), key=lambda m: -margin[m])
+    assert got.movie_ids.tolist() == want and base in want and base + 2 not in want and unrated not in want
+    np.testing.assert_allclose(got.scores, [margin[m] for m in want], rtol=1e-5, atol=1e-6)
+    assert len(path.recall(user, 1)) == 1
+    assert len(path.recall(UserState(user_id=-1), 10)) == 0  # no likes, no vector: nothing to go on
 
 
 def test_popular_paths(world, states):

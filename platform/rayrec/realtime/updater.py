@@ -83,9 +83,10 @@ class RealtimeConfig(BaseModel):
         "item vectors; none: leave the stored vector",
     )
     mean_items: int = Field(default=5, ge=1, le=50, description="recent positives averaged by user_embedding=mean")
-    item_embedding: Literal["tower", "genre_mean"] = Field(
-        default="tower",
-        description="a new item's vector: the item tower with the OOV id, or the mean of items sharing its genres",
+    item_embedding: Literal["tower", "genre_mean", "blend"] = Field(
+        default="blend",
+        description="a new item's vector: the item tower with the OOV id, the mean of items sharing its genres, "
+        "or the normalised sum of both",
     )
     user_kind: str = Field(default="user", description="embedding kind of user vectors in the store")
     item_kind: str = Field(default="item", description="embedding kind of new items' vectors in the store")
@@ -328,12 +329,18 @@ class Realtime:
         raise EventError([{"loc": [], "msg": "could not find a free movie id: 10,000 ids in a row are taken"}])
 
     def _item_vector(self, row: Mapping[str, Any]) -> tuple[np.ndarray | None, str]:
-        if self.config.item_embedding == "tower" and self.encoder is not None:
+        mode = self.config.item_embedding
+        tower = None
+        if mode in ("tower", "blend") and self.encoder is not None:
             frame = pd.DataFrame([row])
             for c in ("genres", "item_genres"):
                 frame[c] = [as_list(row.get(c))]
-            return _unit(np.asarray(self.encoder.items(frame), dtype=np.float32).reshape(-1)), "tower"
+            tower = _unit(np.asarray(self.encoder.items(frame), dtype=np.float32).reshape(-1))
+            if mode == "tower":
+                return tower, "tower"
         vec = self.genre_mean(as_list(row.get("genres")))
+        if tower is not None:
+            return (_unit(tower + vec), "blend") if vec is not None else (tower, "tower")
         return (vec, "genre_mean") if vec is not None else (None, "none")
 
     def genre_mean(self, genres: Sequence[str]) -> np.ndarray | None:

@@ -222,6 +222,12 @@ class ItemIndex:
             return ids[ids >= 0].copy()
 
     @property
+    def rows_written(self) -> int:
+        """Rows ever written (built plus inserted live, retired ones included): it changes whenever
+        an item is added, so callers can cache what they derive from the live items."""
+        return self._n
+
+    @property
     def faiss_index(self) -> faiss.Index:
         return self._index
 

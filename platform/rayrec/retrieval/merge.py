@@ -23,6 +23,7 @@ from rayrec.retrieval.paths import (
     EmbeddingRecall,
     GenreRecall,
     ItemToItemRecall,
+    NewItemRecall,
     PathResult,
     PopularRecall,
     RecallPath,
@@ -31,7 +32,8 @@ from rayrec.retrieval.state import UserState
 
 __all__ = ["Candidate", "RecallConfig", "Merger", "PATH_NAMES", "build_paths", "load_merger"]
 
-PATH_NAMES = ("embedding", "item2item", "genre", "popular", "popular_recent")
+INDEX_PATHS = ("new_items", "embedding", "item2item")  # the paths that need an item index
+PATH_NAMES = ("new_items", "embedding", "item2item", "genre", "popular", "popular_recent")
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,14 @@ class RecallConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     quotas: dict[str, int] = Field(
-        default_factory=lambda: {"embedding": 100, "item2item": 50, "genre": 25, "popular": 25}
+        default_factory=lambda: {"new_items": 10, "embedding": 90, "item2item": 50, "genre": 25, "popular": 25}
     )
     backfill: bool = True  # fill slots a path could not use from the other paths, in order
     embedding_fallback: Literal["recent_mean", "none"] = "recent_mean"
     n_recent: int = Field(20, ge=1)  # recent positives averaged for the fallback user vector
     item2item_seeds: int = Field(5, ge=1)  # latest positives whose neighbours are recalled
     item2item_decay: float = Field(0.8, gt=0.0, le=1.0)
+    new_item_neighbours: int = Field(50, ge=1)  # a live-added item is recalled inside this neighbourhood
     recent_window_days: float = Field(30.0, gt=0.0)  # window of the popular_recent path
     # popularity counts positives only (ratings ≥ 3.5, what relevance means too); on ml-latest-small
     # this lifted the genre and popular paths' Recall@200 by about 0.02-0.03 over counting every rating
@@ -82,7 +85,7 @@ def build_paths(config: RecallConfig, *, index: ItemIndex | None, popularity: Po
     """The configured paths, in quota order (paths with quota 0 are still built, for evaluation)."""
     out: list[RecallPath] = []
     for name in config.quotas:
-        if name in ("embedding", "item2item") and index is None:
+        if name in INDEX_PATHS and index is None:
             raise ValueError(f"recall path {name!r} needs an item index: build one (python -m pipelines.index)")
         if name == "embedding":
             assert index is not None
@@ -90,6 +93,9 @@ def build_paths(config: RecallConfig, *, index: ItemIndex | None, popularity: Po
         elif name == "item2item":
             assert index is not None
             out.append(ItemToItemRecall(index, n_seeds=config.item2item_seeds, decay=config.item2item_decay))
+        elif name == "new_items":
+            assert index is not None
+            out.append(NewItemRecall(index, popularity.catalog, n_seeds=config.item2item_seeds, neighbours=config.new_item_neighbours))
         elif name == "genre":
             out.append(GenreRecall(popularity))
         elif name == "popular":
@@ -197,7 +203,7 @@ def load_merger(
     from rayrec.retrieval.versions import load_index
 
     config = config or RecallConfig()
-    needs_index = any(n in ("embedding", "item2item") for n in config.quotas)
+    needs_index = any(n in INDEX_PATHS for n in config.quotas)
     index = load_index(artifacts, index_version) if needs_index else None
     features = uri.resolve_version(uri.join(artifacts, "features"), features_version)
     catalog = ItemCatalog.load(features)

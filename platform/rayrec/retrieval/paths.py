@@ -11,7 +11,10 @@ One interface, :class:`RecallPath` (``name``, ``recall(user, k) -> PathResult``)
   ``V·S``) already encode co-occurrence without an items × items table to build and refresh;
 - :class:`PopularRecall`: most rated items before ``as_of``, over all time or a recent window;
 - :class:`GenreRecall`: the most rated items of the user's favourite genres, the quota shared among
-  the genres by preference rank.
+  the genres by preference rank;
+- :class:`NewItemRecall`: items added live (not in the catalog the models were trained on) that are
+  among the nearest items of the user's latest likes or of the user vector: items with no ratings yet
+  reach the users they suit before any rebuild.
 
 Paths are pure functions of the :class:`UserState` (and the index / ratings they were built with),
 so the same objects serve online requests and offline "as of time t" evaluation.
@@ -36,6 +39,7 @@ __all__ = [
     "ItemToItemRecall",
     "PopularRecall",
     "GenreRecall",
+    "NewItemRecall",
 ]
 
 DAY_S = 86_400
@@ -238,3 +242,46 @@ def _largest_remainder(k: int, weights: np.ndarray) -> np.ndarray:
     if rest > 0:
         shares[np.argsort(-(exact - shares), kind="stable")[:rest]] += 1
     return shares
+
+
+class NewItemRecall(RecallPath):
+    """Items inserted into the index live (their ids are not in ``catalog``) that would be among the
+    ``neighbours`` nearest items of one of the user's ``n_seeds`` latest positives, or of the user
+    vector. Scored by how far inside that neighbourhood they are (the best margin over the
+    neighbourhood's last similarity). Nothing to do, and no search, while no item was added live."""
+
+    def __init__(
+        self, index: ItemIndex, catalog: ItemCatalog, *, n_seeds: int = 5, neighbours: int = 50, name: str = "new_items"
+    ) -> None:
+        self.index, self.catalog, self.n_seeds, self.neighbours, self.name = index, catalog, n_seeds, neighbours, name
+        self._cache: tuple[int, np.ndarray, np.ndarray] = (-1, np.zeros(0, np.int64), np.zeros((0, index.dim), np.float32))
+
+    def live_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(movie_ids, vectors)`` of the items the index holds and the catalog does not."""
+        written = self.index.rows_written
+        if self._cache[0] != written:
+            ids = self.index.movie_ids
+            ids = ids[self.catalog.rows(ids) < 0]
+            _, vecs = self.index.vectors(ids)
+            self._cache = (written, ids, vecs)
+        return self._cache[1], self._cache[2]
+
+    def recall(self, user: UserState, k: int) -> PathResult:
+        ids, vecs = self.live_items()
+        if k <= 0 or not len(ids):
+            return PathResult.empty()
+        queries = []
+        if user.recent_positives:
+            found, seed_vecs = self.index.vectors(list(user.recent_positives[: self.n_seeds * 2]))
+            queries.append(seed_vecs[found][: self.n_seeds])
+        if user.vector is not None:
+            queries.append(np.asarray(user.vector, dtype=np.float32).reshape(1, -1))
+        q = np.concatenate(queries) if queries else np.zeros((0, self.index.dim), np.float32)
+        if not len(q):
+            return PathResult.empty()
+        _, near = self.index.search(q, self.neighbours)
+        edge = near[:, -1]  # each query's k-th similarity (-inf when the index holds fewer items)
+        margin = (q @ vecs.T - edge[:, None]).max(axis=0)  # (L,)
+        keep = margin >= 0
+        order = np.argsort(-margin[keep], kind="stable")
+        return _unseen(ids[keep][order], margin[keep][order].astype(np.float32), user.seen, k)

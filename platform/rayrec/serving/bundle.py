@@ -24,7 +24,7 @@ from rayrec.realtime import ColdStart
 from rayrec.rerank import RerankConfig
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
 from rayrec.retrieval.index import ItemIndex
-from rayrec.retrieval.merge import Merger, RecallConfig
+from rayrec.retrieval.merge import INDEX_PATHS, Merger, RecallConfig
 from rayrec.retrieval.similar import SimilarItems
 from rayrec.serving.history import RatingHistory
 from rayrec.serving.scoring import RankModel, UserTower, load_models
@@ -56,6 +56,11 @@ class ServingConfig(BaseModel):
         description="final order = rank_weight × ranker percentile + (1 − rank_weight) × recall percentile; "
         "cold-start users keep the cold-start order",
     )
+    fresh_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="weight of the candidates' affinity to the likes posted since the batch data (0: off)",
+    )
+    fresh_seeds: int = Field(default=10, ge=1, le=50, description="newest fresh likes the affinity looks at")
     recall: RecallConfig = Field(default_factory=lambda: RecallConfig.model_validate({}))
     rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
     store_timeout_s: float = Field(default=0.3, gt=0, le=10, description="deadline of the store reads of one request")
@@ -188,7 +193,7 @@ def load_bundle(artifacts: str, cfg: ServingConfig = ServingConfig()) -> Bundle:
     versions["retriever"] = tower.version if tower is not None else None
     recall = cfg.recall
     if index is None:
-        quotas = {n: q for n, q in recall.quotas.items() if n not in ("embedding", "item2item")}
+        quotas = {n: q for n, q in recall.quotas.items() if n not in INDEX_PATHS}
         if not quotas or sum(quotas.values()) == 0:
             quotas = {"genre": recall.total // 2, "popular": recall.total - recall.total // 2}
         recall = recall.model_copy(update={"quotas": quotas})

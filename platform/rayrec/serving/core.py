@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rayrec.realtime import ColdContext, is_cold
+from rayrec.realtime import STATE_KEY, ColdContext, is_cold
 from rayrec.rerank import Candidates, rerank
 from rayrec.retrieval.state import UserState
 from rayrec.serving.api import Movie, Recommendation, RecommendedItem, SimilarItem, SimilarMovies, UserProfile
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 REASON_SEEDS = 5  # recent likes an explanation may point to
 COLD_LIKES = 5  # below this many likes (and ratings) a user also gets the cold-start path
 HISTORY_LIMIT = 200  # online events read per request
+FRESH_GENRES = 2  # genres of the fresh likes that lead the genre path
 # rerank settings that keep the recall order (filters and business rules still apply)
 _RECALL_ORDER = {"diversity": 0.0, "freshness_weight": 0.0, "popularity_weight": 0.0}
 
@@ -56,6 +57,7 @@ class Recalled:
     paths: list[tuple[str, ...]]
     cold_start: bool = False  # the cold-start path was used (no row, or few ratings)
     declared_genres: tuple[str, ...] = ()  # genres a new user declared with the request
+    fresh: tuple[int, ...] = ()  # likes posted as online events since the batch data, most recent first
     timings: dict[str, float] = field(default_factory=dict)
 
     def for_ranker(self) -> Recalled:
@@ -142,7 +144,8 @@ class Recommender:
         vector = None
         if b.tower is not None and (row is not None or hist.liked):
             vector = b.tower.vector(user_columns(user_id, row, hist.liked, genres))
-        state = UserState(user_id=user_id, recent_positives=hist.liked, seen=hist.seen, genres=genres, vector=vector)
+        state = UserState(user_id=user_id, recent_positives=hist.liked, seen=hist.seen,
+                          genres=self._recall_genres(genres, hist.fresh), vector=vector)  # fmt: skip
         total = max(b.config.candidates, 3 * k)
         found = b.merger.recall(state, total=total)
         ids = [c.movie_id for c in found]
@@ -169,8 +172,18 @@ class Recommender:
             user_id=user_id, k=k, known=row is not None, user_row=row, liked=hist.liked, genres=genres,
             seen=hist.seen, ids=np.asarray(ids, dtype=np.int64), recall_scores=np.asarray(scores, dtype=np.float32),
             paths=paths, cold_start=cold, declared_genres=tuple(context.genres) if context else (),
-            timings={"recall_ms": (t2 - t1) * 1e3},
+            fresh=hist.fresh, timings={"recall_ms": (t2 - t1) * 1e3},
         )  # fmt: skip
+
+    def _recall_genres(self, genres: tuple[str, ...], fresh: Sequence[int]) -> tuple[str, ...]:
+        """The genres the genre path recalls from: those of the newest fresh likes lead (the user's
+        interest of the moment, which the batch genre preferences are slow to show), then the user's
+        favourites, as many in all as the favourites (at least five)."""
+        if not fresh:
+            return genres
+        n = self.bundle.config.fresh_seeds
+        lead = self._genres_of(fresh[:n], n=FRESH_GENRES)
+        return tuple(dict.fromkeys((*lead, *genres)))[: max(len(genres), 5)]
 
     def _genres_of(self, liked: Sequence[int], n: int = 5) -> tuple[str, ...]:
         """Favourite genres of a user known only through online likes."""
@@ -232,12 +245,9 @@ class Recommender:
         rows = ranked.rows
         genres = [list(row.get("genres") or ()) if row else list(b.catalog.genres_of(m)) for m, row in zip(r.ids.tolist(), rows)]
         vecs = b.item_vectors(r.ids) if n else None
+        genre_matrix = self._genre_matrix(r.ids, genres)
         if ranked.scores is not None and not r.cold_start:
-            # fuse: the ranker's order with the recall order (which follows the newest events through
-            # the user vector and the item-to-item path); both as percentiles, so scales do not matter
-            w = b.config.rank_weight
-            fused = w * _percentile(ranked.scores) + (1.0 - w) * np.linspace(1.0, 0.0, n) if w < 1.0 else ranked.scores
-            scores, cfg = fused, b.rerank
+            scores, cfg = self._fused(r, ranked.scores, genre_matrix, vecs), b.rerank
         else:  # the recall order (cold start: the segment order), under the same filters and business rules
             scores = np.linspace(1.0, 0.0, n, dtype=np.float64) if n else np.zeros(0)
             cfg = b.rerank.model_copy(update=_RECALL_ORDER)
@@ -246,7 +256,7 @@ class Recommender:
             years=np.array([_year(row) if row else np.nan for row in rows], dtype=np.float64),
             popularity=np.array([(row.get("item_rating_count") or 0) if row else 0 for row in rows], dtype=np.float64),
             embeddings=vecs[1] if vecs is not None else None, has_embedding=vecs[0] if vecs is not None else None,
-            genre_matrix=self._genre_matrix(r.ids, genres),
+            genre_matrix=genre_matrix,
         )  # fmt: skip
         out = rerank(cands, r.k, cfg, seen=r.seen, now_year=b.now_year)
         reasons = _Reasons(self, r, ranked, vecs)
@@ -266,6 +276,54 @@ class Recommender:
             index_version=b.versions.get("index"), took_ms=round(sum(v for key, v in took.items() if key != "batch"), 3),
             timings={key: round(v, 3) for key, v in took.items()},
         )  # fmt: skip
+
+    def _fused(
+        self, r: Recalled, rank_scores: np.ndarray, genre_matrix: np.ndarray, vecs: tuple[np.ndarray, np.ndarray] | None
+    ) -> np.ndarray:
+        """The order rerank starts from: the ranker's scores, mixed as percentiles among the
+        candidates (so scales do not matter) with
+
+        - the recall order, with weight ``1 − rank_weight``;
+        - the recall order alone for items added live (not in the catalog): the ranker has no
+          ratings or id embedding for them, as it has none for a cold user;
+        - with ``fresh_weight``, the candidates' affinity to the likes the user posted since the batch
+          data (``fresh``): the ranker sees those only as five recent ids, and the newest interest
+          should show in the very next list."""
+        cfg = self.bundle.config
+        n = len(r.ids)
+        live = self.bundle.catalog.rows(r.ids) < 0
+        fresh = bool(r.fresh) and cfg.fresh_weight > 0
+        if cfg.rank_weight >= 1.0 and not fresh and not live.any():
+            return np.asarray(rank_scores, dtype=np.float64)
+        recall_order = np.linspace(1.0, 0.0, n)
+        base = cfg.rank_weight * _percentile(rank_scores) + (1.0 - cfg.rank_weight) * recall_order
+        base[live] = recall_order[live]
+        affinity = self._fresh_affinity(r.fresh[: cfg.fresh_seeds], genre_matrix, vecs) if fresh else None
+        if affinity is None:
+            return base
+        return (1.0 - cfg.fresh_weight) * base + cfg.fresh_weight * _percentile(affinity)
+
+    def _fresh_affinity(
+        self, seeds: Sequence[int], genre_matrix: np.ndarray, vecs: tuple[np.ndarray, np.ndarray] | None
+    ) -> np.ndarray | None:
+        """How close each candidate is to the fresh likes ``seeds``: the mean of its genre affinity
+        (cosine between its genres and the seeds' genre profile) and its embedding affinity (the best
+        cosine to a seed in the index's space), each as a percentile. None when no seed is known."""
+        b = self.bundle
+        parts: list[np.ndarray] = []
+        rows = b.catalog.rows(list(seeds))
+        known = rows[rows >= 0]
+        if len(known):
+            profile = b.catalog.genre_matrix[known].sum(axis=0).astype(np.float64)
+            g = genre_matrix.astype(np.float64)
+            denom = np.linalg.norm(g, axis=1) * np.linalg.norm(profile)
+            parts.append(_percentile(np.divide(g @ profile, denom, out=np.zeros(len(g)), where=denom > 0)))
+        if vecs is not None and b.index is not None:
+            found, seed_vecs = b.index.vectors(list(seeds))
+            if found.any():
+                sims = (vecs[1] @ seed_vecs[found].T).max(axis=1)
+                parts.append(_percentile(np.where(vecs[0], sims, -1.0)))
+        return np.mean(parts, axis=0) if parts else None
 
     def _genre_matrix(self, ids: np.ndarray, genres: Sequence[Sequence[str]]) -> np.ndarray:
         """(N, G) multi-hot over the catalog's genres: the catalog's rows, plus the genres the store
@@ -343,7 +401,8 @@ class Recommender:
         recent_ids = list(hist.liked[:10])
         recent_rows = store.get("item", recent_ids) if recent_ids else []
         return UserProfile(
-            user_id=user_id, known=row is not None, features=_jsonable(row or {}),
+            user_id=user_id, known=row is not None,
+            features=_jsonable({key: v for key, v in (row or {}).items() if key != STATE_KEY}),  # not the bookkeeping
             recent=[Movie(**_movie(m, rw, b)) for m, rw in zip(recent_ids, recent_rows)],
             history=[_jsonable(e) for e in events],
         )  # fmt: skip

@@ -23,12 +23,14 @@ THRESHOLD = 3.5  # a rating at or above it is a like (as in the features' labels
 
 @dataclass(frozen=True)
 class UserHistory:
-    """One user's history: ``seen`` (every rated or clicked item) and ``liked`` (items rated at or
-    above the threshold, most recent first)."""
+    """One user's history: ``seen`` (every rated or clicked item), ``liked`` (items rated at or
+    above the threshold, most recent first) and ``fresh`` (the likes among them that came as online
+    events, not yet in the batch data the models were trained on; most recent first)."""
 
     seen: frozenset[int]
     liked: tuple[int, ...]
     online_events: int = 0
+    fresh: tuple[int, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -94,14 +96,16 @@ def merge_events(
         return base
     seen = set(base.seen)
     liked = list(base.liked)
+    fresh: list[int] = []
     for e in events:
         movie, kind, value = _event_fields(e)
         if movie is None:
             continue
         seen.add(movie)
         if kind == "rating" and value is not None:
-            if movie in liked:
-                liked.remove(movie)
-            if value >= threshold:
-                liked.insert(0, movie)
-    return UserHistory(frozenset(seen), tuple(liked[:max_liked]), online_events=len(events))
+            for likes in (liked, fresh):
+                if movie in likes:
+                    likes.remove(movie)
+                if value >= threshold:
+                    likes.insert(0, movie)
+    return UserHistory(frozenset(seen), tuple(liked[:max_liked]), online_events=len(events), fresh=tuple(fresh[:max_liked]))
