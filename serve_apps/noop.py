@@ -2,11 +2,14 @@
 
 ``build_noop_app({"hops": 0})`` is an ingress that answers ``/recommend`` with a constant body, through
 the same FastAPI + Serve proxy path as the real app; ``hops: N`` forwards each request through N
-no-op deployments by DeploymentHandle, which measures what one hop costs on this machine.
+no-op deployments by DeploymentHandle, which measures what one hop costs on this machine;
+``burn_ms: X`` holds the CPU (and the GIL) for X ms per request, as a compute stage of that cost
+would, which shows the throughput Serve allows for a given compute time.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import FastAPI, Query
@@ -24,6 +27,8 @@ class NoopArgs(BaseModel):
     num_cpus: float = Field(default=0.25, gt=0, le=2)
     max_ongoing_requests: int = Field(default=32, ge=1)
     max_queued_requests: int = Field(default=64, ge=-1)
+    burn_ms: float = Field(default=0.0, ge=0, le=1000, description="CPU held per request (busy loop)")
+    replicas: int = Field(default=1, ge=1, le=8)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
@@ -41,14 +46,18 @@ class NoopHop:
 @serve.deployment
 @serve.ingress()
 class NoopIngress:
-    def __init__(self, next_hop: DeploymentHandle | None = None) -> None:
-        self.next_hop = next_hop
+    def __init__(self, next_hop: DeploymentHandle | None = None, burn_ms: float = 0.0) -> None:
+        self.next_hop, self.burn_s = next_hop, burn_ms / 1e3
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="rayrec no-op floor")
 
         @app.get("/recommend")
         async def recommend(user_id: int = Query(..., ge=1), k: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
+            if self.burn_s:
+                end = time.perf_counter() + self.burn_s
+                while time.perf_counter() < end:
+                    pass
             if self.next_hop is not None:
                 out: dict[str, Any] = await self.next_hop.remote(user_id)
                 return out
@@ -70,4 +79,5 @@ def build_noop_app(args: dict[str, Any] | NoopArgs | None = None) -> serve.Appli
         ray_actor_options={"num_cpus": a.num_cpus},
         max_ongoing_requests=a.max_ongoing_requests,
         max_queued_requests=a.max_queued_requests,
-    ).bind(hop)
+        num_replicas=a.replicas,
+    ).bind(hop, a.burn_ms)

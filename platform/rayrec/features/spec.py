@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -71,11 +72,16 @@ class Vocab:
     def size(self) -> int:
         return len(self.values) + 2
 
+    @cached_property
+    def array(self) -> np.ndarray:
+        """``values`` as one array, built once (a lookup of one request's ids must not rebuild it)."""
+        return np.asarray(self.values)
+
     def lookup(self, x: Sequence[Any] | np.ndarray) -> np.ndarray:
         arr = np.asarray(x)
         if len(self.values) == 0:
             return np.full(arr.shape, OOV, dtype=np.int64)
-        known = np.asarray(self.values)
+        known = self.array
         pos = np.searchsorted(known, arr)
         pos_c = np.minimum(pos, len(known) - 1)
         hit = known[pos_c] == arr

@@ -159,8 +159,23 @@ class Merger:
                 added += 1
             return added
 
+        asked: dict[str, tuple[int, PathResult]] = {}  # a prefix-stable path's longest answer so far
+
+        def ask(path: RecallPath, k: int) -> PathResult:
+            if not path.prefix_stable:
+                return path.recall(user, k)
+            hit = asked.get(path.name)
+            if hit is None or hit[0] < k:
+                hit = (k, path.recall(user, k))
+                asked[path.name] = hit
+            return hit[1]
+
         def take(path: RecallPath, new: int) -> None:
             if new <= 0:
+                return
+            if path.prefix_stable:  # its top-``new`` starts the longer list: one call, one walk
+                # (long enough for the backfill too: ``want`` items hold ``want - len(order)`` new ones)
+                walk(path, ask(path, max(new + len(order), want if self.backfill else 0)), new)
                 return
             # the path's own top-``new`` first (paths such as genre allocate by k, so a longer list
             # need not start with the short one), then further down past what others already found
@@ -174,7 +189,7 @@ class Merger:
             for p in self.paths:
                 if len(order) >= want:
                     break
-                walk(p, p.recall(user, want + len(order)), want - len(order))
+                walk(p, ask(p, want), want - len(order))  # of any ``want`` items, that many are new
         return [Candidate(m, found[m][0], tuple(found[m][1])) for m in order]
 
 

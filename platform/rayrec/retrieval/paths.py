@@ -22,6 +22,7 @@ so the same objects serve online requests and offline "as of time t" evaluation.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
@@ -65,6 +66,9 @@ class RecallPath(ABC):
     """A source of candidates. ``recall`` returns at most ``k`` items, none in ``user.seen``."""
 
     name: str
+    #: ``recall(user, k)`` is the first k items of ``recall(user, k2)`` for any k2 > k: then a caller
+    #: wanting both asks once, for k2. (Not so for paths that allocate by k, such as genre.)
+    prefix_stable: bool = False
 
     @abstractmethod
     def recall(self, user: UserState, k: int) -> PathResult: ...
@@ -73,17 +77,29 @@ class RecallPath(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def _unseen(ids: np.ndarray, scores: np.ndarray, seen: frozenset[int], k: int) -> PathResult:
-    """Keep valid (≥ 0), unseen ids in order, first occurrence only, at most k."""
+def _unseen(ids: np.ndarray, scores: np.ndarray, user: UserState, k: int) -> PathResult:
+    """Keep valid (≥ 0) ids ``user`` has not seen, in order, first occurrence only, at most k."""
     keep = ids >= 0
-    if seen:
-        keep &= ~np.isin(ids, np.fromiter(seen, dtype=np.int64, count=len(seen)))
+    if user.seen:
+        keep &= ~_isin_sorted(ids, user.seen_array)
     ids, scores = ids[keep], scores[keep]
     _, first = np.unique(ids, return_index=True)
     if len(first) != len(ids):
         first.sort()
         ids, scores = ids[first], scores[first]
     return PathResult(ids[:k].astype(np.int64), scores[:k].astype(np.float32))
+
+
+def _isin_sorted(ids: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """``np.isin(ids, sorted_values)`` for a sorted array, by binary search (no sort per call)."""
+    pos = np.searchsorted(sorted_values, ids)
+    return sorted_values[np.minimum(pos, len(sorted_values) - 1)] == ids
+
+
+def _ranked_rows(scores: np.ndarray) -> np.ndarray:
+    """Every row with a positive score, best first (ties: lower row first)."""
+    order = np.argsort(-scores, kind="stable")
+    return order[scores[order] > 0]
 
 
 def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
@@ -98,6 +114,8 @@ def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
 class EmbeddingRecall(RecallPath):
     """Nearest items to the user's vector. Without ``user.vector`` and with ``fallback="recent_mean"``
     the query is the normalised mean of the item vectors of the user's ``n_recent`` latest positives."""
+
+    prefix_stable = True
 
     def __init__(
         self,
@@ -129,7 +147,7 @@ class EmbeddingRecall(RecallPath):
         if q is None or k <= 0:
             return PathResult.empty()
         ids, scores = self.index.search(q[None, :], k + len(user.seen))
-        return _unseen(ids[0], scores[0], user.seen, k)
+        return _unseen(ids[0], scores[0], user, k)
 
 
 class ItemToItemRecall(RecallPath):
@@ -138,30 +156,50 @@ class ItemToItemRecall(RecallPath):
 
     def __init__(self, index: ItemIndex, *, n_seeds: int = 5, decay: float = 0.8, name: str = "item2item") -> None:
         self.index, self.n_seeds, self.decay, self.name = index, n_seeds, decay, name
+        self._last = threading.local()  # this thread's last search: (user, depth, ids, sims)
+
+    def _neighbours(self, user: UserState, depth: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The seeds' ``depth`` nearest items ``(ids, sims)``, each (S, depth); None without seeds. A
+        second call for the same user (the merger asks for a short list, then a longer one) reuses
+        one search, made a little deeper than asked for that: best-first results cut at ``depth``
+        are what a search for ``depth`` returns."""
+        last = getattr(self._last, "value", None)
+        if last is not None and last[0] is user and last[1] >= depth:
+            return last[2][:, :depth], last[3][:, :depth]
+        found, vecs = self.index.vectors(list(user.recent_positives[: self.n_seeds * 2]))
+        seeds = np.flatnonzero(found)[: self.n_seeds]
+        if not len(seeds):
+            return None
+        deeper = depth + 128
+        ids, sims = self.index.search(vecs[seeds], deeper)
+        self._last.value = (user, deeper, ids, sims)
+        return ids[:, :depth], sims[:, :depth]
 
     def recall(self, user: UserState, k: int) -> PathResult:
         if k <= 0 or not user.recent_positives:
             return PathResult.empty()
-        found, vecs = self.index.vectors(list(user.recent_positives[: self.n_seeds * 2]))
-        seeds = np.flatnonzero(found)[: self.n_seeds]
-        if not len(seeds):
+        got = self._neighbours(user, k + len(user.seen) + 1)
+        if got is None:
             return PathResult.empty()
-        ids, sims = self.index.search(vecs[seeds], k + len(user.seen) + 1)  # (S, k')
-        weights = (self.decay ** np.arange(len(seeds), dtype=np.float32))[:, None]
+        ids, sims = got  # (S, k')
+        weights = (self.decay ** np.arange(len(ids), dtype=np.float32))[:, None]
         flat_ids, flat_scores = ids.reshape(-1), (sims * weights).reshape(-1)
         valid = flat_ids >= 0
         uniq, inv = np.unique(flat_ids[valid], return_inverse=True)
         total = np.bincount(inv, weights=flat_scores[valid], minlength=len(uniq))
         order = _top_rows(total, len(uniq))
-        return _unseen(uniq[order], total[order], user.seen, k)
+        return _unseen(uniq[order], total[order], user, k)
 
 
 class PopularRecall(RecallPath):
     """The most rated items before ``user.as_of``. With ``window_days``, counts over that trailing
     window come first and all-time counts break ties (so the quota fills even in a quiet window)."""
 
+    prefix_stable = True
+
     def __init__(self, popularity: Popularity, *, window_days: float | None = None, name: str | None = None) -> None:
         self.popularity = popularity
+        self._now: tuple[np.ndarray, np.ndarray] | None = None  # (scores, their ranking) as of now
         self.window_s = None if window_days is None else int(window_days * DAY_S)
         self.name = name or ("popular" if window_days is None else "popular_recent")
 
@@ -176,10 +214,15 @@ class PopularRecall(RecallPath):
         if k <= 0:
             return PathResult.empty()
         s = self.scores(user.as_of)
-        rows = _top_rows(s, k + len(user.seen))
-        rows = rows[s[rows] > 0]
+        if user.as_of is None:  # online: one ranking of the whole catalog, kept while counts are the same
+            if self._now is None or self._now[0] is not s:
+                self._now = (s, _ranked_rows(s))
+            rows = self._now[1][: k + len(user.seen)]
+        else:
+            rows = _top_rows(s, k + len(user.seen))
+            rows = rows[s[rows] > 0]
         ids = self.popularity.catalog.movie_ids[rows]
-        return _unseen(ids, s[rows].astype(np.float32), user.seen, k)
+        return _unseen(ids, s[rows].astype(np.float32), user, k)
 
 
 class GenreRecall(RecallPath):
@@ -188,24 +231,35 @@ class GenreRecall(RecallPath):
 
     def __init__(self, popularity: Popularity, *, name: str = "genre") -> None:
         self.popularity, self.name = popularity, name
+        self._now: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # genre -> (counts as of now, ranked rows)
 
     @property
     def catalog(self) -> ItemCatalog:
         return self.popularity.catalog
+
+    def _ranked(self, genre: str, counts: np.ndarray, keep: bool) -> np.ndarray:
+        """Rows of ``genre``'s rated items, most rated first (ties: lower row first); with ``keep``
+        (counts as of now, the same for every online request) the ranking is kept for the next call."""
+        hit = self._now.get(genre)
+        if hit is not None and hit[0] is counts:
+            return hit[1]
+        rows = self.catalog.genre_rows(genre)
+        ranked = rows[_ranked_rows(counts[rows])]
+        if keep:
+            self._now[genre] = (counts, ranked)
+        return ranked
 
     def recall(self, user: UserState, k: int) -> PathResult:
         genres = [g for g in user.genres if len(self.catalog.genre_rows(g))]
         if k <= 0 or not genres:
             return PathResult.empty()
         counts = self.popularity.counts(user.as_of)
-        seen = np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))
+        seen = user.seen_array
         lists = []
         for g in genres:
-            rows = self.catalog.genre_rows(g)
-            top = rows[_top_rows(counts[rows], k + len(seen))]
-            top = top[counts[top] > 0]
+            top = self._ranked(g, counts, user.as_of is None)[: k + len(seen)]
             ids = self.catalog.movie_ids[top]
-            keep = ~np.isin(ids, seen) if len(seen) else np.ones(len(ids), dtype=bool)
+            keep = ~_isin_sorted(ids, seen) if len(seen) else np.ones(len(ids), dtype=bool)
             lists.append((ids[keep], counts[top][keep]))
         weights = np.arange(len(genres), 0, -1, dtype=np.float64)
         shares = _largest_remainder(k, weights)
@@ -250,6 +304,8 @@ class NewItemRecall(RecallPath):
     vector. Scored by how far inside that neighbourhood they are (the best margin over the
     neighbourhood's last similarity). Nothing to do, and no search, while no item was added live."""
 
+    prefix_stable = True
+
     def __init__(
         self, index: ItemIndex, catalog: ItemCatalog, *, n_seeds: int = 5, neighbours: int = 50, name: str = "new_items"
     ) -> None:
@@ -284,4 +340,4 @@ class NewItemRecall(RecallPath):
         margin = (q @ vecs.T - edge[:, None]).max(axis=0)  # (L,)
         keep = margin >= 0
         order = np.argsort(-margin[keep], kind="stable")
-        return _unseen(ids[keep][order], margin[keep][order].astype(np.float32), user.seen, k)
+        return _unseen(ids[keep][order], margin[keep][order].astype(np.float32), user, k)

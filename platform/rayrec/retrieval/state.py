@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,11 @@ class UserState:
     genres: tuple[str, ...] = ()
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
     as_of: int | None = None
+
+    @cached_property
+    def seen_array(self) -> np.ndarray:
+        """``seen`` as a sorted int64 array (built once per state: every path filters by it)."""
+        return np.sort(np.fromiter(self.seen, dtype=np.int64, count=len(self.seen)))
 
     def with_vector(self, vector: np.ndarray | None) -> UserState:
         return replace(self, vector=None if vector is None else np.asarray(vector, dtype=np.float32).reshape(-1))
