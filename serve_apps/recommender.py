@@ -12,13 +12,16 @@ by the ``composition`` arg:
 - ``chain``: Ingress → Recall → Ranker → Reranker, three hops, each stage scaled separately.
 
 Why fused is the default: measured on the 2-core development machine with tests/perf/bench_serving.py
-(shared with other jobs, so absolute figures swing by 2x between rounds; the order never changed).
-A FastAPI no-op ingress answered 155–483 req/s at concurrency 8–32; the same no-op behind one
-DeploymentHandle hop 84–173, behind two 78–109: a hop costs more CPU than the whole recall → rank →
-rerank compute (about 6–9 ms). The full app at concurrency 8: fused with 2 replicas 69–119 req/s,
-fused with 1 replica 56–73, ranker (one hop) 40–72, chain (three hops) 25–50. So the request path has
-no hop, and a second ingress replica (autoscaling, 1 → 2) uses the second core; the split
-compositions are for clusters where a stage needs its own hardware or replica count.
+(all apps deployed at once, rounds interleaved; absolute figures swing by 10-30% between runs, the
+order did not change). At concurrency 8: a FastAPI no-op ingress answered 309 req/s, the same no-op
+behind one DeploymentHandle hop 131, behind two 91; the full app fused with 2 replicas 99-140, fused
+with 1 replica 84, ranker (one hop) 49, chain (three hops) 37. A hop costs more CPU than the whole
+recall → rank → rerank compute (about 4.5 ms in process). So the request path has no hop, and a
+second ingress replica (autoscaling, 1 → 2) uses the second core; the split compositions are for
+clusters where a stage needs its own hardware or replica count. ``batching.max_batch_size: 1``
+(rank each request as it comes, without Serve's batch queue) measured 9-28% more req/s at
+concurrency 8 on 2 cores and about the same at 32; batching pays off where a forward pass is
+costly (a GPU, bigger candidate sets), so it stays on by default.
 
 Overload gets 503s, not timeouts. Requests must not wait in the proxy's queue: a request queued
 there polls for a free replica with back-off (up to 0.5 s), leaving replicas idle. With
@@ -100,6 +103,7 @@ SCALING_DEFAULTS: dict[str, dict[str, Any]] = {
 class Batching(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # 1: no batching. The fused ingress then calls the rank stage directly, skipping the batch queue
     max_batch_size: int = Field(default=16, ge=1, le=256)
     # 0: no waiting. A batch leaves as soon as the previous one is done, holding every request that
     # arrived meanwhile: batches grow with load and an idle server adds no delay.
@@ -219,7 +223,7 @@ class Ingress(_Stage):
         svc.passthrough = (BackPressureError,)
         self.rank.set_max_batch_size(batching.max_batch_size)
         self.rank.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        svc.rank_fn = self.rank
+        svc.rank_fn = self.rank if batching.max_batch_size > 1 else svc.rank_local
         if ranker is not None:
             svc.rank_fn = lambda r: ranker.rank.remote(r.for_ranker())  # type: ignore[assignment,return-value]
         if recall is not None:

@@ -3,9 +3,9 @@ app (Ray Serve, local Ray with 2 CPUs), the time from an event's acknowledgement
 ``/recommend``, and the in-process floor of the real-time path (no HTTP) on the same store.
 
     .venv/bin/python tests/perf/bench_events.py [--backend sqlite|redis] [--seconds 20]
-        [--concurrency 1,4,8] [--trials 30] [--workdir /tmp/rayrec-bench-events] [--url URL]
+        [--concurrency 1,4,8] [--trials 30] [--workdir /tmp/rayrec-bench-events] [--artifacts DIR]
 
-Without ``--url`` it builds small artifacts once in ``--workdir`` (features of the first 120 users of
+Without ``--artifacts`` it builds small artifacts once in ``--workdir`` (features of the first 120 users of
 ml-latest-small, or the synthetic generator; the online store; an SVD index; tiny models when the
 training job exists), deploys the app with its default scaling and measures it. The load is a
 closed loop: each of N keep-alive connections posts its next event as soon as the previous answer
@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--floor-events", type=int, default=2000)
     p.add_argument("--workdir", default="/tmp/rayrec-bench-events")
+    p.add_argument("--artifacts", default=None,
+                   help="serve these artifacts (e.g. the main job's, with its trained models) instead of building small ones")
     p.add_argument("--port", type=int, default=18200)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -284,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False, address="local")
-    artifacts, features_path = build_artifacts(workdir)
+    if args.artifacts:
+        from rayrec import uri
+
+        artifacts = args.artifacts
+        features_path = uri.resolve_version(uri.join(artifacts, "features"), "latest")
+    else:
+        artifacts, features_path = build_artifacts(workdir)
     ratings = read_ratings(features_path)
     users = sorted(int(u) for u in ratings["userId"].unique())
     movies = ItemCatalog.load(features_path).movie_ids.tolist()

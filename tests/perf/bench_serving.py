@@ -13,7 +13,8 @@ retried early. Last, ``--overload`` connections hit the first app, with clients 
 once and with clients that wait 100 ms first: excess load must be refused with 503s, not time out.
 
     .venv/bin/python tests/perf/bench_serving.py --artifacts DIR [--store URL] [--seconds 5]
-        [--concurrency 1,8,32] [--compositions fused@2,fused,ranker,chain] [--hops 1,2] [--rounds 2] [--overload 128]
+        [--concurrency 1,8,32] [--compositions fused@2,fused@2/b1,fused,ranker,chain] [--hops 1,2] [--rounds 2]
+        [--overload 128]
 
 The artifacts need features loaded into the store, an index and (for the ranker) trained models:
 the main job's output (python -m pipelines.main --no-serve) is what it is meant for.
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--compositions", default="fused@2,fused,ranker,chain",
-                   help="apps to measure: a composition, @N for N ingress replicas (default 1)")
+                   help="apps to measure: a composition, @N for N ingress replicas (default 1), /bN for "
+                   "rank batches of at most N (b1: no batching)")
     p.add_argument("--hops", default="", help="also measure no-op chains with these numbers of handle hops, e.g. 1,2")
     p.add_argument("--overload", type=int, default=128, help="connections of the overload row (0: skip)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over all targets; rows report the median")
@@ -140,14 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     small = {"num_cpus": 0.1, "min_replicas": 1, "max_replicas": 1}  # logical CPUs: the apps share 2 cores
     targets: dict[str, str] = {}
     t = time.perf_counter()
-    for spec in comps:  # "fused" or "fused@2": composition, and a fixed number of ingress replicas
-        comp, _, n = spec.partition("@")
+    for spec in comps:  # "fused", "fused@2", "fused@2/b1": composition, ingress replicas, max batch size
+        head, _, batch = spec.partition("/b")
+        comp, _, n = head.partition("@")
         replicas = int(n or 1)
         ingress = {**small, "min_replicas": replicas, "max_replicas": replicas}
-        slug = spec.replace("@", "-")
+        slug = spec.replace("@", "-").replace("/", "-")
+        batching = {"max_batch_size": int(batch)} if batch else {}
         targets[f"app:{spec}"] = deploy(artifacts, args.store, port=port, composition=comp, name=f"app-{slug}",
                                         route_prefix=f"/{slug}", ingress=ingress, ranker=small, recall=small,
-                                        reranker=small)  # fmt: skip
+                                        reranker=small, batching=batching)  # fmt: skip
     serve.run(build_noop_app({"num_cpus": 0.1}), name="noop", route_prefix="/noop")
     targets["noop"] = f"http://127.0.0.1:{port}/noop"
     for h in [int(x) for x in args.hops.split(",") if x]:

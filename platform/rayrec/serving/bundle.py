@@ -65,6 +65,9 @@ class ServingConfig(BaseModel):
     rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
     store_timeout_s: float = Field(default=0.3, gt=0, le=10, description="deadline of the store reads of one request")
     store_cooldown_s: float = Field(default=2.0, ge=0, le=300, description="after a store failure, skip it for this long")
+    store_write_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="deadline of one write (an event, a new item): writers wait for each other"
+    )
     generation: int = Field(default=0, description="bump to re-resolve 'latest' with no other change")
 
     def artifact_key(self) -> tuple[Any, ...]:

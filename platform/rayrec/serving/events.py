@@ -2,7 +2,7 @@
 bound to the live serving bundle (its index takes new items; its user tower refreshes user vectors).
 
 The HTTP layer maps the errors: :class:`InvalidEvent` → 422 (or 404 for an unknown movie) listing
-each bad field, :class:`ServiceUnavailable` → 503 (the store is down: nothing was recorded).
+each bad field, :class:`ServiceUnavailable` → 503 (the store is down, or a write was not confirmed in time).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ failure the breaker opens for ``cooldown_s`` and requests skip the store (answer
 instead of piling threads onto a dead connection. After the cooldown one request probes the store;
 its success closes the breaker. Store calls run on a small dedicated thread pool, so a hung store
 cannot exhaust the event loop's default executor.
+
+Writes (:meth:`StoreGuard.write`) are different: a write waits for the others (SQLite has one
+writer at a time), so it always runs on the pool, gets a longer deadline, and only a store error
+opens the breaker. A write past its deadline is not called failed (it may still land): the caller
+is told it was not confirmed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, TypeVar
 
 from rayrec.store.base import StoreError, StoreUnavailable
 
-__all__ = ["StoreGuard", "StoreDown"]
+__all__ = ["StoreGuard", "StoreDown", "WriteUnconfirmed"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,14 +34,27 @@ class StoreDown(StoreUnavailable):
     """The breaker is open, or the call failed or missed its deadline."""
 
 
+class WriteUnconfirmed(StoreUnavailable):
+    """A write did not finish within its deadline: it may still be applied."""
+
+
 class StoreGuard:
     """``inline=True`` calls the store on the event loop's thread instead of the pool: for the
     embedded SQLite file, whose reads (WAL mode) never wait on a network or a writer, the two thread
     hops per request cost more than the reads themselves. A slow or failing call still opens the
     breaker; only the deadline cannot interrupt an inline call."""
 
-    def __init__(self, timeout_s: float = 0.3, cooldown_s: float = 2.0, threads: int = 8, *, inline: bool = False) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 0.3,
+        cooldown_s: float = 2.0,
+        threads: int = 8,
+        *,
+        inline: bool = False,
+        write_timeout_s: float = 5.0,
+    ) -> None:
         self.timeout_s, self.cooldown_s, self.inline = timeout_s, cooldown_s, inline
+        self.write_timeout_s = write_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
         self._lock = threading.Lock()
         self._open_until = 0.0
@@ -45,8 +63,10 @@ class StoreGuard:
         self.failures = 0
         self._closed = False
 
-    def configure(self, timeout_s: float, cooldown_s: float) -> None:
+    def configure(self, timeout_s: float, cooldown_s: float, write_timeout_s: float | None = None) -> None:
         self.timeout_s, self.cooldown_s = timeout_s, cooldown_s
+        if write_timeout_s is not None:
+            self.write_timeout_s = write_timeout_s
 
     @property
     def healthy(self) -> bool:
@@ -90,6 +110,30 @@ class StoreGuard:
             err = StoreDown(f"online store did not answer within {self.timeout_s:g}s")
             self._record(err)
             raise err from None
+        except StoreError as e:
+            self._record(e)
+            raise StoreDown(str(e)) from e
+        except BaseException:
+            with self._lock:
+                self._probing = False
+            raise
+        self._record(None)
+        return out
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a write, on the store pool (never on the event loop: it may wait for another
+        writer's lock). :class:`StoreDown` on an open breaker or a :class:`StoreError` (which opens
+        it); :class:`WriteUnconfirmed` when it has not finished within ``write_timeout_s`` (it keeps
+        running and may still be applied; contention is not an outage, so the breaker stays closed)."""
+        if not self._admit():
+            raise StoreDown(f"online store skipped for {self.cooldown_s:g}s after a failure: {self.last_error}")
+        loop = asyncio.get_running_loop()
+        try:
+            out = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(self._pool, fn, *args)), self.write_timeout_s)
+        except asyncio.TimeoutError:
+            with self._lock:
+                self._probing = False
+            raise WriteUnconfirmed(f"the online store did not confirm the write within {self.write_timeout_s:g}s") from None
         except StoreError as e:
             self._record(e)
             raise StoreDown(str(e)) from e

@@ -233,7 +233,7 @@ def create_app(backend: Backend, *, title: str = "rayrec") -> FastAPI:
     write_errors: dict[int | str, dict[str, Any]] = {
         **errors, 404: {"model": ErrorBody, "description": "the event names a movie not in the catalog"},
         413: {"model": ErrorBody, "description": f"body over {MAX_BODY_BYTES} bytes"},
-        503: {"model": ErrorBody, "description": "the online store is down: nothing was recorded, retry"},
+        503: {"model": ErrorBody, "description": "the online store is down (nothing was recorded) or did not confirm the write in time (it may still be applied): retry"},
     }  # fmt: skip
 
     @app.post("/events", response_model=EventAck | list[EventAck], responses=write_errors, tags=["events"],

@@ -28,7 +28,7 @@ from rayrec.serving.api import Health, Movie, Recommendation, SimilarMovies, Use
 from rayrec.serving.bundle import Bundle, ServingConfig, load_bundle, resolve_versions
 from rayrec.serving.core import Ranked, Recalled, Recommender
 from rayrec.serving.events import EventSink, ServiceUnavailable
-from rayrec.serving.guard import StoreDown, StoreGuard
+from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
 from rayrec.store import open_store
 from rayrec.store.base import OnlineStore
 from rayrec.store.sqlite import SqliteStore
@@ -56,7 +56,8 @@ class RecommenderService:
         self.store = store
         self.core = Recommender(bundle)
         cfg = bundle.config
-        self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, inline=isinstance(store, SqliteStore))
+        self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, inline=isinstance(store, SqliteStore),
+                                write_timeout_s=cfg.store_write_timeout_s)  # fmt: skip
         self.events = EventSink(store, bundle)
         self.composition = composition
         self.rank_fn: RankFn = self.rank_local
@@ -163,15 +164,21 @@ class RecommenderService:
 
     async def event(self, payload: Any) -> Any:
         try:
-            return await self.guard.run(self.events.ingest, payload)
+            return await self.guard.write(self.events.ingest, payload)
         except StoreDown as e:
             raise ServiceUnavailable(f"the online store is unavailable, the event was not recorded ({e}); retry") from None
+        except WriteUnconfirmed as e:
+            raise ServiceUnavailable(
+                f"{e}: the event may still be applied; retry (a rating sent again replaces the first)"
+            ) from None
 
     async def add_item(self, payload: dict[str, Any]) -> Any:
         try:
-            return await self.guard.run(self.events.add_item, payload)
+            return await self.guard.write(self.events.add_item, payload)
         except StoreDown as e:
             raise ServiceUnavailable(f"the online store is unavailable, the item was not added ({e}); retry") from None
+        except WriteUnconfirmed as e:
+            raise ServiceUnavailable(f"{e}: the item may still be added; look for it before adding it again") from None
 
     async def health(self) -> Health:
         ok = self.guard.healthy
@@ -210,7 +217,7 @@ class RecommenderService:
         only when a version pointer moved or artifact settings changed; then one assignment swaps the
         bundle, so in-flight requests finish on the old one and none fails. Returns True on reload."""
         async with self._swap_lock:
-            self.guard.configure(cfg.store_timeout_s, cfg.store_cooldown_s)
+            self.guard.configure(cfg.store_timeout_s, cfg.store_cooldown_s, cfg.store_write_timeout_s)
             live = self.bundle
             resolved = await asyncio.to_thread(resolve_versions, self.artifacts, cfg)
             if cfg.artifact_key() == live.config.artifact_key() and resolved == self._resolved:
