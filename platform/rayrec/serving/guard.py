@@ -18,8 +18,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rayrec.store.base import StoreError, StoreUnavailable
@@ -96,20 +97,12 @@ class StoreGuard:
             self._open_until = time.monotonic() + self.cooldown_s
         log.warning("online store failed (%s); skipping it for %.1fs", self.last_error, self.cooldown_s)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the store pool within the deadline; :class:`StoreDown` on an open breaker,
-        a :class:`StoreError`, or a missed deadline. Other exceptions (bugs) propagate unchanged."""
-        if not self._admit():
-            raise StoreDown(f"online store skipped for {self.cooldown_s:g}s after a failure: {self.last_error}")
-        if self.inline:
-            return self._run_inline(fn, *args)
-        loop = asyncio.get_running_loop()
+    @contextmanager
+    def _bookkeeping(self) -> Iterator[None]:
+        """Around one admitted call: a store error opens the breaker (as :class:`StoreDown`); any
+        other exception (a deadline, a bug) frees the probe slot and propagates."""
         try:
-            out = await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout_s)
-        except asyncio.TimeoutError:
-            err = StoreDown(f"online store did not answer within {self.timeout_s:g}s")
-            self._record(err)
-            raise err from None
+            yield
         except StoreError as e:
             self._record(e)
             raise StoreDown(str(e)) from e
@@ -117,6 +110,25 @@ class StoreGuard:
             with self._lock:
                 self._probing = False
             raise
+
+    def _check_admitted(self) -> None:
+        if not self._admit():
+            raise StoreDown(f"online store skipped for {self.cooldown_s:g}s after a failure: {self.last_error}")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the store pool within the deadline; :class:`StoreDown` on an open breaker,
+        a :class:`StoreError`, or a missed deadline. Other exceptions (bugs) propagate unchanged."""
+        self._check_admitted()
+        if self.inline:
+            return self._run_inline(fn, *args)
+        loop = asyncio.get_running_loop()
+        try:
+            with self._bookkeeping():
+                out = await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout_s)
+        except asyncio.TimeoutError:
+            err = StoreDown(f"online store did not answer within {self.timeout_s:g}s")
+            self._record(err)
+            raise err from None
         self._record(None)
         return out
 
@@ -125,36 +137,20 @@ class StoreGuard:
         writer's lock). :class:`StoreDown` on an open breaker or a :class:`StoreError` (which opens
         it); :class:`WriteUnconfirmed` when it has not finished within ``write_timeout_s`` (it keeps
         running and may still be applied; contention is not an outage, so the breaker stays closed)."""
-        if not self._admit():
-            raise StoreDown(f"online store skipped for {self.cooldown_s:g}s after a failure: {self.last_error}")
+        self._check_admitted()
         loop = asyncio.get_running_loop()
         try:
-            out = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(self._pool, fn, *args)), self.write_timeout_s)
+            with self._bookkeeping():
+                out = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(self._pool, fn, *args)), self.write_timeout_s)
         except asyncio.TimeoutError:
-            with self._lock:
-                self._probing = False
             raise WriteUnconfirmed(f"the online store did not confirm the write within {self.write_timeout_s:g}s") from None
-        except StoreError as e:
-            self._record(e)
-            raise StoreDown(str(e)) from e
-        except BaseException:
-            with self._lock:
-                self._probing = False
-            raise
         self._record(None)
         return out
 
     def _run_inline(self, fn: Callable[..., T], *args: Any) -> T:
         t = time.monotonic()
-        try:
+        with self._bookkeeping():
             out = fn(*args)
-        except StoreError as e:
-            self._record(e)
-            raise StoreDown(str(e)) from e
-        except BaseException:
-            with self._lock:
-                self._probing = False
-            raise
         slow = time.monotonic() - t
         if slow > self.timeout_s:  # answered, but too late: skip the store for a while
             self._record(StoreDown(f"online store answered in {slow:.2f}s, over the {self.timeout_s:g}s deadline"))
