@@ -40,7 +40,8 @@ def _dataset(tmp: Path):
         keep = data.ratings["userId"] <= N_USERS
         data.ratings = data.ratings[keep].reset_index(drop=True)
         return data, True
-    generate(tmp / "synthetic", SyntheticConfig(n_users=N_USERS, n_items=600, n_ratings=12_000))
+    # as large as ml-latest-small: tiny models on fewer ratings learn too little for the real-time tests
+    generate(tmp / "synthetic", SyntheticConfig(n_users=N_USERS, n_items=3_000, n_ratings=100_000))
     return read_movielens(tmp / "synthetic"), False
 
 
