@@ -116,12 +116,13 @@ def test_cold_start_context_picks_the_declared_genres(served) -> None:
         assert share(rec, genre) >= 0.5 and share(rec, genre) >= share(plain, genre), (genre, got)
 
 
-def test_a_new_movie_is_similar_searchable_and_recommended_without_a_rebuild(served) -> None:
+def test_a_new_movie_is_similar_searchable_and_recommended_without_a_rebuild(served, serving_app) -> None:
     url, ratings, catalog = served
     status, added = call(f"{url}/items", {"title": "Night Shift", "genres": ["Horror", "Thriller"], "year": 2024})
     assert status == 200, added
     new = added["movie_id"]
     assert new > int(catalog.movie_ids.max()) and added["indexed"]
+    assert added["embedding"] == ("blend" if serving_app.artifacts.trained else "genre_mean"), added
     status, movie = call(f"{url}/movies/{new}")
     assert status == 200 and movie["title"] == "Night Shift (2024)" and movie["genres"] == ["Horror", "Thriller"]
     status, sim = call(f"{url}/similar?movie_id={new}&k=10")
