@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,6 +101,22 @@ def _ranked_rows(scores: np.ndarray) -> np.ndarray:
     """Every row with a positive score, best first (ties: lower row first)."""
     order = np.argsort(-scores, kind="stable")
     return order[scores[order] > 0]
+
+
+class _KeptRankings:
+    """Rankings computed for online requests (``as_of`` None: every request sees the same counts),
+    kept while the count arrays they came from are the same objects (Popularity caches them)."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str | None, tuple[tuple[np.ndarray, ...], np.ndarray]] = {}
+
+    def get(self, key: str | None, sources: tuple[np.ndarray, ...], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        hit = self._kept.get(key)
+        if hit is not None and len(hit[0]) == len(sources) and all(a is b for a, b in zip(hit[0], sources)):
+            return hit[1]
+        out = compute()
+        self._kept[key] = (sources, out)
+        return out
 
 
 def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
@@ -199,25 +216,32 @@ class PopularRecall(RecallPath):
 
     def __init__(self, popularity: Popularity, *, window_days: float | None = None, name: str | None = None) -> None:
         self.popularity = popularity
-        self._now: tuple[np.ndarray, np.ndarray] | None = None  # (scores, their ranking) as of now
+        self._kept = _KeptRankings()
         self.window_s = None if window_days is None else int(window_days * DAY_S)
         self.name = name or ("popular" if window_days is None else "popular_recent")
 
-    def scores(self, as_of: int | None) -> np.ndarray:
+    def _counts(self, as_of: int | None) -> tuple[np.ndarray, ...]:
+        """All-time counts, and the window's counts when there is a window."""
         total = self.popularity.counts(as_of)
-        if self.window_s is None:
-            return total
-        recent = self.popularity.counts(as_of, self.window_s)
+        return (total,) if self.window_s is None else (total, self.popularity.counts(as_of, self.window_s))
+
+    @staticmethod
+    def _combine(counts: tuple[np.ndarray, ...]) -> np.ndarray:
+        if len(counts) == 1:
+            return counts[0]
+        total, recent = counts
         return recent + total / (float(total.max(initial=0.0)) + 1.0)
+
+    def scores(self, as_of: int | None) -> np.ndarray:
+        return self._combine(self._counts(as_of))
 
     def recall(self, user: UserState, k: int) -> PathResult:
         if k <= 0:
             return PathResult.empty()
-        s = self.scores(user.as_of)
+        counts = self._counts(user.as_of)
+        s = self._combine(counts)
         if user.as_of is None:  # online: one ranking of the whole catalog, kept while counts are the same
-            if self._now is None or self._now[0] is not s:
-                self._now = (s, _ranked_rows(s))
-            rows = self._now[1][: k + len(user.seen)]
+            rows = self._kept.get(None, counts, lambda: _ranked_rows(s))[: k + len(user.seen)]
         else:
             rows = _top_rows(s, k + len(user.seen))
             rows = rows[s[rows] > 0]
@@ -231,7 +255,7 @@ class GenreRecall(RecallPath):
 
     def __init__(self, popularity: Popularity, *, name: str = "genre") -> None:
         self.popularity, self.name = popularity, name
-        self._now: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # genre -> (counts as of now, ranked rows)
+        self._kept = _KeptRankings()  # per genre
 
     @property
     def catalog(self) -> ItemCatalog:
@@ -240,14 +264,12 @@ class GenreRecall(RecallPath):
     def _ranked(self, genre: str, counts: np.ndarray, keep: bool) -> np.ndarray:
         """Rows of ``genre``'s rated items, most rated first (ties: lower row first); with ``keep``
         (counts as of now, the same for every online request) the ranking is kept for the next call."""
-        hit = self._now.get(genre)
-        if hit is not None and hit[0] is counts:
-            return hit[1]
-        rows = self.catalog.genre_rows(genre)
-        ranked = rows[_ranked_rows(counts[rows])]
-        if keep:
-            self._now[genre] = (counts, ranked)
-        return ranked
+
+        def compute() -> np.ndarray:
+            rows = self.catalog.genre_rows(genre)
+            return rows[_ranked_rows(counts[rows])]
+
+        return self._kept.get(genre, (counts,), compute) if keep else compute()
 
     def recall(self, user: UserState, k: int) -> PathResult:
         genres = [g for g in user.genres if len(self.catalog.genre_rows(g))]

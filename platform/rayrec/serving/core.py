@@ -245,9 +245,10 @@ class Recommender:
         rows = ranked.rows
         genres = [list(row.get("genres") or ()) if row else list(b.catalog.genres_of(m)) for m, row in zip(r.ids.tolist(), rows)]
         vecs = b.item_vectors(r.ids) if n else None
-        genre_matrix = self._genre_matrix(r.ids, genres)
+        cat_rows = b.catalog.rows(r.ids)  # -1: added live, after the catalog was built
+        genre_matrix = self._genre_matrix(cat_rows, genres)
         if ranked.scores is not None and not r.cold_start:
-            scores, cfg = self._fused(r, ranked.scores, genre_matrix, vecs), b.rerank
+            scores, cfg = self._fused(r, ranked.scores, cat_rows < 0, genre_matrix, vecs), b.rerank
         else:  # the recall order (cold start: the segment order), under the same filters and business rules
             scores = np.linspace(1.0, 0.0, n, dtype=np.float64) if n else np.zeros(0)
             cfg = b.rerank.model_copy(update=_RECALL_ORDER)
@@ -278,7 +279,12 @@ class Recommender:
         )  # fmt: skip
 
     def _fused(
-        self, r: Recalled, rank_scores: np.ndarray, genre_matrix: np.ndarray, vecs: tuple[np.ndarray, np.ndarray] | None
+        self,
+        r: Recalled,
+        rank_scores: np.ndarray,
+        live: np.ndarray,
+        genre_matrix: np.ndarray,
+        vecs: tuple[np.ndarray, np.ndarray] | None,
     ) -> np.ndarray:
         """The order rerank starts from: the ranker's scores, mixed as percentiles among the
         candidates (so scales do not matter) with
@@ -291,7 +297,6 @@ class Recommender:
           should show in the very next list."""
         cfg = self.bundle.config
         n = len(r.ids)
-        live = self.bundle.catalog.rows(r.ids) < 0
         fresh = bool(r.fresh) and cfg.fresh_weight > 0
         if cfg.rank_weight >= 1.0 and not fresh and not live.any():
             return np.asarray(rank_scores, dtype=np.float64)
@@ -325,11 +330,10 @@ class Recommender:
                 parts.append(_percentile(np.where(vecs[0], sims, -1.0)))
         return np.mean(parts, axis=0) if parts else None
 
-    def _genre_matrix(self, ids: np.ndarray, genres: Sequence[Sequence[str]]) -> np.ndarray:
-        """(N, G) multi-hot over the catalog's genres: the catalog's rows, plus the genres the store
-        gives for items added after the catalog was built."""
+    def _genre_matrix(self, rows: np.ndarray, genres: Sequence[Sequence[str]]) -> np.ndarray:
+        """(N, G) multi-hot over the catalog's genres for the candidates at catalog ``rows``, plus the
+        genres the store gives for items added after the catalog was built (row -1)."""
         cat = self.bundle.catalog
-        rows = cat.rows(ids)
         out: np.ndarray = cat.genre_matrix[np.maximum(rows, 0)].copy()
         for i in np.flatnonzero(rows < 0).tolist():
             out[i] = 0

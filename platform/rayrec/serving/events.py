@@ -44,8 +44,7 @@ class EventSink:
         tower = bundle.tower
         cfg = RealtimeConfig(
             user_embedding="tower" if tower is not None else ("mean" if bundle.index is not None else "none"),
-            item_embedding="blend" if tower is not None else "genre_mean",
-        )
+        )  # new items: the default blend, which is the genre mean alone without the tower
         spec = bundle.ranker.spec if bundle.ranker is not None else (tower.spec if tower is not None else None)
         return Realtime(self.store, cfg, spec=spec, encoder=tower, index=bundle.index, catalog=bundle.catalog)
 

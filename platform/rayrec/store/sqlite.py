@@ -535,11 +535,7 @@ class SqliteStore(OnlineStore):
         try:
             with self._write(conn):
                 conn.executemany("INSERT INTO history (user_id, event) VALUES (?, ?)", blobs)
-                conn.execute(
-                    "DELETE FROM history WHERE user_id = ? AND seq <= "
-                    "(SELECT seq FROM history WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                    (user_id, user_id, max_len),
-                )
+                _keep_last(conn, "history", "user_id", user_id, max_len)
         except sqlite3.Error as e:
             raise self._error(e, f"append history of user {user_id}") from e
 
@@ -599,11 +595,7 @@ class SqliteStore(OnlineStore):
                     for b in blobs
                 ]
                 if maxlen is not None:
-                    conn.execute(
-                        "DELETE FROM logs WHERE name = ? AND seq <= "
-                        "(SELECT seq FROM logs WHERE name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                        (name, name, maxlen),
-                    )
+                    _keep_last(conn, "logs", "name", name, maxlen)
         except sqlite3.Error as e:
             raise self._error(e, f"append to log {name}") from e
         return offsets
@@ -661,3 +653,13 @@ class SqliteStore(OnlineStore):
         for conn in mine:
             conn.close()
         self._local = threading.local()
+
+
+def _keep_last(conn: sqlite3.Connection, table: str, column: str, key: Any, n: int) -> None:
+    """Delete the rows of ``table`` whose ``column`` is ``key``, all but the ``n`` latest by ``seq``
+    (``table`` and ``column`` are this module's names, never input)."""
+    conn.execute(
+        f"DELETE FROM {table} WHERE {column} = ? AND seq <= "
+        f"(SELECT seq FROM {table} WHERE {column} = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        (key, key, n),
+    )
