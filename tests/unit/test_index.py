@@ -178,3 +178,30 @@ def test_save_load_round_trip_and_latest_swap(data, tmp_path):
     assert 10**9 in load_index(art, v2) and 10**9 not in load_index(art)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_index(art, "no-such-version")
+
+
+def test_neighbours_are_the_search_of_the_items_own_vectors(data):
+    ids, x = data
+    index = ItemIndex.build(ids, x, "Flat")
+    asked = np.array([ids[5], 999_999, ids[40]])  # one unknown id in the middle
+    got_ids, got_scores = index.neighbours(asked, 30)
+    exp_ids, exp_scores = index.search(x[[5, 40]], 30)
+    np.testing.assert_array_equal(got_ids[[0, 2]], exp_ids)
+    np.testing.assert_allclose(got_scores[[0, 2]], exp_scores, rtol=1e-5, atol=1e-6)
+    assert got_ids[0, 0] == ids[5]  # an item is its own nearest
+    assert (got_ids[1] == -1).all() and np.isneginf(got_scores[1]).all()
+    # a deeper question after a shallow one, and a shallow one after a deep one, answer as a search would
+    deep_ids, _ = index.neighbours(asked[:1], 300)
+    np.testing.assert_array_equal(deep_ids, index.search(x[[5]], 300)[0])
+    np.testing.assert_array_equal(index.neighbours(asked[:1], 7)[0], deep_ids[:, :7])
+
+
+def test_neighbours_see_items_added_live(data):
+    ids, x = data
+    index = ItemIndex.build(ids, x, "Flat")
+    before, _ = index.neighbours([ids[0]], 5)  # kept
+    twin = 10_000_001
+    index.add([twin], x[:1])  # the same vector as item ids[0]: its nearest item after itself
+    after, scores = index.neighbours([ids[0]], 5)
+    assert twin not in before[0] and set(after[0, :2].tolist()) == {int(ids[0]), twin}
+    assert scores[0, 1] == pytest.approx(1.0, abs=1e-5)

@@ -7,6 +7,6 @@ in :class:`RerankConfig` and can be changed while serving (Serve ``user_config``
 """
 
 from rayrec.rerank.config import RerankConfig
-from rayrec.rerank.mmr import Candidates, Reranked, cosine, genre_jaccard, relevance, rerank
+from rayrec.rerank.mmr import Candidates, Reranked, relevance, rerank
 
-__all__ = ["RerankConfig", "Candidates", "Reranked", "rerank", "relevance", "genre_jaccard", "cosine"]
+__all__ = ["RerankConfig", "Candidates", "Reranked", "rerank", "relevance"]

@@ -2,8 +2,8 @@
 
 The input is a struct of arrays over N candidates (the ranker's output); the output is the order of
 the at most ``k`` picked ones with their final scores. Everything is vectorised over the candidates;
-the greedy MMR loop runs ``k`` steps of O(N · G) work (G genres or embedding dims), so reranking 500
-candidates to 10 costs well under a millisecond.
+the greedy MMR loop runs ``k`` steps of O(N · (G + D)) work (G genres, D embedding dims), so reranking
+500 candidates to 10 costs well under a millisecond.
 
 The final score of a pick is its MMR value at the step it was picked. Because an item's maximal
 similarity to the picked set can only grow, these values never increase down the list: the list is
@@ -19,7 +19,7 @@ import numpy as np
 
 from rayrec.rerank.config import RerankConfig
 
-__all__ = ["Candidates", "Reranked", "rerank", "genre_jaccard", "cosine"]
+__all__ = ["Candidates", "Reranked", "rerank", "relevance"]
 
 
 @dataclass
@@ -88,22 +88,6 @@ def _genre_matrix(genres: Sequence[Sequence[str]]) -> np.ndarray:
     return out
 
 
-def genre_jaccard(m: np.ndarray, j: int, sizes: np.ndarray | None = None) -> np.ndarray:
-    """Jaccard similarity of every row of multi-hot ``m`` (N, G) to row ``j``: (N,). ``sizes`` is
-    ``m.sum(axis=1)`` when the caller has it."""
-    inter = m @ m[j]
-    sizes = m.sum(axis=1) if sizes is None else sizes
-    union = sizes + sizes[j] - inter
-    out: np.ndarray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return out
-
-
-def cosine(e: np.ndarray, j: int) -> np.ndarray:
-    """Cosine similarity of every row of L2-normalised ``e`` (N, D) to row ``j``, clipped to [0, 1]."""
-    out: np.ndarray = np.clip(e @ e[j], 0.0, 1.0).astype(np.float64)
-    return out
-
-
 def relevance(c: Candidates, cfg: RerankConfig, eligible: np.ndarray, now_year: float) -> np.ndarray:
     """Scaled ranker score plus freshness and popularity bonuses, (N,); only ``eligible`` rows are
     meaningful (the scaling is over them)."""
@@ -169,6 +153,7 @@ def rerank(
     has_emb = c.has_embedding if use_emb else None
 
     gsize = gm.sum(axis=1) if gm is not None else None
+    sim = _Similarity(gm if use_genres else None, gsize, emb, has_emb)
     max_sim = np.zeros(n, dtype=np.float64)
     genre_count = np.zeros(gm.shape[1] if gm is not None else 0, dtype=np.int64)
     left = eligible.copy()
@@ -176,6 +161,7 @@ def rerank(
     values: list[float] = []
     capped = 0
     relaxed = False
+    base = (1.0 - lam) * rel
     while len(picks) < k:
         if not left.any():
             # the genre rule holds back every remaining item: fill from them, rule relaxed
@@ -184,8 +170,7 @@ def rerank(
             if relaxed or not cfg.fill or not held.any():
                 break
             left, relaxed = held, True
-        value = (1.0 - lam) * rel - lam * max_sim
-        value[~left] = -np.inf
+        value = np.where(left, base - lam * max_sim, -np.inf)
         j = int(np.argmax(value))
         picks.append(j)
         # a held-back item may be worth more than the last pick: cap, so the list stays sorted
@@ -199,7 +184,7 @@ def rerank(
                 capped += int(over.sum())
                 left &= ~over
         if lam > 0 and len(picks) < k:
-            max_sim = np.maximum(max_sim, _similarity(gm if use_genres else None, gsize, emb, has_emb, j))
+            np.maximum(max_sim, sim.row(j), out=max_sim)
     if capped:
         dropped["max_per_genre"] = capped
     if relaxed:
@@ -208,20 +193,34 @@ def rerank(
     return Reranked(index=idx, scores=np.asarray(values), relevance=rel[idx], dropped=dropped)
 
 
-def _similarity(
-    gm: np.ndarray | None, gsize: np.ndarray | None, emb: np.ndarray | None, has_emb: np.ndarray | None, j: int
-) -> np.ndarray:
-    """Similarity of every candidate to pick ``j``: genre Jaccard, embedding cosine, or their mean
-    (rows without an embedding use genres alone)."""
-    if emb is None:
-        assert gm is not None
-        return genre_jaccard(gm, j, gsize)
-    e = cosine(emb, j)
-    if has_emb is not None:
-        ok = has_emb & bool(has_emb[j])
-    else:
-        ok = np.ones(len(e), dtype=bool)
-    if gm is None:
-        return np.where(ok, e, 0.0)
-    g = genre_jaccard(gm, j, gsize)
-    return np.where(ok, 0.5 * (e + g), g)
+class _Similarity:
+    """Similarity of every candidate to pick ``j`` (:meth:`row`): genre Jaccard, embedding cosine,
+    or their mean (rows without an embedding use genres alone). Computed per pick, k rows of N:
+    all N² pairs up front cost more than the k rows a list of k needs."""
+
+    def __init__(
+        self, gm: np.ndarray | None, gsize: np.ndarray | None, emb: np.ndarray | None, has_emb: np.ndarray | None
+    ) -> None:
+        self.gm, self.gsize, self.emb = gm, gsize, emb
+        self.has_emb = None if has_emb is None or has_emb.all() else has_emb
+
+    def _genres(self, j: int) -> np.ndarray:
+        assert self.gm is not None and self.gsize is not None
+        inter = self.gm @ self.gm[j]
+        union = (self.gsize + self.gsize[j]) - inter
+        if self.gsize[j] > 0:  # then every union is > 0
+            out: np.ndarray = np.divide(inter, union, out=inter)
+            return out
+        return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+    def row(self, j: int) -> np.ndarray:
+        if self.emb is None:
+            return self._genres(j)
+        e = np.clip(self.emb @ self.emb[j], 0.0, 1.0).astype(np.float64)
+        ok = None if self.has_emb is None else self.has_emb & bool(self.has_emb[j])
+        if self.gm is None:
+            return e if ok is None else np.where(ok, e, 0.0)
+        g = self._genres(j)
+        if ok is None:
+            return np.multiply(np.add(e, g, out=e), 0.5, out=e)
+        return np.where(ok, 0.5 * (e + g), g)

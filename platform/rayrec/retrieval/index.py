@@ -11,6 +11,10 @@ appends the new vector and retires the old row (its id becomes -1 and is dropped
 The unit vectors are also kept (rows of a float32 matrix) so paths can look up an item's vector
 whatever the factory's storage is.
 
+Item-to-item questions ("the nearest items of item m") are answered by :meth:`ItemIndex.neighbours`,
+which keeps each item's list until the index changes: online, the same seeds come back request after
+request (a user's recent likes, popular movies), and a kept list costs a lookup instead of a search.
+
 Threading: searches share a read lock and run concurrently (faiss releases the GIL); ``add`` takes the
 write lock. Queries of a few vectors run on one OpenMP thread: on a small, busy machine faiss's
 thread team costs milliseconds per call, far more than the search itself.
@@ -32,6 +36,9 @@ import numpy as np
 __all__ = ["ItemIndex", "resolve_factory", "default_search_params", "normalize", "measure"]
 
 SMALL_BATCH = 16  # queries up to this many run single-threaded (see the module docstring)
+NEIGHBOUR_STEP = 128  # kept neighbour lists are this many deep, or a multiple of it
+NEIGHBOUR_MAX_DEPTH = 4096  # deeper lists are searched each time, not kept
+NEIGHBOUR_SLOTS = 2_000_000  # neighbours kept in all (12 bytes each: about 24 MB)
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -157,6 +164,11 @@ class ItemIndex:
             self._ids[~keep] = -1
         if search_params:
             faiss.ParameterSpace().set_index_parameters(index, search_params)
+        # movie id -> (ids, scores) of its nearest items, valid while ``_n`` equals ``_kept_n``
+        self._kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._kept_n = self._n
+        self._kept_slots = 0
+        self._kept_lock = threading.Lock()
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -269,6 +281,56 @@ class ItemIndex:
         if fetch != k or self._retired:
             ids, scores = _compact(ids, scores, k)
         return ids, scores
+
+    def neighbours(self, movie_ids: np.ndarray | list[int], depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``depth`` nearest items of each given item, as ``search(vectors(movie_ids), depth)``
+        answers (the item itself normally comes first): ``(movie_ids (S, depth), scores (S, depth))``,
+        ``-1`` / ``-inf`` for unknown items and past the last result.
+
+        Lists are kept per item, searched a little deeper than asked (a multiple of
+        ``NEIGHBOUR_STEP``) so that a later, deeper question is answered from them too; they are
+        dropped when an item is added. Best-first results cut at ``depth`` are what a search for
+        ``depth`` returns (up to ties, and for HNSW up to its search depth following ``k``)."""
+        ids = np.asarray(movie_ids, dtype=np.int64).reshape(-1)
+        if depth < 1:
+            raise ValueError(f"depth must be ≥ 1, got {depth}")
+        out_ids = np.full((len(ids), depth), -1, dtype=np.int64)
+        out_scores = np.full((len(ids), depth), -np.inf, dtype=np.float32)
+        with self._kept_lock:
+            written = self._n
+            if self._kept_n != written:
+                self._kept, self._kept_n, self._kept_slots = {}, written, 0
+            lists = [self._kept.get(m) for m in ids.tolist()]
+        todo = [i for i, got in enumerate(lists) if got is None or len(got[0]) < depth]
+        if todo:
+            found, vecs = self.vectors(ids[todo])
+            rows = [i for i, f in zip(todo, found.tolist()) if f]
+            if rows:
+                deep = -(-depth // NEIGHBOUR_STEP) * NEIGHBOUR_STEP
+                keep = deep <= NEIGHBOUR_MAX_DEPTH
+                got_ids, got_scores = self.search(vecs[found], deep if keep else depth)
+                with self._kept_lock:
+                    keep = keep and self._kept_n == written == self._n  # no add meanwhile
+                    for j, i in enumerate(rows):
+                        lists[i] = (got_ids[j], got_scores[j])
+                        if keep:
+                            self._keep(int(ids[i]), lists[i])
+        for i, got in enumerate(lists):
+            if got is not None:
+                n = min(depth, len(got[0]))
+                out_ids[i, :n], out_scores[i, :n] = got[0][:n], got[1][:n]
+        return out_ids, out_scores
+
+    def _keep(self, movie_id: int, entry: tuple[np.ndarray, np.ndarray]) -> None:
+        """Keep one neighbour list (under ``_kept_lock``), dropping the oldest past the budget."""
+        old = self._kept.pop(movie_id, None)
+        if old is not None:
+            self._kept_slots -= len(old[0])
+        while self._kept and self._kept_slots + len(entry[0]) > NEIGHBOUR_SLOTS:
+            _, dropped = self._kept.pop(next(iter(self._kept)))
+            self._kept_slots -= len(dropped[0])
+        self._kept[movie_id] = entry
+        self._kept_slots += len(entry[0])
 
     # -- writes -------------------------------------------------------------------------------
     def add(self, movie_ids: np.ndarray | list[int], vectors: np.ndarray) -> None:

@@ -30,7 +30,7 @@ from rayrec.retrieval.paths import (
 )
 from rayrec.retrieval.state import UserState
 
-__all__ = ["Candidate", "RecallConfig", "Merger", "PATH_NAMES", "build_paths", "load_merger"]
+__all__ = ["Candidate", "Recalls", "RecallConfig", "Merger", "PATH_NAMES", "build_paths", "load_merger"]
 
 INDEX_PATHS = ("new_items", "embedding", "item2item")  # the paths that need an item index
 PATH_NAMES = ("new_items", "embedding", "item2item", "genre", "popular", "popular_recent")
@@ -43,6 +43,19 @@ class Candidate:
     movie_id: int
     score: float
     paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Recalls:
+    """Merged candidates as parallel arrays: ids, the score in the first path that added each, and
+    every path that found each."""
+
+    movie_ids: np.ndarray  # (N,) int64
+    scores: np.ndarray  # (N,) float64
+    paths: list[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.movie_ids)
 
 
 class RecallConfig(BaseModel):
@@ -136,26 +149,36 @@ class Merger:
     def recall(self, user: UserState, total: int | None = None) -> list[Candidate]:
         """Up to ``total`` (default: the sum of the quotas) unseen, distinct candidates, grouped by the
         path that added them (in path order) and best first within a path."""
+        got = self.recall_arrays(user, total)
+        return [Candidate(m, s, p) for m, s, p in zip(got.movie_ids.tolist(), got.scores.tolist(), got.paths)]
+
+    def recall_arrays(self, user: UserState, total: int | None = None) -> Recalls:
+        """:meth:`recall` as parallel arrays (what serving needs, without one object per candidate)."""
         quotas = self.quotas if total is None else _scaled(self.quotas, total)
         want = sum(quotas.values())
         order: list[int] = []
-        found: dict[int, tuple[float, list[str]]] = {}
+        first_scores: list[float] = []
+        found: dict[int, list[str]] = {}  # movie id -> the paths that found it
+        seen = user.seen
 
         def walk(path: RecallPath, res: PathResult, new: int) -> int:
             """Add up to ``new`` unseen, not yet found items of ``res`` in order; credit ``path`` for
             the found ones it passes. Returns how many it added."""
             added = 0
+            name = path.name
             for m, s in zip(res.movie_ids.tolist(), res.scores.tolist()):
                 if added >= new:
                     break
-                if m in user.seen:
+                if m in seen:
                     continue
-                if m in found:
-                    if path.name not in found[m][1]:
-                        found[m][1].append(path.name)
+                credited = found.get(m)
+                if credited is not None:
+                    if name not in credited:
+                        credited.append(name)
                     continue
-                found[m] = (float(s), [path.name])
+                found[m] = [name]
                 order.append(m)
+                first_scores.append(s)
                 added += 1
             return added
 
@@ -190,7 +213,9 @@ class Merger:
                 if len(order) >= want:
                     break
                 walk(p, ask(p, want), want - len(order))  # of any ``want`` items, that many are new
-        return [Candidate(m, found[m][0], tuple(found[m][1])) for m in order]
+        return Recalls(
+            np.asarray(order, dtype=np.int64), np.asarray(first_scores, dtype=np.float64), [tuple(found[m]) for m in order]
+        )
 
 
 def _scaled(quotas: Mapping[str, int], total: int) -> dict[str, int]:

@@ -22,7 +22,6 @@ so the same objects serve online requests and offline "as of time t" evaluation.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,24 +172,15 @@ class ItemToItemRecall(RecallPath):
 
     def __init__(self, index: ItemIndex, *, n_seeds: int = 5, decay: float = 0.8, name: str = "item2item") -> None:
         self.index, self.n_seeds, self.decay, self.name = index, n_seeds, decay, name
-        self._last = threading.local()  # this thread's last search: (user, depth, ids, sims)
 
     def _neighbours(self, user: UserState, depth: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The seeds' ``depth`` nearest items ``(ids, sims)``, each (S, depth); None without seeds. A
-        second call for the same user (the merger asks for a short list, then a longer one) reuses
-        one search, made a little deeper than asked for that: best-first results cut at ``depth``
-        are what a search for ``depth`` returns."""
-        last = getattr(self._last, "value", None)
-        if last is not None and last[0] is user and last[1] >= depth:
-            return last[2][:, :depth], last[3][:, :depth]
-        found, vecs = self.index.vectors(list(user.recent_positives[: self.n_seeds * 2]))
-        seeds = np.flatnonzero(found)[: self.n_seeds]
-        if not len(seeds):
+        """The seeds' ``depth`` nearest items ``(ids, sims)``, each (S, depth); None without seeds.
+        The index keeps each seed's list, so the merger's short and long asks, and the next
+        requests with the same seeds, cost no search."""
+        seeds = [m for m in user.recent_positives[: self.n_seeds * 2] if m in self.index][: self.n_seeds]
+        if not seeds:
             return None
-        deeper = depth + 128
-        ids, sims = self.index.search(vecs[seeds], deeper)
-        self._last.value = (user, deeper, ids, sims)
-        return ids[:, :depth], sims[:, :depth]
+        return self.index.neighbours(seeds, depth)
 
     def recall(self, user: UserState, k: int) -> PathResult:
         if k <= 0 or not user.recent_positives:

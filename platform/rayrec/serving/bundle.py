@@ -68,6 +68,11 @@ class ServingConfig(BaseModel):
     store_write_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="deadline of one write (an event, a new item): writers wait for each other"
     )
+    item_cache_s: float = Field(
+        default=1.0, ge=0, le=60,
+        description="item rows read for ranking are kept this long (their statistics may lag the store by as much); 0: "
+        "read every candidate's row on every request",
+    )
     generation: int = Field(default=0, description="bump to re-resolve 'latest' with no other change")
 
     def artifact_key(self) -> tuple[Any, ...]:

@@ -26,7 +26,8 @@ from rayrec.retrieval.state import UserState
 from rayrec.serving.api import Movie, Recommendation, RecommendedItem, SimilarItem, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle
 from rayrec.serving.history import merge_events
-from rayrec.serving.scoring import item_columns, user_columns
+from rayrec.serving.items import ItemRows
+from rayrec.serving.scoring import user_columns
 from rayrec.store.base import OnlineStore
 
 __all__ = ["Recalled", "Ranked", "Recommender", "REASON_SEEDS", "HISTORY_LIMIT"]
@@ -59,6 +60,10 @@ class Recalled:
     declared_genres: tuple[str, ...] = ()  # genres a new user declared with the request
     fresh: tuple[int, ...] = ()  # likes posted as online events since the batch data, most recent first
     timings: dict[str, float] = field(default_factory=dict)
+    # the user's encoded model inputs, made for the user tower, and the FeatureSpec hash they were
+    # encoded with: the ranker reuses them when its spec is the same
+    user_inputs: dict[str, np.ndarray] | None = None
+    user_inputs_spec: str | None = None
 
     def for_ranker(self) -> Recalled:
         """What the rank stage needs, without the seen set and paths (smaller to send to a Ranker
@@ -109,6 +114,7 @@ class Recommender:
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        self.items = ItemRows(bundle.config.item_cache_s)  # outlives bundle swaps: it holds store rows
 
     # -- stage 1: recall --------------------------------------------------------------------------
     def recall(self, store: OnlineStore, user_id: int, k: int, context: ColdContext | None = None) -> Recalled:
@@ -141,18 +147,18 @@ class Recommender:
         genres: tuple[str, ...] = tuple(row.get("user_genres") or ()) if row else self._genres_of(hist.liked)
         if not genres and context is not None:
             genres = tuple(context.genres)
-        vector = None
+        vector = inputs = None
         if b.tower is not None and (row is not None or hist.liked):
-            vector = b.tower.vector(user_columns(user_id, row, hist.liked, genres))
+            inputs = b.tower.encode(user_columns(user_id, row, hist.liked, genres))
+            vector = b.tower.vector_of(inputs)
         state = UserState(user_id=user_id, recent_positives=hist.liked, seen=hist.seen,
                           genres=self._recall_genres(genres, hist.fresh), vector=vector)  # fmt: skip
         total = max(b.config.candidates, 3 * k)
-        found = b.merger.recall(state, total=total)
-        ids = [c.movie_id for c in found]
-        scores = [c.score for c in found]
-        paths = [c.paths for c in found]
+        found = b.merger.recall_arrays(state, total=total)
+        ids, scores, paths = found.movie_ids, found.scores, found.paths
         cold = is_cold(row) and len(hist.liked) < COLD_LIKES
         if cold:
+            ids, scores = ids.tolist(), scores.tolist()
             ctx = context or ColdContext()
             picks = b.cold.recommend(max(2 * k, total // 4), genres=ctx.genres, hour=ctx.hour, row=row, exclude=hist.seen)
             where = {m: i for i, m in enumerate(ids)}
@@ -172,7 +178,8 @@ class Recommender:
             user_id=user_id, k=k, known=row is not None, user_row=row, liked=hist.liked, genres=genres,
             seen=hist.seen, ids=np.asarray(ids, dtype=np.int64), recall_scores=np.asarray(scores, dtype=np.float32),
             paths=paths, cold_start=cold, declared_genres=tuple(context.genres) if context else (),
-            fresh=hist.fresh, timings={"recall_ms": (t2 - t1) * 1e3},
+            fresh=hist.fresh, timings={"recall_ms": (t2 - t1) * 1e3}, user_inputs=inputs,
+            user_inputs_spec=b.tower.spec_hash if inputs is not None and b.tower is not None else None,
         )  # fmt: skip
 
     def _recall_genres(self, genres: tuple[str, ...], fresh: Sequence[int]) -> tuple[str, ...]:
@@ -201,7 +208,8 @@ class Recommender:
             wanted += r.ids.tolist()
             wanted += list(r.liked[:REASON_SEEDS])
         unique = list(dict.fromkeys(wanted))
-        got = dict(zip(unique, store.get("item", unique))) if unique else {}
+        self.items.ttl_s = self.bundle.config.item_cache_s
+        got = dict(zip(unique, self.items.get(store, unique))) if unique else {}
         return [([got[m] for m in r.ids.tolist()], [got[m] for m in r.liked[:REASON_SEEDS]]) for r in batch]
 
     def score(self, batch: Sequence[Recalled], rows: Sequence[list[Any]]) -> tuple[list[np.ndarray] | None, str | None]:
@@ -211,9 +219,12 @@ class Recommender:
         if ranker is None:
             return None, "ranker_unavailable"
         try:
-            users = [user_columns(r.user_id, r.user_row, r.liked, r.genres) for r in batch]
-            items = [item_columns(r.ids.tolist(), rw) for r, rw in zip(batch, rows)]
-            return ranker.score_many(users, items), None
+            users = [
+                r.user_inputs if r.user_inputs is not None and r.user_inputs_spec == ranker.spec_hash
+                else ranker.encode_user(user_columns(r.user_id, r.user_row, r.liked, r.genres))
+                for r in batch
+            ]  # fmt: skip
+            return ranker.score_many(users, [(r.ids.tolist(), rw) for r, rw in zip(batch, rows)]), None
         except Exception:
             log.exception("ranker failed on a batch of %d requests; answering in recall order", len(batch))
             return None, "ranker_failed"

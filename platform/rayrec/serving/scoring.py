@@ -9,13 +9,14 @@ not DataFrames: building a DataFrame per request would cost more than the model 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from rayrec.features.spec import FeatureSpec
-from rayrec.models.inputs import encode_users, to_tensors
+from rayrec.models.inputs import HISTORY, encode_users, to_tensors
 
 __all__ = ["ITEM_COLUMNS", "item_columns", "user_columns", "RankModel", "UserTower", "load_models"]
 
@@ -60,22 +61,88 @@ class RankModel:
 
     def __init__(self, model: Any, spec: FeatureSpec, version: str) -> None:
         self.model, self.spec, self.version = model, spec, version
+        self.spec_hash = spec.hash
+        self._items = _ItemInputs(spec)
 
-    def score_many(self, users: Sequence[Mapping[str, list[Any]]], items: Sequence[Mapping[str, list[Any]]]) -> list[np.ndarray]:
-        """Probabilities for each (user columns, item columns) pair, one forward pass for all."""
+    def encode_user(self, columns: Mapping[str, list[Any]]) -> dict[str, np.ndarray]:
+        """One user's inputs from :func:`user_columns`."""
+        return self.spec.encode_user(columns)
+
+    def score_many(
+        self,
+        users: Sequence[Mapping[str, np.ndarray]],
+        items: Sequence[tuple[Sequence[int], Sequence[Mapping[str, Any] | None]]],
+    ) -> list[np.ndarray]:
+        """Probabilities for each (encoded user, (candidate ids, their store rows)) pair, one
+        forward pass for all. ``users`` are :meth:`encode_user` outputs (one row each)."""
         import torch
 
-        sizes = [len(i["movieId"]) for i in items]
+        sizes = [len(ids) for ids, _ in items]
         if not sum(sizes):
             return [np.zeros(0, dtype=np.float32) for _ in sizes]
-        enc_users = [self.spec.encode_user(u) for u in users]
-        merged = {c: sum((list(i[c]) for i in items), []) for c in ("movieId", *ITEM_COLUMNS)}
-        batch = self.spec.encode_item(merged)
-        for key in enc_users[0]:
-            batch[key] = np.concatenate([np.repeat(u[key], n, axis=0) for u, n in zip(enc_users, sizes)])
+        parts = [self._items.encode(ids, rows) for ids, rows in items]
+        batch = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if len(parts) > 1 else parts[0]
+        for key in (k for k in users[0] if k != HISTORY):  # (the tower's inputs also hold the history)
+            batch[key] = np.concatenate([np.repeat(u[key], n, axis=0) for u, n in zip(users, sizes)])
         with torch.inference_mode():
             probs = self.model.predict(to_tensors(batch)).numpy().astype(np.float32)  # (ΣN,)
         return np.split(probs, np.cumsum(sizes)[:-1])
+
+
+class _ItemInputs:
+    """The ranker's item-side inputs per item, encoded once per store row: an item is encoded again
+    only when its row is a different object (:class:`rayrec.serving.items.ItemRows` hands out one
+    dict per read). Same encoder as training (``FeatureSpec.encode_item``), applied to fewer rows."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self._slot: dict[int, int] = {}
+        self._source: list[Mapping[str, Any] | None] = []
+        self._arrays: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def encode(self, movie_ids: Sequence[int], rows: Sequence[Mapping[str, Any] | None]) -> dict[str, np.ndarray]:
+        """``FeatureSpec.encode_item`` of the candidates' rows, (N, …) arrays."""
+        ids = [int(m) for m in movie_ids]
+        with self._lock:
+            slots = np.empty(len(ids), dtype=np.int64)
+            todo: list[int] = []
+            for i, (m, row) in enumerate(zip(ids, rows)):
+                s = self._slot.get(m)
+                if s is None or self._source[s] is not row:
+                    todo.append(i)
+                else:
+                    slots[i] = s
+            if todo:
+                new_ids = list(dict.fromkeys(ids[i] for i in todo))
+                row_of = {ids[i]: rows[i] for i in todo}
+                enc = self.spec.encode_item(item_columns(new_ids, [row_of[m] for m in new_ids]))
+                at = self._place(new_ids, [row_of[m] for m in new_ids], enc)
+                for i in todo:
+                    slots[i] = at[ids[i]]
+            return {key: a[slots] for key, a in self._arrays.items()}
+
+    def _place(self, ids: list[int], rows: list[Mapping[str, Any] | None], enc: dict[str, np.ndarray]) -> dict[int, int]:
+        at: dict[int, int] = {}
+        for m, row in zip(ids, rows):
+            s = self._slot.get(m)
+            if s is None:
+                s = len(self._source)
+                self._source.append(row)
+                self._slot[m] = s
+            else:
+                self._source[s] = row
+            at[m] = s
+        n = len(self._source)
+        for key, values in enc.items():
+            a = self._arrays.get(key)
+            if a is None or len(a) < n:
+                grown = np.zeros((max(n, 2 * (0 if a is None else len(a)), 64), *values.shape[1:]), dtype=values.dtype)
+                if a is not None:
+                    grown[: len(a)] = a
+                self._arrays[key] = a = grown
+            a[[at[m] for m in ids]] = values
+        return at
 
 
 class UserTower:
@@ -84,10 +151,23 @@ class UserTower:
     def __init__(self, model: Any, spec: FeatureSpec, version: str) -> None:
         self.model, self.spec, self.version = model, spec, version
         self.history_len = int(getattr(model.config, "history_len", 50))
+        self.spec_hash = spec.hash
 
     def vector(self, columns: Mapping[str, list[Any]]) -> np.ndarray:
         """One user's (D,) unit vector from :func:`user_columns`."""
-        out: np.ndarray = self.users(columns)[0]
+        return self.vector_of(self.encode(columns))
+
+    def encode(self, columns: Mapping[str, list[Any]]) -> dict[str, np.ndarray]:
+        """One user's tower inputs from :func:`user_columns` (the ranker's user inputs, plus the
+        history, when both models share a FeatureSpec)."""
+        return encode_users(self.spec, columns, self.history_len)
+
+    def vector_of(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The (D,) unit vector of one user's :meth:`encode` output."""
+        import torch
+
+        with torch.inference_mode():
+            out: np.ndarray = self.model.user(to_tensors(inputs)).numpy().astype(np.float32)[0]
         return out
 
     def users(self, rows: Any) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""Item rows for the rank stage, read through a short-lived in-memory cache.
+
+Every ``/recommend`` needs the store rows of its ~100 candidates (features for the ranker, titles and
+genres for the answer). The candidates of different requests overlap heavily (popular and
+genre-popular items, neighbours of popular likes), and an item row changes only when the item is
+rated (its count, mean and std) or a features load replaces the table. So rows are kept for
+``ttl_s`` seconds: a request reads from the store only the rows missing or older than that, in one
+call. The price is that an item's statistics in the ranker's input and in the answer can lag the
+store by up to ``ttl_s``, on each replica; ``ttl_s = 0`` reads every row every time.
+
+A row is handed out as the same dict object until it is re-read, so what is derived from it (the
+ranker's encoded item inputs, :class:`rayrec.serving.scoring.RankModel`) can be kept until then too.
+Rows the store lacks are not kept: an item added meanwhile is found on the next request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from rayrec.store.base import OnlineStore, Row
+
+__all__ = ["ItemRows"]
+
+
+class ItemRows:
+    """``get(store, ids)``: item rows, from memory when read less than ``ttl_s`` ago. At most
+    ``max_items`` rows are kept (the oldest reads are dropped first)."""
+
+    def __init__(self, ttl_s: float = 1.0, max_items: int = 200_000) -> None:
+        if ttl_s < 0:
+            raise ValueError(f"ttl_s must be ≥ 0, got {ttl_s}")
+        self.ttl_s, self.max_items = ttl_s, max_items
+        self._rows: dict[int, tuple[float, Row]] = {}  # movie id -> (read at, row), oldest read first
+        self._lock = threading.Lock()
+        self.hits = self.reads = 0
+
+    def get(self, store: OnlineStore, ids: Sequence[int]) -> list[Row | None]:
+        """Rows of ``ids`` (None where the store has none); one store call for the rows not kept.
+        Store errors propagate."""
+        ids = [int(m) for m in ids]
+        if self.ttl_s <= 0:
+            return store.get("item", ids)
+        now = time.monotonic()
+        oldest = now - self.ttl_s
+        out: list[Row | None] = [None] * len(ids)
+        missing: list[int] = []
+        kept = self._rows
+        for i, m in enumerate(ids):
+            hit = kept.get(m)
+            if hit is not None and hit[0] >= oldest:
+                out[i] = hit[1]
+            else:
+                missing.append(i)
+        self.hits += len(ids) - len(missing)
+        if not missing:
+            return out
+        wanted = list(dict.fromkeys(ids[i] for i in missing))
+        got = dict(zip(wanted, store.get("item", wanted)))
+        self.reads += len(wanted)
+        with self._lock:
+            for m, row in got.items():
+                if row is not None:
+                    kept.pop(m, None)  # re-inserted last: the dict stays in order of reads
+                    kept[m] = (now, row)
+            while len(kept) > self.max_items:
+                kept.pop(next(iter(kept)))
+        for i in missing:
+            out[i] = got[ids[i]]
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def __len__(self) -> int:
+        return len(self._rows)
