@@ -33,7 +33,9 @@ def test_rows_are_kept_for_ttl_then_read_again(store) -> None:
     store.inner.put("item", [(2, {"movieId": 2, "item_rating_count": 20, "genres": ["Drama"]})])
     assert rows.get(store, [2])[0]["item_rating_count"] == 2  # stale, within the ttl
     time.sleep(0.25)
-    assert rows.get(store, [2, 4])[0]["item_rating_count"] == 20 and store.calls == 2  # one read for both
+    fresh = rows.get(store, [2, 4, 3])
+    assert fresh[0]["item_rating_count"] == 20 and store.calls == 2  # one read for all
+    assert fresh[2] is first[2]  # re-read unchanged: still the same dict
 
 
 def test_missing_rows_are_not_kept_and_zero_ttl_reads_through(store) -> None:

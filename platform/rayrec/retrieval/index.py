@@ -15,6 +15,9 @@ Item-to-item questions ("the nearest items of item m") are answered by :meth:`It
 which keeps each item's list until the index changes: online, the same seeds come back request after
 request (a user's recent likes, popular movies), and a kept list costs a lookup instead of a search.
 
+An exact (``Flat``) index answers a few queries at a time by one BLAS product over those vectors:
+the same inner products, faster than faiss's one-vector-at-a-time scan below its BLAS threshold.
+
 Threading: searches share a read lock and run concurrently (faiss releases the GIL); ``add`` takes the
 write lock. Queries of a few vectors run on one OpenMP thread: on a small, busy machine faiss's
 thread team costs milliseconds per call, far more than the search itself.
@@ -145,6 +148,8 @@ class ItemIndex:
             )
         self._index = index
         self._metric = int(index.metric_type)
+        # an exact inner-product index: small query batches are scanned by BLAS instead (see _scan)
+        self._exact = isinstance(faiss.downcast_index(index), faiss.IndexFlat) and self._metric == faiss.METRIC_INNER_PRODUCT
         self.factory = factory
         self.search_params = search_params
         self.meta: dict[str, Any] = dict(meta or {})
@@ -264,6 +269,8 @@ class ItemIndex:
             raise ValueError(f"queries must be (B, {self.dim}), got shape {np.shape(vectors)}")
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
+        if self._exact and len(q) <= SMALL_BATCH:
+            return self._scan(q, k)
         with self._lock.read():
             fetch = min(k + self._retired, max(self._n, 1))
             if len(q) <= SMALL_BATCH:
@@ -280,6 +287,32 @@ class ItemIndex:
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         if fetch != k or self._retired:
             ids, scores = _compact(ids, scores, k)
+        return ids, scores
+
+    def _scan(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search of a few queries as one BLAS product over the kept unit vectors: what a
+        ``Flat`` faiss index computes, about 3x faster for a single query on a small machine (faiss
+        scans one vector at a time below its BLAS threshold). Ties go to the lower row."""
+        with self._lock.read():
+            n = self._n
+            s = q @ self._vectors[:n].T  # (B, n)
+            if self._retired:
+                s[:, self._ids[:n] < 0] = -np.inf
+            kk = min(k, n)
+            if kk < n:
+                part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                part.sort(axis=1)
+            else:
+                part = np.broadcast_to(np.arange(n), (len(q), n))
+            top = np.take_along_axis(s, part, axis=1)
+            order = np.argsort(-top, axis=1, kind="stable")
+            rows = np.take_along_axis(part, order, axis=1)
+            ids = self._ids[rows]
+        scores = np.take_along_axis(top, order, axis=1).astype(np.float32)
+        ids = np.where(np.isneginf(scores), -1, ids)
+        if kk < k:
+            ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
         return ids, scores
 
     def neighbours(self, movie_ids: np.ndarray | list[int], depth: int) -> tuple[np.ndarray, np.ndarray]:

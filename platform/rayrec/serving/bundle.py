@@ -69,7 +69,7 @@ class ServingConfig(BaseModel):
         default=5.0, gt=0, le=60, description="deadline of one write (an event, a new item): writers wait for each other"
     )
     item_cache_s: float = Field(
-        default=1.0, ge=0, le=60,
+        default=5.0, ge=0, le=300,
         description="item rows read for ranking are kept this long (their statistics may lag the store by as much); 0: "
         "read every candidate's row on every request",
     )

@@ -254,7 +254,18 @@ class Recommender:
         t0 = time.perf_counter()
         n = len(r.ids)
         rows = ranked.rows
-        genres = [list(row.get("genres") or ()) if row else list(b.catalog.genres_of(m)) for m, row in zip(r.ids.tolist(), rows)]
+        genres: list[list[str]] = []
+        years = np.full(n, np.nan)
+        popularity = np.zeros(n)
+        for i, (m, row) in enumerate(zip(r.ids.tolist(), rows)):  # one pass over the rows
+            if row:
+                genres.append(list(row.get("genres") or ()))
+                y = _year(row)
+                if y is not None:
+                    years[i] = y
+                popularity[i] = row.get("item_rating_count") or 0
+            else:
+                genres.append(list(b.catalog.genres_of(m)))
         vecs = b.item_vectors(r.ids) if n else None
         cat_rows = b.catalog.rows(r.ids)  # -1: added live, after the catalog was built
         genre_matrix = self._genre_matrix(cat_rows, genres)
@@ -265,8 +276,7 @@ class Recommender:
             cfg = b.rerank.model_copy(update=_RECALL_ORDER)
         cands = Candidates(
             ids=r.ids, scores=np.asarray(scores, dtype=np.float64), genres=genres,
-            years=np.array([_year(row) if row else np.nan for row in rows], dtype=np.float64),
-            popularity=np.array([(row.get("item_rating_count") or 0) if row else 0 for row in rows], dtype=np.float64),
+            years=years, popularity=popularity,
             embeddings=vecs[1] if vecs is not None else None, has_embedding=vecs[0] if vecs is not None else None,
             genre_matrix=genre_matrix,
         )  # fmt: skip

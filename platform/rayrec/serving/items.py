@@ -8,8 +8,9 @@ rated (its count, mean and std) or a features load replaces the table. So rows a
 call. The price is that an item's statistics in the ranker's input and in the answer can lag the
 store by up to ``ttl_s``, on each replica; ``ttl_s = 0`` reads every row every time.
 
-A row is handed out as the same dict object until it is re-read, so what is derived from it (the
-ranker's encoded item inputs, :class:`rayrec.serving.scoring.RankModel`) can be kept until then too.
+A row is handed out as the same dict object until it is re-read and found changed, so what is derived
+from it (the ranker's encoded item inputs, :class:`rayrec.serving.scoring.RankModel`) can be kept
+until then too.
 Rows the store lacks are not kept: an item added meanwhile is found on the next request.
 """
 
@@ -28,7 +29,7 @@ class ItemRows:
     """``get(store, ids)``: item rows, from memory when read less than ``ttl_s`` ago. At most
     ``max_items`` rows are kept (the oldest reads are dropped first)."""
 
-    def __init__(self, ttl_s: float = 1.0, max_items: int = 200_000) -> None:
+    def __init__(self, ttl_s: float = 5.0, max_items: int = 200_000) -> None:
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be ≥ 0, got {ttl_s}")
         self.ttl_s, self.max_items = ttl_s, max_items
@@ -62,7 +63,9 @@ class ItemRows:
         with self._lock:
             for m, row in got.items():
                 if row is not None:
-                    kept.pop(m, None)  # re-inserted last: the dict stays in order of reads
+                    old = kept.pop(m, None)  # re-inserted last: the dict stays in order of reads
+                    if old is not None and old[1] == row:
+                        got[m] = row = old[1]  # unchanged: the same object, so what was derived from it holds
                     kept[m] = (now, row)
             while len(kept) > self.max_items:
                 kept.pop(next(iter(kept)))
