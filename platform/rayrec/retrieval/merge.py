@@ -71,6 +71,7 @@ class RecallConfig(BaseModel):
     n_recent: int = Field(20, ge=1)  # recent positives averaged for the fallback user vector
     item2item_seeds: int = Field(5, ge=1)  # latest positives whose neighbours are recalled
     item2item_decay: float = Field(0.8, gt=0.0, le=1.0)
+    item2item_depth: int = Field(128, ge=1)  # each seed's neighbours summed: at least this many + |seen| + 1
     new_item_neighbours: int = Field(50, ge=1)  # a live-added item is recalled inside this neighbourhood
     recent_window_days: float = Field(30.0, gt=0.0)  # window of the popular_recent path
     # popularity counts positives only (ratings ≥ 3.5, what relevance means too); on ml-latest-small
@@ -105,7 +106,8 @@ def build_paths(config: RecallConfig, *, index: ItemIndex | None, popularity: Po
             out.append(EmbeddingRecall(index, fallback=config.embedding_fallback, n_recent=config.n_recent))
         elif name == "item2item":
             assert index is not None
-            out.append(ItemToItemRecall(index, n_seeds=config.item2item_seeds, decay=config.item2item_decay))
+            out.append(ItemToItemRecall(index, n_seeds=config.item2item_seeds, decay=config.item2item_decay,
+                                        depth=config.item2item_depth))
         elif name == "new_items":
             assert index is not None
             out.append(NewItemRecall(index, popularity.catalog, n_seeds=config.item2item_seeds, neighbours=config.new_item_neighbours))

@@ -22,6 +22,7 @@ so the same objects serve online requests and offline "as of time t" evaluation.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,17 +78,19 @@ class RecallPath(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def _unseen(ids: np.ndarray, scores: np.ndarray, user: UserState, k: int) -> PathResult:
-    """Keep valid (≥ 0) ids ``user`` has not seen, in order, first occurrence only, at most k."""
+def _unseen(ids: np.ndarray, scores: np.ndarray, user: UserState, k: int, *, distinct: bool = False) -> PathResult:
+    """Keep valid (≥ 0) ids ``user`` has not seen, in order, first occurrence only, at most k.
+    ``distinct``: the ids are known to hold no repeats (skips that check)."""
     keep = ids >= 0
     if user.seen:
         keep &= ~_isin_sorted(ids, user.seen_array)
     ids, scores = ids[keep], scores[keep]
-    _, first = np.unique(ids, return_index=True)
-    if len(first) != len(ids):
-        first.sort()
-        ids, scores = ids[first], scores[first]
-    return PathResult(ids[:k].astype(np.int64), scores[:k].astype(np.float32))
+    if not distinct:
+        _, first = np.unique(ids, return_index=True)
+        if len(first) != len(ids):
+            first.sort()
+            ids, scores = ids[first], scores[first]
+    return PathResult(ids[:k].astype(np.int64, copy=False), scores[:k].astype(np.float32, copy=False))
 
 
 def _isin_sorted(ids: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
@@ -163,39 +166,57 @@ class EmbeddingRecall(RecallPath):
         if q is None or k <= 0:
             return PathResult.empty()
         ids, scores = self.index.search(q[None, :], k + len(user.seen))
-        return _unseen(ids[0], scores[0], user, k)
+        return _unseen(ids[0], scores[0], user, k, distinct=True)  # (a movie id has one live row)
 
 
 class ItemToItemRecall(RecallPath):
     """Neighbours (by embedding, through the index) of the user's ``n_seeds`` latest positives.
-    An item's score is Σ over seeds of ``decay**seed_rank × similarity``."""
+    An item's score is Σ over seeds of ``decay**seed_rank × similarity``, summed over each seed's
+    ``max(k, depth) + |seen| + 1`` nearest items: every seed list holds at least ``k`` unseen items,
+    and the asks of one request for any ``k ≤ depth`` share one computation (the last user's sums
+    are kept, per thread)."""
 
-    def __init__(self, index: ItemIndex, *, n_seeds: int = 5, decay: float = 0.8, name: str = "item2item") -> None:
-        self.index, self.n_seeds, self.decay, self.name = index, n_seeds, decay, name
+    def __init__(
+        self, index: ItemIndex, *, n_seeds: int = 5, decay: float = 0.8, depth: int = 128, name: str = "item2item"
+    ) -> None:
+        self.index, self.n_seeds, self.decay, self.depth, self.name = index, n_seeds, decay, depth, name
+        self._last = threading.local()  # this thread's last sums: (user, depth, ids, scores)
 
     def _neighbours(self, user: UserState, depth: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The seeds' ``depth`` nearest items ``(ids, sims)``, each (S, depth); None without seeds.
-        The index keeps each seed's list, so the merger's short and long asks, and the next
-        requests with the same seeds, cost no search."""
+        The index keeps each seed's list: the next requests with the same seeds cost no search."""
         seeds = [m for m in user.recent_positives[: self.n_seeds * 2] if m in self.index][: self.n_seeds]
         if not seeds:
             return None
         return self.index.neighbours(seeds, depth)
 
+    def _sums(self, user: UserState, depth: int) -> PathResult | None:
+        """Every unseen neighbour by its decayed similarity sum, best first; None without seeds."""
+        last = getattr(self._last, "value", None)
+        if last is not None and last[0] is user and last[1] == depth:
+            out: PathResult | None = last[2]
+            return out
+        got = self._neighbours(user, depth)
+        out = None
+        if got is not None:
+            ids, sims = got  # (S, depth)
+            weights = (self.decay ** np.arange(len(ids), dtype=np.float32))[:, None]
+            flat_ids, flat_scores = ids.reshape(-1), (sims * weights).reshape(-1)
+            valid = flat_ids >= 0
+            uniq, inv = np.unique(flat_ids[valid], return_inverse=True)
+            total = np.bincount(inv, weights=flat_scores[valid], minlength=len(uniq))
+            order = np.argsort(-total, kind="stable")  # ties: the lower id first (uniq is sorted)
+            out = _unseen(uniq[order], total[order], user, len(order), distinct=True)
+        self._last.value = (user, depth, out)
+        return out
+
     def recall(self, user: UserState, k: int) -> PathResult:
         if k <= 0 or not user.recent_positives:
             return PathResult.empty()
-        got = self._neighbours(user, k + len(user.seen) + 1)
+        got = self._sums(user, max(k, self.depth) + len(user.seen) + 1)
         if got is None:
             return PathResult.empty()
-        ids, sims = got  # (S, k')
-        weights = (self.decay ** np.arange(len(ids), dtype=np.float32))[:, None]
-        flat_ids, flat_scores = ids.reshape(-1), (sims * weights).reshape(-1)
-        valid = flat_ids >= 0
-        uniq, inv = np.unique(flat_ids[valid], return_inverse=True)
-        total = np.bincount(inv, weights=flat_scores[valid], minlength=len(uniq))
-        order = _top_rows(total, len(uniq))
-        return _unseen(uniq[order], total[order], user, k)
+        return PathResult(got.movie_ids[:k], got.scores[:k])
 
 
 class PopularRecall(RecallPath):
@@ -246,6 +267,7 @@ class GenreRecall(RecallPath):
     def __init__(self, popularity: Popularity, *, name: str = "genre") -> None:
         self.popularity, self.name = popularity, name
         self._kept = _KeptRankings()  # per genre
+        self._last = threading.local()  # this thread's last user: (user, counts, depth, lists)
 
     @property
     def catalog(self) -> ItemCatalog:
@@ -261,18 +283,35 @@ class GenreRecall(RecallPath):
 
         return self._kept.get(genre, (counts,), compute) if keep else compute()
 
+    def _unseen_lists(self, user: UserState, genres: list[str], counts: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per genre, the unseen items among its ``depth`` most rated, with their counts. The last
+        user's lists are kept (this thread's): the merger asks a path more than once per request,
+        and shorter lists are cut from longer ones by rank."""
+        last = getattr(self._last, "value", None)
+        if last is None or last[0] is not user or last[1] is not counts or last[2] < depth:
+            seen = user.seen_array
+            lists = []
+            for g in genres:
+                top = self._ranked(g, counts, user.as_of is None)[:depth]
+                keep = ~_isin_sorted(self.catalog.movie_ids[top], seen) if len(seen) else np.ones(len(top), dtype=bool)
+                pos = np.flatnonzero(keep)
+                lists.append((self.catalog.movie_ids[top[pos]], counts[top[pos]], pos))
+            last = (user, counts, depth, lists)
+            self._last.value = last
+        if last[2] == depth:
+            return [(ids, sc) for ids, sc, _ in last[3]]
+        out = []
+        for ids, sc, pos in last[3]:
+            n = int(np.searchsorted(pos, depth))  # those ranked above ``depth``
+            out.append((ids[:n], sc[:n]))
+        return out
+
     def recall(self, user: UserState, k: int) -> PathResult:
         genres = [g for g in user.genres if len(self.catalog.genre_rows(g))]
         if k <= 0 or not genres:
             return PathResult.empty()
         counts = self.popularity.counts(user.as_of)
-        seen = user.seen_array
-        lists = []
-        for g in genres:
-            top = self._ranked(g, counts, user.as_of is None)[: k + len(seen)]
-            ids = self.catalog.movie_ids[top]
-            keep = ~_isin_sorted(ids, seen) if len(seen) else np.ones(len(ids), dtype=bool)
-            lists.append((ids[keep], counts[top][keep]))
+        lists = self._unseen_lists(user, genres, counts, k + len(user.seen))
         weights = np.arange(len(genres), 0, -1, dtype=np.float64)
         shares = _largest_remainder(k, weights)
         taken: dict[int, float] = {}

@@ -106,7 +106,6 @@ class RecommenderService:
     # -- Backend ----------------------------------------------------------------------------------
     async def recommend(self, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
         t = time.perf_counter()
-        c0 = time.thread_time()  # TEMP
         try:
             recalled = await self.recall_fn(user_id, k, context)
             t_recall = time.perf_counter()
@@ -137,8 +136,7 @@ class RecommenderService:
             out = self.core.finish(recalled, ranked)
         out.timings.update({"recall_stage_ms": round((t_recall - t) * 1e3, 3),
                             "rank_stage_ms": round((t_rank - t_recall) * 1e3, 3),
-                            "rerank_stage_ms": round((time.perf_counter() - t_rank) * 1e3, 3),
-                            "cpu_ms": (time.thread_time() - c0) * 1e3})  # fmt: skip
+                            "rerank_stage_ms": round((time.perf_counter() - t_rank) * 1e3, 3)})  # fmt: skip
         return self._timed(out, t)
 
     @staticmethod
