@@ -101,13 +101,19 @@ SCALING_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class Batching(BaseModel):
+    """``@serve.batch`` of the rank stage, wherever it runs (the fused ingress, or the Ranker)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    # 1: no batching. The fused ingress then calls the rank stage directly, skipping the batch queue
-    max_batch_size: int = Field(default=16, ge=1, le=256)
+    # 1: no batching (the rank stage is called directly, skipping the batch queue). None: 1 in the
+    # fused ingress, 16 in a Ranker deployment (see the module docstring for why)
+    max_batch_size: int | None = Field(default=None, ge=1, le=256)
     # 0: no waiting. A batch leaves as soon as the previous one is done, holding every request that
     # arrived meanwhile: batches grow with load and an idle server adds no delay.
     batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=1)
+
+    def size(self, where: Literal["ingress", "ranker"]) -> int:
+        return self.max_batch_size or (1 if where == "ingress" else 16)
 
 
 class AppArgs(BaseModel):
@@ -186,7 +192,7 @@ class Ranker(_Stage):
 
     def __init__(self, artifacts: str, store: str | None, composition: str, batching: Batching) -> None:
         super().__init__(artifacts, store, composition)
-        self.rank.set_max_batch_size(batching.max_batch_size)
+        self.rank.set_max_batch_size(batching.size("ranker"))
         self.rank.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
@@ -221,9 +227,10 @@ class Ingress(_Stage):
         super().__init__(artifacts, store, composition)
         svc = self.service
         svc.passthrough = (BackPressureError,)
-        self.rank.set_max_batch_size(batching.max_batch_size)
+        size = batching.size("ingress")
+        self.rank.set_max_batch_size(size)
         self.rank.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        svc.rank_fn = self.rank if batching.max_batch_size > 1 else svc.rank_local
+        svc.rank_fn = self.rank if size > 1 else svc.rank_local
         if ranker is not None:
             svc.rank_fn = lambda r: ranker.rank.remote(r.for_ranker())  # type: ignore[assignment,return-value]
         if recall is not None:

@@ -13,8 +13,8 @@ retried early. Last, ``--overload`` connections hit the first app, with clients 
 once and with clients that wait 100 ms first: excess load must be refused with 503s, not time out.
 
     .venv/bin/python tests/perf/bench_serving.py --artifacts DIR [--store URL] [--seconds 5]
-        [--concurrency 1,8,32] [--compositions fused@2,fused@2/b1,fused,ranker,chain] [--hops 1,2] [--rounds 2]
-        [--overload 128]
+        [--concurrency 1,8,32] [--compositions fused@2,fused@2/b16,fused,ranker,chain] [--hops 1,2] [--rounds 2]
+        [--overload 128] [--floor-batch 1]
 
 The artifacts need features loaded into the store, an index and (for the ranker) trained models:
 the main job's output (python -m pipelines.main --no-serve) is what it is meant for.
@@ -58,10 +58,10 @@ def user_paths(artifacts: str, n: int = 500) -> list[str]:
 
 class InProcess:
     """The compute floor: the serving backend's ``recommend`` called in this process, no Serve and no
-    HTTP (store reads, recall, rank batched across concurrent callers as the ingress's ``serve.batch``
-    does, rerank)."""
+    HTTP (store reads, recall, rank, rerank; ranking batched across concurrent callers when ``batch`` > 1,
+    as the ingress's ``serve.batch`` then does)."""
 
-    def __init__(self, artifacts: str, store: str | None, paths: list[str]) -> None:
+    def __init__(self, artifacts: str, store: str | None, paths: list[str], batch: int = 1) -> None:
         import torch
 
         from rayrec.serving import RecommenderService
@@ -69,12 +69,14 @@ class InProcess:
         torch.set_num_threads(1)  # as in a replica
         self.svc = RecommenderService.create(artifacts, store)
         self.ids = [int(p.split("user_id=")[1].split("&")[0]) for p in paths]
+        self.batch = batch
 
     def load(self, concurrency: int, seconds: float, warmup: float) -> LoadResult:
         from rayrec.serving.batching import MicroBatcher
 
         svc, ids = self.svc, self.ids
-        svc.rank_fn = MicroBatcher(svc.rank_batch, max_batch_size=16, wait_s=0.0)  # bound to this run's loop
+        # as the fused ingress ranks: each request directly, or batched across callers (bound to this run's loop)
+        svc.rank_fn = MicroBatcher(svc.rank_batch, max_batch_size=self.batch, wait_s=0.0) if self.batch > 1 else svc.rank_local
 
         async def run() -> LoadResult:
             loop = asyncio.get_running_loop()
@@ -119,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--compositions", default="fused@2,fused,ranker,chain",
                    help="apps to measure: a composition, @N for N ingress replicas (default 1), /bN for "
-                   "rank batches of at most N (b1: no batching)")
+                   "rank batches of at most N (b1: no batching; default: the composition's)")
     p.add_argument("--hops", default="", help="also measure no-op chains with these numbers of handle hops, e.g. 1,2")
     p.add_argument("--overload", type=int, default=128, help="connections of the overload row (0: skip)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over all targets; rows report the median")
+    p.add_argument("--floor-batch", type=int, default=1,
+                   help="rank batch size of the in-process floor (1: none, as the default fused app)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"deployed {len(targets)} apps in {time.perf_counter() - t:.0f}s on port {port}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)  # fmt: skip
 
-    floor = InProcess(artifacts, args.store, paths)
+    floor = InProcess(artifacts, args.store, paths, batch=args.floor_batch)
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in conc} for name in [*targets, "in-process"]}
     for rnd in range(args.rounds):  # interleaved: background load on a shared machine hits every target alike
         for c in conc:

@@ -41,7 +41,7 @@ __all__ = ["ItemIndex", "resolve_factory", "default_search_params", "normalize",
 SMALL_BATCH = 16  # queries up to this many run single-threaded (see the module docstring)
 NEIGHBOUR_STEP = 128  # kept neighbour lists are this many deep, or a multiple of it
 NEIGHBOUR_MAX_DEPTH = 4096  # deeper lists are searched each time, not kept
-NEIGHBOUR_SLOTS = 2_000_000  # neighbours kept in all (12 bytes each: about 24 MB)
+NEIGHBOUR_SLOTS = 8_000_000  # neighbours kept in all (8 bytes each: at most 64 MB)
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -344,8 +344,9 @@ class ItemIndex:
                 got_ids, got_scores = self.search(vecs[found], deep if keep else depth)
                 with self._kept_lock:
                     keep = keep and self._kept_n == written == self._n  # no add meanwhile
+                    small = keep and (not len(got_ids) or int(got_ids.max()) < 2**31)  # ids kept as int32
                     for j, i in enumerate(rows):
-                        lists[i] = (got_ids[j], got_scores[j])
+                        lists[i] = (got_ids[j].astype(np.int32) if small else got_ids[j], got_scores[j])
                         if keep:
                             self._keep(int(ids[i]), lists[i])
         for i, got in enumerate(lists):
