@@ -144,3 +144,23 @@ def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
                         replace(ranked, rows=[ranked.rows[i] for i in order], scores=ranked.scores[order]))  # fmt: skip
     ids = [i.movie_id for i in moved.items]
     assert live[0] in ids[:2], (live[0], ids[:5])  # from last to (tied) first
+
+
+def test_served_models_are_traced_and_score_as_in_eager_mode(wired) -> None:
+    from rayrec.models.inputs import to_tensors
+
+    core, store = wired
+    b = core.bundle
+    assert isinstance(b.ranker._predict, torch.jit.ScriptModule), "ranker served eagerly"
+    assert isinstance(b.tower._user, torch.jit.ScriptModule), "user tower served eagerly"
+    r = core.recall(store, 5, 10)
+    x = to_tensors(r.user_inputs)
+    with torch.inference_mode():
+        np.testing.assert_allclose(b.tower.vector_of(r.user_inputs), b.tower.model.user(x).numpy()[0], rtol=1e-5, atol=1e-6)
+    ranked = core.rank(store, [r])[0]
+    items = b.ranker._items.encode(r.ids.tolist(), ranked.rows)
+    batch = {**items, **{k: np.repeat(v, len(r.ids), axis=0) for k, v in b.ranker.encode_user(
+        user_columns(r.user_id, r.user_row, r.liked, r.genres)).items()}}
+    with torch.inference_mode():
+        eager = b.ranker.model.predict(to_tensors(batch)).numpy()
+    np.testing.assert_allclose(ranked.scores, eager, rtol=1e-5, atol=1e-6)
