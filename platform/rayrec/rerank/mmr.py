@@ -162,29 +162,39 @@ def rerank(
     capped = 0
     relaxed = False
     base = (1.0 - lam) * rel
+    masked = np.where(left, base, -np.inf)  # -inf: not (or no longer) pickable
+    value = masked.copy()  # masked - lam * max_sim: the MMR value of every candidate
+    n_left = int(left.sum())
     while len(picks) < k:
-        if not left.any():
+        if not n_left:
             # the genre rule holds back every remaining item: fill from them, rule relaxed
             held = eligible.copy()
             held[picks] = False
             if relaxed or not cfg.fill or not held.any():
                 break
-            left, relaxed = held, True
-        value = np.where(left, base - lam * max_sim, -np.inf)
+            left, relaxed, n_left = held, True, int(held.sum())
+            masked = np.where(left, base, -np.inf)
+            value = masked - lam * max_sim
         j = int(np.argmax(value))
         picks.append(j)
         # a held-back item may be worth more than the last pick: cap, so the list stays sorted
         values.append(float(value[j]) if not values else min(float(value[j]), values[-1]))
-        left[j] = False
+        left[j], masked[j], value[j] = False, -np.inf, -np.inf
+        n_left -= 1
         if cfg.max_per_genre and gm is not None and not relaxed:
-            genre_count += gm[j].astype(np.int64)
-            full = genre_count >= cfg.max_per_genre
+            mine = gm[j] > 0
+            genre_count[mine] += 1
+            full = mine & (genre_count == cfg.max_per_genre)  # genres full as of this pick
             if full.any():
                 over = (gm[:, full].sum(axis=1) > 0) & left
-                capped += int(over.sum())
+                held_back = int(over.sum())
+                capped += held_back
+                n_left -= held_back
                 left &= ~over
+                masked[over] = value[over] = -np.inf
         if lam > 0 and len(picks) < k:
             np.maximum(max_sim, sim.row(j), out=max_sim)
+            value = masked - lam * max_sim
     if capped:
         dropped["max_per_genre"] = capped
     if relaxed:

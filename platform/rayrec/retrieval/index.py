@@ -163,6 +163,7 @@ class ItemIndex:
             if mid >= 0:
                 self._row_of[mid] = row  # a duplicate id keeps its last row
         self._retired = self._n - len(self._row_of)
+        self._sort_rows()
         if self._retired:
             keep = np.zeros(self._n, dtype=bool)
             keep[list(self._row_of.values())] = True
@@ -248,13 +249,28 @@ class ItemIndex:
     def faiss_index(self) -> faiss.Index:
         return self._index
 
+    def _sort_rows(self) -> None:
+        """The live ids sorted, with their rows: vector lookups by binary search (under the write
+        lock, or before the index is shared)."""
+        ids = np.fromiter(self._row_of.keys(), dtype=np.int64, count=len(self._row_of))
+        rows = np.fromiter(self._row_of.values(), dtype=np.int64, count=len(self._row_of))
+        order = np.argsort(ids, kind="stable")
+        self._sorted_ids, self._sorted_rows = ids[order], rows[order]
+
+    def _rows(self, movie_ids: np.ndarray | list[int]) -> np.ndarray:
+        """Each movie id's row, -1 where unknown (under the read lock)."""
+        ids = np.asarray(movie_ids, dtype=np.int64).reshape(-1)
+        if not len(self._sorted_ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
+        return np.where(self._sorted_ids[pos] == ids, self._sorted_rows[pos], -1)
+
     def vectors(self, movie_ids: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(found (N,) bool, vectors (N, D) float32)`` of the given movie ids; zeros where unknown."""
-        ids = np.asarray(movie_ids, dtype=np.int64).reshape(-1)
         with self._lock.read():
-            rows = np.fromiter((self._row_of.get(int(m), -1) for m in ids), dtype=np.int64, count=len(ids))
+            rows = self._rows(movie_ids)
             found = rows >= 0
-            out = np.zeros((len(ids), self.dim), dtype=np.float32)
+            out = np.zeros((len(rows), self.dim), dtype=np.float32)
             out[found] = self._vectors[rows[found]]
         return found, out
 
@@ -393,6 +409,7 @@ class ItemIndex:
                     self._ids[old] = -1
                     self._retired += 1
                 self._row_of[mid] = start + offset
+            self._sort_rows()
 
     def _reserve(self, n: int) -> None:
         if n <= len(self._ids):

@@ -285,18 +285,19 @@ class GenreRecall(RecallPath):
 
     def _unseen_lists(self, user: UserState, genres: list[str], counts: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per genre, the unseen items among its ``depth`` most rated, with their counts. The last
-        user's lists are kept (this thread's): the merger asks a path more than once per request,
-        and shorter lists are cut from longer ones by rank."""
+        user's lists are kept (this thread's), made at least ``128 + |seen|`` deep: the merger asks a
+        path more than once per request, and shorter lists are cut from longer ones by rank."""
         last = getattr(self._last, "value", None)
         if last is None or last[0] is not user or last[1] is not counts or last[2] < depth:
             seen = user.seen_array
+            made = max(depth, 128 + len(seen))
             lists = []
             for g in genres:
-                top = self._ranked(g, counts, user.as_of is None)[:depth]
+                top = self._ranked(g, counts, user.as_of is None)[:made]
                 keep = ~_isin_sorted(self.catalog.movie_ids[top], seen) if len(seen) else np.ones(len(top), dtype=bool)
                 pos = np.flatnonzero(keep)
                 lists.append((self.catalog.movie_ids[top[pos]], counts[top[pos]], pos))
-            last = (user, counts, depth, lists)
+            last = (user, counts, made, lists)
             self._last.value = last
         if last[2] == depth:
             return [(ids, sc) for ids, sc, _ in last[3]]

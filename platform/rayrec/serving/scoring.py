@@ -89,7 +89,8 @@ class RankModel:
         parts = [self._items.encode(ids, rows) for ids, rows in items]
         batch = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if len(parts) > 1 else parts[0]
         for key in (k for k in users[0] if k != HISTORY):  # (the tower's inputs also hold the history)
-            batch[key] = np.concatenate([np.repeat(u[key], n, axis=0) for u, n in zip(users, sizes)])
+            reps = [np.repeat(u[key], n, axis=0) for u, n in zip(users, sizes)]
+            batch[key] = reps[0] if len(reps) == 1 else np.concatenate(reps)
         with torch.inference_mode():
             probs = self._predict(to_tensors(batch)).numpy().astype(np.float32)  # (ΣN,)
         return np.split(probs, np.cumsum(sizes)[:-1])
