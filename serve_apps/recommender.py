@@ -3,32 +3,34 @@
 Every deployment wraps :mod:`rayrec.serving`; this file only wires them. Three compositions, chosen
 by the ``composition`` arg:
 
-- ``fused`` (default): the Ingress runs recall, rank and rerank in its own process. Ranking is still
-  batched across concurrent callers (``@serve.batch`` on the ingress's ``rank``): each batch reads the
-  candidates' features from the store in one call and scores them in one forward pass. No
-  DeploymentHandle hop on the request path.
-- ``ranker``: the Ingress recalls and reranks; the Ranker deployment (``@serve.batch``, store read
-  per batch) scores. One hop; the Ranker scales on its own (e.g. on GPU nodes).
+- ``fused`` (default): the Ingress runs recall, rank and rerank in its own process and ranks each
+  request as it comes (``batching.max_batch_size: 16`` batches ranking across concurrent callers with
+  ``@serve.batch`` instead: one store read and one forward pass per batch). No DeploymentHandle hop
+  on the request path.
+- ``ranker``: the Ingress recalls and reranks; the Ranker deployment (``@serve.batch``, 16 by
+  default, store read per batch) scores. One hop; the Ranker scales on its own (e.g. on GPU nodes).
 - ``chain``: Ingress → Recall → Ranker → Reranker, three hops, each stage scaled separately.
 
-Why fused is the default: measured on the 2-core development machine with tests/perf/bench_serving.py
-(all apps deployed at once, rounds interleaved; absolute figures swing by 10-30% between runs, the
-order did not change). At concurrency 8: a FastAPI no-op ingress answered 309 req/s, the same no-op
-behind one DeploymentHandle hop 131, behind two 91; the full app fused with 2 replicas 99-140, fused
-with 1 replica 84, ranker (one hop) 49, chain (three hops) 37. A hop costs more CPU than the whole
-recall → rank → rerank compute (about 4.5 ms in process). So the request path has no hop, and a
-second ingress replica (autoscaling, 1 → 2) uses the second core; the split compositions are for
-clusters where a stage needs its own hardware or replica count. ``batching.max_batch_size: 1``
-(rank each request as it comes, without Serve's batch queue) measured 9-28% more req/s at
-concurrency 8 on 2 cores and about the same at 32; batching pays off where a forward pass is
-costly (a GPU, bigger candidate sets), so it stays on by default.
+Why this default: measured on the 2-core development machine with tests/perf/bench_serving.py (all
+apps deployed at once, rounds interleaved, median of 3; absolute figures swing by 10-30% between
+runs, the order did not change). At concurrency 8: a FastAPI no-op ingress answered 209 req/s, the
+same no-op behind one DeploymentHandle hop 85, behind two 70; the full app fused with 2 replicas 93,
+the same with ``@serve.batch`` ranking 70, fused with 1 replica 60, ranker (one hop) 45, chain (three
+hops) 30. A hop costs more CPU than the whole recall → rank → rerank compute (about 6-7 ms in
+process). So the request path has no hop, and a second ingress replica (autoscaling, 1 → 2) uses the
+second core; the split compositions are for clusters where a stage needs its own hardware or replica
+count. Batching lost because, with the candidates' item inputs kept per replica and the forward
+traced, one request's ranking costs about 0.5 ms, and Serve's batch queue (tasks, futures and metrics
+per batch) costs more than the forward passes it saves; it pays off where a forward pass is costly (a
+GPU, bigger candidate sets, the Ranker deployment).
 
 Overload gets 503s, not timeouts. Requests must not wait in the proxy's queue: a request queued
 there polls for a free replica with back-off (up to 0.5 s), leaving replicas idle. With
 ``max_ongoing_requests=16`` one replica fell from 52–63 req/s at concurrency 8 to 19–31 at 32; with 48
-it held 48–65. So the ingress admits up to 48 requests per replica (waiting there costs nothing:
-asyncio, and ranking batches grow with load), the proxy queues at most 16 more and refuses the rest
-at once (BackPressureError → 503). Shedding requests inside the replica past a deadline was tried and
+it held 48–65 (again with 2 replicas: at concurrency 32, 48 held 115 req/s, 16 gave 76 and 8 gave 60,
+their 503s costing the CPU that served requests). So the ingress admits up to 48 requests per replica
+(waiting there costs nothing: asyncio), the proxy queues at most 16 more and refuses the rest at once
+(BackPressureError → 503). Shedding requests inside the replica past a deadline was tried and
 dropped: the work already done was wasted and goodput fell. Health checks report only faults local
 to a replica (a broken bundle or thread pool); a store outage degrades answers instead.
 """
