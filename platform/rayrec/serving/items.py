@@ -35,7 +35,6 @@ class ItemRows:
         self.ttl_s, self.max_items = ttl_s, max_items
         self._rows: dict[int, tuple[float, Row]] = {}  # movie id -> (read at, row), oldest read first
         self._lock = threading.Lock()
-        self.hits = self.reads = 0
 
     def get(self, store: OnlineStore, ids: Sequence[int]) -> list[Row | None]:
         """Rows of ``ids`` (None where the store has none); one store call for the rows not kept.
@@ -54,12 +53,10 @@ class ItemRows:
                 out[i] = hit[1]
             else:
                 missing.append(i)
-        self.hits += len(ids) - len(missing)
         if not missing:
             return out
         wanted = list(dict.fromkeys(ids[i] for i in missing))
         got = dict(zip(wanted, store.get("item", wanted)))
-        self.reads += len(wanted)
         with self._lock:
             for m, row in got.items():
                 if row is not None:
