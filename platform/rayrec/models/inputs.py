@@ -52,6 +52,6 @@ def encode_pairs(spec: FeatureSpec, rows: Rows, history_len: int | None = None) 
 
 
 def to_tensors(arrays: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    if str(device) == "cpu":  # (no copy, and no .to() call per tensor, on the serving path)
-        return {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    return {k: torch.as_tensor(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
+    cpu = str(device) == "cpu"  # no .to() call per tensor on the CPU (the serving path)
+    out = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    return out if cpu else {k: t.to(device) for k, t in out.items()}

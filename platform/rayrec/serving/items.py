@@ -70,9 +70,5 @@ class ItemRows:
             out[i] = got[ids[i]]
         return out
 
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-
     def __len__(self) -> int:
         return len(self._rows)

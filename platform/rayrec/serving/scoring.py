@@ -121,10 +121,9 @@ class _ItemInputs:
                 else:
                     slots[i] = s
             if todo:
-                new_ids = list(dict.fromkeys(ids[i] for i in todo))
-                row_of = {ids[i]: rows[i] for i in todo}
-                enc = self.spec.encode_item(item_columns(new_ids, [row_of[m] for m in new_ids]))
-                at = self._place(new_ids, [row_of[m] for m in new_ids], enc)
+                row_of = {ids[i]: rows[i] for i in todo}  # one row per item (the last)
+                new_ids, new_rows = list(row_of), list(row_of.values())
+                at = self._place(new_ids, new_rows, self.spec.encode_item(item_columns(new_ids, new_rows)))
                 for i in todo:
                     slots[i] = at[ids[i]]
             return {key: a[slots] for key, a in self._arrays.items()}
@@ -223,7 +222,8 @@ class _Predict(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid(self.model(batch))
+        out: torch.Tensor = self.model.predict(batch)
+        return out
 
 
 class _UserSide(torch.nn.Module):
