@@ -70,7 +70,7 @@ class RankModel:
         for n in (1, 3):
             batch = spec.encode_item(item_columns(list(range(n)), [None] * n))
             examples.append({**batch, **{key: np.repeat(v, n, axis=0) for key, v in user.items()}})
-        self._predict = _traced(_Predict(model), examples) or model.predict
+        self._predict = _traced(_Method(model, "predict"), examples) or model.predict
 
     def encode_user(self, columns: Mapping[str, list[Any]]) -> dict[str, np.ndarray]:
         """One user's inputs from :func:`user_columns`."""
@@ -159,7 +159,7 @@ class UserTower:
         self.history_len = int(getattr(model.config, "history_len", 50))
         self.spec_hash = spec.hash
         one = self.encode(user_columns(0, None, [1, 2], ["Drama"]))
-        self._user = _traced(_UserSide(model), [one, {key: np.repeat(v, 3, axis=0) for key, v in one.items()}]) or model.user
+        self._user = _traced(_Method(model, "user"), [one, {key: np.repeat(v, 3, axis=0) for key, v in one.items()}]) or model.user
 
     def vector(self, columns: Mapping[str, list[Any]]) -> np.ndarray:
         """One user's (D,) unit vector from :func:`user_columns`."""
@@ -191,7 +191,7 @@ class UserTower:
         return out
 
 
-def _traced(module: Any, examples: Sequence[Mapping[str, np.ndarray]]) -> Any:
+def _traced(module: _Method, examples: Sequence[Mapping[str, np.ndarray]]) -> Any:
     """``module`` traced with TorchScript and frozen, or None when that fails or changes any output.
 
     The same operations as in eager mode, with less Python per call: the ranker's forward over 100
@@ -206,35 +206,24 @@ def _traced(module: Any, examples: Sequence[Mapping[str, np.ndarray]]) -> Any:
             traced = torch.jit.freeze(torch.jit.trace(module, (inputs[0],), strict=False))
             for x in inputs:
                 if not torch.allclose(traced(x), module(x), rtol=1e-5, atol=1e-6):
-                    log.warning("traced %s differs from eager mode: serving it eagerly", type(module).__name__)
+                    log.warning("traced %s differs from eager mode: serving it eagerly", module.method)
                     return None
     except Exception as e:  # an operation TorchScript cannot trace: eager mode serves
-        log.warning("could not trace %s (%s): serving it eagerly", type(module).__name__, e)
+        log.warning("could not trace %s (%s): serving it eagerly", module.method, e)
         return None
     return traced
 
 
-class _Predict(torch.nn.Module):
-    """The ranker's probabilities as a module of their own (what tracing takes)."""
+class _Method(torch.nn.Module):
+    """One inference method of a model (the ranker's ``predict``, the two-tower's ``user``) as a
+    module of its own: what tracing takes."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, method: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out: torch.Tensor = self.model.predict(batch)
-        return out
-
-
-class _UserSide(torch.nn.Module):
-    """The two-tower model's user tower as a module of its own."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out: torch.Tensor = self.model.user(batch)
+        out: torch.Tensor = getattr(self.model, self.method)(batch)
         return out
 
 
