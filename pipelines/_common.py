@@ -27,10 +27,13 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def init_ray(address: str | None = None, **kwargs) -> None:
+def init_ray(address: str | None = None, ingress: str | None = None, **kwargs) -> None:
     """Join the cluster a job was submitted to (``ray job submit`` sets RAY_ADDRESS) or ``--address``,
-    else start a local Ray for this job."""
+    else start a local Ray for this job, whose Serve uses the ``ingress`` front door
+    (:mod:`rayrec.serving.ingress`; None: ``RAYREC_INGRESS``, else ``auto``)."""
     import ray
+
+    from rayrec.serving.ingress import apply_ingress
 
     if ray.is_initialized():
         return
@@ -38,4 +41,5 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:  # a Ray of this job's own: never attach to whatever cluster happens to run on this machine
+        apply_ingress(ingress)  # read by Serve's controller from the environment it inherits
         ray.init(address="local", include_dashboard=False, **kwargs)

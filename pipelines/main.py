@@ -16,6 +16,7 @@ import time
 
 from pipelines import features, index, serve, train
 from pipelines._common import init_ray, setup_logging
+from rayrec.serving.ingress import MODES, IngressUnavailable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per model")
     p.add_argument("--epochs", type=int, default=None, help="override the models' default epochs")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ingress", choices=MODES, default=None,
+                   help="Serve's front door: haproxy, Serve's Python proxy, or auto (haproxy when installed; "
+                   "default: RAYREC_INGRESS, else auto)")
     p.add_argument("--no-serve", action="store_true", help="stop after the offline steps")
     args = p.parse_args(argv)
     setup_logging()
-    init_ray()
+    try:
+        init_ray(ingress=args.ingress)
+    except (IngressUnavailable, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     common = ["--artifacts", args.artifacts] if args.artifacts else []
     store = [] if args.store == "default" else ["--store", args.store]
     started = time.perf_counter()

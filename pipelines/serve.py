@@ -1,9 +1,11 @@
 """The serving job: deploy the recommender on Ray Serve and print where it answers.
 
     python -m pipelines.serve [--artifacts URI] [--store URL] [--port 8000] [--host 127.0.0.1]
-                              [--composition fused|ranker|chain] [--blocking] [--reload]
+                              [--composition fused|ranker|chain] [--ingress auto|haproxy|proxy]
+                              [--blocking] [--reload]
 
-Single-node local mode by default (a local Ray is started, the HTTP proxy listens on 127.0.0.1).
+Single-node local mode by default (a local Ray is started; its front door, HAProxy where installed or
+Serve's Python proxy, listens on 127.0.0.1: see rayrec.serving.ingress).
 ``--reload`` re-reads the registry's LATEST pointers of a running app through ``user_config``
 (a hot swap: no replica restarts, no failed request). The same app deploys to a cluster with the
 Serve config: ``serve deploy serve_apps/config.yaml`` (``serve run serve_apps/config.yaml`` locally).
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import urllib.request
 from typing import Any
 
 from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
+from rayrec.serving.ingress import INGRESS_ENV, MODES, IngressUnavailable
 
 log = logging.getLogger("pipelines.serve")
 
@@ -93,9 +97,10 @@ def _wait_healthy(url: str, wait_s: float) -> None:
     raise TimeoutError(f"the app did not answer {url}/healthz within {wait_s:.0f}s (last error: {last})")
 
 
-def banner(url: str) -> str:
+def banner(url: str, ingress: str | None = None) -> str:
+    door = {"haproxy": "HAProxy", "proxy": "Serve's HTTP proxy"}.get(ingress or "")
     return "\n".join([
-        f"rayrec is serving at {url}/  (web page; API docs at {url}/docs)",
+        f"rayrec is serving at {url}/  (web page; API docs at {url}/docs)" + (f"; front door: {door}" if door else ""),
         "try:",
         f"  curl '{url}/recommend?user_id=1&k=5'",
         f"  curl '{url}/similar?movie_id=1&k=5'",
@@ -111,20 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--composition", choices=("fused", "ranker", "chain"), default="fused")
+    p.add_argument("--ingress", choices=MODES, default=None,
+                   help="front door of a local Ray's Serve: haproxy, Serve's Python proxy, or auto (haproxy "
+                   "when installed; default: RAYREC_INGRESS, else auto). A cluster's own environment decides there")
     p.add_argument("--blocking", action="store_true", help="keep serving until Ctrl-C")
     p.add_argument("--reload", action="store_true", help="hot-swap a running app to the LATEST artifacts")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     store = None if args.store in (None, "default") else args.store
     kwargs = dict(artifacts=args.artifacts, store=store, port=args.port, host=args.host, composition=args.composition)
-    if args.address:
-        init_ray(args.address)
     try:
+        init_ray(args.address, ingress=args.ingress)
         url = reload(**kwargs) if args.reload else deploy(**kwargs)
-    except (FileNotFoundError, TimeoutError, ValueError) as e:
+    except (FileNotFoundError, TimeoutError, ValueError, IngressUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(banner(url), flush=True)
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))  # a cluster's own environment chose its ingress
+    print(banner(url, os.environ.get(INGRESS_ENV) if local else None), flush=True)
     if args.blocking:
         try:
             while True:

@@ -16,10 +16,14 @@ from rayrec.config import shared_movielens_dir  # noqa: E402
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray with 2 CPUs, started once: Ray start-up costs seconds."""
+    """A local Ray with 2 CPUs, started once: Ray start-up costs seconds. Its Serve gets the front
+    door the jobs would pick here (HAProxy where installed; ``RAYREC_INGRESS=proxy`` for Serve's proxy)."""
     import ray
 
+    from rayrec.serving.ingress import apply_ingress
+
     if not ray.is_initialized():
+        apply_ingress()
         ray.init(
             address="local",  # never attach to a cluster someone started with `ray start`
             num_cpus=2,

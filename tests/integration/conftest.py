@@ -79,6 +79,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    return free_port()
+
+
 @dataclass(frozen=True)
 class ServingApp:
     url: str

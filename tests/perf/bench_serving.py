@@ -12,9 +12,13 @@ closed loop over keep-alive connections on 127.0.0.1 (rayrec.serving.loadgen); a
 retried early. Last, ``--overload`` connections hit the first app, with clients that retry a 503 at
 once and with clients that wait 100 ms first: excess load must be refused with 503s, not time out.
 
+``--ingress`` picks Serve's front door for the whole run (rayrec.serving.ingress: HAProxy or Serve's
+Python proxy; it is fixed when Ray starts). ``--ingress haproxy,proxy`` measures each in turn, in a
+fresh Ray of its own (one after the other, so not interleaved), and prints both tables.
+
     .venv/bin/python tests/perf/bench_serving.py --artifacts DIR [--store URL] [--seconds 5]
         [--concurrency 1,8,32] [--compositions fused@2,fused@2/b16,fused,ranker,chain] [--hops 1,2] [--rounds 2]
-        [--overload 128] [--floor-batch 1]
+        [--overload 128] [--floor-batch 1] [--ingress auto|haproxy|proxy|haproxy,proxy]
 
 The artifacts need features loaded into the store, an index and (for the ranker) trained models:
 the main job's output (python -m pipelines.main --no-serve) is what it is meant for.
@@ -27,7 +31,9 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -132,8 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="rounds over all targets; rows report the median")
     p.add_argument("--floor-batch", type=int, default=1,
                    help="rank batch size of the in-process floor (1: none, as the default fused app)")
+    p.add_argument("--ingress", default="auto",
+                   help="Serve's front door: auto, haproxy, proxy, or several comma-separated (each in its own Ray)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    modes = [m for m in args.ingress.split(",") if m]
+    if len(modes) > 1:
+        return _each_ingress(modes, sys.argv[1:] if argv is None else argv, args)
+
+    from rayrec.serving.ingress import apply_ingress
+
+    door = apply_ingress(modes[0] if modes else None)  # before Ray starts: Serve's controller reads it
 
     import ray
     from ray import serve
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     for h in [int(x) for x in args.hops.split(",") if x]:
         serve.run(build_noop_app({"num_cpus": 0.1, "hops": h}), name=f"noop{h}", route_prefix=f"/noop{h}")
         targets[f"noop+{h}hop"] = f"http://127.0.0.1:{port}/noop{h}"
-    print(f"deployed {len(targets)} apps in {time.perf_counter() - t:.0f}s on port {port}; "
+    print(f"deployed {len(targets)} apps in {time.perf_counter() - t:.0f}s on port {port} behind {door}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)  # fmt: skip
 
     floor = InProcess(artifacts, args.store, paths, batch=args.floor_batch)
@@ -193,14 +208,51 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
-    print("\n" + table(results, conc, comps))
-    for how, o in overload.items():
-        print(f"overload, {args.overload} connections on app:{comps[0]}, {how} after a 503: {o['qps']} ok/s "
-              f"(p99 {o['p99_ms']} ms); {o['503']} answered 503 (p99 {o['p99_503_ms']} ms); {o['timeouts']} timeouts, "
-              f"{o['errors']} connection errors")  # fmt: skip
+    report = {"ingress": door, "results": results, "overload": overload}
+    print("\n" + render(report, conc, comps, args.overload))
     if args.out:
-        Path(args.out).write_text(json.dumps({"results": results, "overload": overload}, indent=2))
+        Path(args.out).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _each_ingress(modes: list[str], argv: list[str], args: argparse.Namespace) -> int:
+    """The benchmark once per front door, each in a subprocess with a Ray of its own; both reports."""
+    rest: list[str] = []
+    skip = False
+    for a in argv:  # the same arguments, less --ingress and --out (each run gets its own)
+        if skip or a in ("--ingress", "--out"):
+            skip = not skip and a in ("--ingress", "--out")
+            continue
+        if not a.startswith(("--ingress=", "--out=")):
+            rest.append(a)
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            out = f"{tmp}/{mode}.json"
+            print(f"== front door: {mode}", flush=True)
+            rc = subprocess.call([sys.executable, __file__, *rest, "--ingress", mode, "--out", out])
+            if rc:
+                return rc
+            report = json.loads(Path(out).read_text())
+            report["results"] = {n: {int(c): r for c, r in by_c.items()} for n, by_c in report["results"].items()}  # JSON keys are strings
+            reports.append(report)
+    conc = [int(c) for c in args.concurrency.split(",")]
+    comps = [c for c in args.compositions.split(",") if c]
+    print("\n== all front doors (measured one after the other)")
+    for report in reports:
+        print(f"\n### front door: {report['ingress']}\n" + render(report, conc, comps, args.overload))
+    if args.out:
+        Path(args.out).write_text(json.dumps(reports, indent=2))
+    return 0
+
+
+def render(report: dict[str, Any], conc: list[int], comps: list[str], connections: int) -> str:
+    lines = [table(report["results"], conc, comps)]
+    for how, o in report["overload"].items():
+        lines.append(f"overload, {connections} connections on app:{comps[0]}, {how} after a 503: {o['qps']} ok/s "
+                     f"(p99 {o['p99_ms']} ms); {o['503']} answered 503 (p99 {o['p99_503_ms']} ms); {o['timeouts']} "
+                     f"timeouts, {o['errors']} connection errors")  # fmt: skip
+    return "\n".join(lines)
 
 
 def table(results: dict[str, dict[int, dict[str, Any]]], conc: list[int], comps: list[str]) -> str:

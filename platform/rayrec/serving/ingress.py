@@ -1,0 +1,81 @@
+"""Which front door Ray Serve puts before the app: its Python HTTP proxy, or HAProxy.
+
+- ``proxy``: Serve's HTTP proxy actor (Python) accepts every request and forwards it to a replica
+  by an actor call. It is what Serve does by default, and on a small node it is the bottleneck: on
+  the 2-core development machine a no-op app answered about 190-220 requests/s through it.
+- ``haproxy``: Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, with direct ingress): an
+  HAProxy process, configured and reloaded by Serve as replicas come and go, balances connections
+  (least connections) straight onto HTTP servers inside the ingress replicas. No Python process
+  stands between the client and the app: the same no-op app answered 550-990 requests/s, and the
+  full app about 1.5x what it did through the proxy (tests/perf/bench_serving.py). It needs the
+  ``haproxy`` binary (Debian: ``apt-get install haproxy``; ``RAY_SERVE_HAPROXY_BINARY_PATH`` points
+  at another one). Each replica still refuses what it cannot queue with a 503.
+- ``auto`` (the default): ``haproxy`` where the binary is found, else ``proxy``.
+
+The choice is read by Serve's controller when it starts, from its environment: :func:`apply_ingress`
+sets the variables in this process before a local Ray starts (its workers inherit them). A cluster
+started elsewhere (``ray start``, KubeRay) takes them from its own environment: set
+``RAY_SERVE_ENABLE_HA_PROXY=1`` there (cluster/kuberay/ does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Literal
+
+__all__ = ["INGRESS_ENV", "IngressMode", "IngressUnavailable", "apply_ingress", "haproxy_binary", "resolve_ingress"]
+
+log = logging.getLogger(__name__)
+
+IngressMode = Literal["auto", "haproxy", "proxy"]
+MODES: tuple[str, ...] = ("auto", "haproxy", "proxy")
+#: the mode when none is passed: ``auto`` unless this variable says otherwise
+INGRESS_ENV = "RAYREC_INGRESS"
+_SERVE_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
+#: where Debian and source builds put haproxy, for a PATH without the sbin folders
+_SYSTEM_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
+
+
+class IngressUnavailable(RuntimeError):
+    """``haproxy`` was asked for and no HAProxy binary was found."""
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Serve would run: ``RAY_SERVE_HAPROXY_BINARY_PATH``, else ``haproxy`` on PATH."""
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return shutil.which("haproxy") or next((p for p in _SYSTEM_PATHS if os.access(p, os.X_OK)), None)
+
+
+def resolve_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
+    """The ingress a local Serve will use for ``mode`` (None: ``RAYREC_INGRESS``, else ``auto``).
+    Under ``auto`` an explicit ``RAY_SERVE_ENABLE_HA_PROXY`` in the environment is obeyed."""
+    mode = (mode or os.environ.get(INGRESS_ENV) or "auto").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"ingress must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "auto" and os.environ.get(_SERVE_FLAG) in ("0", "1"):
+        mode = "haproxy" if os.environ[_SERVE_FLAG] == "1" else "proxy"
+    if mode == "proxy":
+        return "proxy"
+    if haproxy_binary() is None:
+        if mode == "haproxy":
+            raise IngressUnavailable(
+                "the HAProxy ingress needs the haproxy binary: install it (Debian: apt-get install haproxy) "
+                "or set RAY_SERVE_HAPROXY_BINARY_PATH, or use the Python proxy (--ingress proxy)"
+            )
+        log.info("haproxy not found: Serve's Python HTTP proxy fronts the app (apt-get install haproxy for more throughput)")
+        return "proxy"
+    return "haproxy"
+
+
+def apply_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
+    """Resolve ``mode`` and set the Serve variables in this process's environment, so that a local
+    Ray started afterwards (and its Serve controller) uses that ingress. Returns the mode. It has no
+    effect on a Ray that is already running."""
+    resolved = resolve_ingress(mode)
+    os.environ[_SERVE_FLAG] = "1" if resolved == "haproxy" else "0"
+    os.environ[INGRESS_ENV] = resolved
+    return resolved

@@ -1,0 +1,77 @@
+"""The app behind the other front door: the serving job started in a process (and a local Ray) of its
+own, with the ingress the test session does not use (rayrec.serving.ingress), answering over HTTP.
+
+The session's app (tests/integration/conftest.py) runs behind the front door the jobs pick here
+(HAProxy where installed); this test runs the serving job as a user would, ``python -m
+pipelines.serve --ingress …``, so both doors are exercised: the banner names the door, and the
+endpoints answer through it. It stops the job with Ctrl-C, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_serving_e2e import call, check_list
+
+from rayrec.retrieval import read_ratings
+from rayrec.serving.ingress import haproxy_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def other_door(serving_app) -> str:
+    """The ingress this session's Ray does not use; skip when that one cannot run here."""
+    session = os.environ.get("RAYREC_INGRESS")  # set by the session's Ray fixture (apply_ingress)
+    if session == "haproxy":
+        return "proxy"
+    if haproxy_binary() is None:
+        pytest.skip("haproxy is not installed: only Serve's Python proxy can front the app here")
+    return "haproxy"
+
+
+def test_the_serving_job_answers_behind_the_other_front_door(serving_app, other_door, unused_port, tmp_path):
+    art = serving_app.artifacts
+    ratings = read_ratings(art.features_path)
+    user = int(ratings["userId"].value_counts().index[0])
+    seen = set(ratings.loc[ratings["userId"] == user, "movieId"].astype(int))
+    port = unused_port
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("RAYREC_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_ADDRESS"):
+        env.pop(name, None)  # the job decides from --ingress alone, on a Ray of its own
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "pipelines.serve", "--artifacts", art.artifacts, "--store", art.store,
+           "--port", str(port), "--ingress", other_door, "--blocking"]  # fmt: skip
+    with open(log, "w") as out:
+        job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while "rayrec is serving at" not in log.read_text():
+                assert job.poll() is None, f"the serving job exited with {job.returncode}:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"the serving job did not come up:\n{log.read_text()[-3000:]}"
+                time.sleep(1)
+            door = {"haproxy": "HAProxy", "proxy": "Serve's HTTP proxy"}[other_door]
+            assert f"front door: {door}" in log.read_text()
+
+            status, health = call(f"{url}/healthz")
+            assert status == 200 and health["status"] == "ok", health
+            status, rec = call(f"{url}/recommend?user_id={user}&k=7")
+            assert status == 200, rec
+            assert not rec["degraded"], rec
+            check_list(rec, 7, seen)
+            status, err = call(f"{url}/recommend?user_id={user}&k=0")
+            assert status == 422 and err["field"] == "k", err
+        finally:
+            job.send_signal(signal.SIGINT)  # the job's Ctrl-C path shuts Serve down
+            try:
+                job.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait(10)
