@@ -4,7 +4,8 @@
 the same FastAPI + Serve proxy path as the real app; ``hops: N`` forwards each request through N
 no-op deployments by DeploymentHandle, which measures what one hop costs on this machine;
 ``burn_ms: X`` holds the CPU (and the GIL) for X ms per request, as a compute stage of that cost
-would, which shows the throughput Serve allows for a given compute time.
+would, which shows the throughput Serve allows for a given compute time. Its replicas run their code
+as the recommender's do (on Serve's event loop: ``user_code_thread``), so the floor is like for like.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from fastapi import FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+
+from serve_apps.recommender import actor_options
 
 _BODY = {"user_id": 0, "k": 10, "items": [], "degraded": False}
 
@@ -29,6 +32,7 @@ class NoopArgs(BaseModel):
     max_queued_requests: int = Field(default=64, ge=-1)
     burn_ms: float = Field(default=0.0, ge=0, le=1000, description="CPU held per request (busy loop)")
     replicas: int = Field(default=1, ge=1, le=8)
+    user_code_thread: bool = Field(default=False, description="as serve_apps.recommender.Scaling.user_code_thread")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
@@ -76,7 +80,7 @@ def build_noop_app(args: dict[str, Any] | NoopArgs | None = None) -> serve.Appli
     for _ in range(a.hops):
         hop = NoopHop.bind(hop)
     return NoopIngress.options(
-        ray_actor_options={"num_cpus": a.num_cpus},
+        ray_actor_options=actor_options(a.num_cpus, a.user_code_thread),
         max_ongoing_requests=a.max_ongoing_requests,
         max_queued_requests=a.max_queued_requests,
         num_replicas=a.replicas,

@@ -24,13 +24,20 @@ traced, one request's ranking costs about 0.5 ms, and Serve's batch queue (tasks
 per batch) costs more than the forward passes it saves; it pays off where a forward pass is costly (a
 GPU, bigger candidate sets, the Ranker deployment).
 
+The front door is a separate choice (rayrec.serving.ingress, fixed when Ray starts): the figures above
+are behind Serve's Python proxy, which forwards every request by an actor call and caps a no-op app
+at about 200 req/s on 2 cores. Behind HAProxy (the default where it is installed) connections go
+straight to the ingress replicas: the no-op app did 550-990 req/s and the fused app 1.5-1.7x its
+proxy figure, bound by its own compute (serve_apps/README.md, "Front door"). Either way the app's code
+runs on Serve's event loop (``Scaling.user_code_thread``), which saved a thread hand-off per request.
+
 Overload gets 503s, not timeouts. Requests must not wait in the proxy's queue: a request queued
 there polls for a free replica with back-off (up to 0.5 s), leaving replicas idle. With
 ``max_ongoing_requests=16`` one replica fell from 52–63 req/s at concurrency 8 to 19–31 at 32; with 48
 it held 48–65 (again with 2 replicas: at concurrency 32, 48 held 115 req/s, 16 gave 76 and 8 gave 60,
 their 503s costing the CPU that served requests). So the ingress admits up to 48 requests per replica
 (waiting there costs nothing: asyncio), the proxy queues at most 16 more and refuses the rest at once
-(BackPressureError → 503). Shedding requests inside the replica past a deadline was tried and
+(BackPressureError → 503); behind HAProxy each replica refuses past the same limits itself. Shedding requests inside the replica past a deadline was tried and
 dropped: the work already done was wasted and goodput fell. Health checks report only faults local
 to a replica (a broken bundle or thread pool); a store outage degrades answers instead.
 """
@@ -79,10 +86,8 @@ class Scaling(BaseModel):
     )
 
     def options(self) -> dict[str, Any]:
-        flag = "1" if self.user_code_thread else "0"
         return {
-            "ray_actor_options": {"num_cpus": self.num_cpus,
-                                  "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": flag}}},
+            "ray_actor_options": actor_options(self.num_cpus, self.user_code_thread),
             "autoscaling_config": {
                 "min_replicas": self.min_replicas,
                 "initial_replicas": max(self.min_replicas, 1),
@@ -94,6 +99,13 @@ class Scaling(BaseModel):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
         }
+
+
+def actor_options(num_cpus: float, user_code_thread: bool = False) -> dict[str, Any]:
+    """A replica's actor options: its CPUs, and whether Serve runs its code on a thread of its own
+    (read by the replica from its environment, hence the runtime env)."""
+    flag = "1" if user_code_thread else "0"
+    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": flag}}}
 
 
 #: Per-deployment defaults: they fit 2 cores (ingress 2 × 0.5 at most in the fused composition).

@@ -14,7 +14,7 @@ from rayrec.serving.ingress import IngressUnavailable, apply_ingress, resolve_in
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     """A clean environment: no ingress variables, and a PATH that holds only what a test puts there."""
-    for name in ("RAYREC_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_BINARY_PATH"):
+    for name in ("RAYREC_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_BINARY_PATH", *ingress._FIXED_PORTS):
         monkeypatch.setenv(name, "")  # recorded, so that what a test sets is undone afterwards
         monkeypatch.delenv(name)
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -83,3 +83,20 @@ def test_apply_sets_what_serves_controller_reads(env):
     assert apply_ingress("proxy") == "proxy"
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     assert os.environ["RAYREC_INGRESS"] == "proxy"
+
+
+def test_a_busy_fixed_port_is_moved_to_a_free_one(env, monkeypatch):
+    import socket
+
+    _fake_haproxy(env)
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setitem(ingress._FIXED_PORTS, "RAY_SERVE_HAPROXY_STATS_PORT", port)
+        apply_ingress("haproxy")
+        moved = int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"])
+        assert moved != port and ingress._port_free(moved)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "7777")  # an explicit choice is left alone
+    apply_ingress("haproxy")
+    assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "7777"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 from typing import Literal
 
 __all__ = ["INGRESS_ENV", "IngressMode", "IngressUnavailable", "apply_ingress", "haproxy_binary", "resolve_ingress"]
@@ -36,6 +37,13 @@ INGRESS_ENV = "RAYREC_INGRESS"
 _SERVE_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 #: where Debian and source builds put haproxy, for a PATH without the sbin folders
 _SYSTEM_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
+#: fixed ports of Serve's HAProxy mode (a fallback Python proxy, HAProxy's stats and metrics pages)
+_FIXED_PORTS = {
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500,
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500,
+    "RAY_SERVE_HAPROXY_STATS_PORT": 8404,
+    "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
+}
 
 
 class IngressUnavailable(RuntimeError):
@@ -78,4 +86,24 @@ def apply_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
     resolved = resolve_ingress(mode)
     os.environ[_SERVE_FLAG] = "1" if resolved == "haproxy" else "0"
     os.environ[INGRESS_ENV] = resolved
+    if resolved == "haproxy":
+        for name, port in _FIXED_PORTS.items():  # a busy default port would stop HAProxy or its fallback
+            if name not in os.environ and not _port_free(port):
+                os.environ[name] = str(_free_port())
+                log.info("port %d is taken: %s=%s", port, name, os.environ[name])
     return resolved
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
