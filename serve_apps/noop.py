@@ -5,7 +5,7 @@ the same FastAPI + Serve proxy path as the real app; ``hops: N`` forwards each r
 no-op deployments by DeploymentHandle, which measures what one hop costs on this machine;
 ``burn_ms: X`` holds the CPU (and the GIL) for X ms per request, as a compute stage of that cost
 would, which shows the throughput Serve allows for a given compute time. Its replicas run their code
-as the recommender's do (on Serve's event loop: ``user_code_thread``), so the floor is like for like.
+as the recommender's do (``user_code_thread``), so the floor is like for like.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class NoopArgs(BaseModel):
     max_queued_requests: int = Field(default=64, ge=-1)
     burn_ms: float = Field(default=0.0, ge=0, le=1000, description="CPU held per request (busy loop)")
     replicas: int = Field(default=1, ge=1, le=8)
-    user_code_thread: bool = Field(default=False, description="as serve_apps.recommender.Scaling.user_code_thread")
+    user_code_thread: bool = Field(default=True, description="as serve_apps.recommender.Scaling.user_code_thread")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)

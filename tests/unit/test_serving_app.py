@@ -156,8 +156,6 @@ def test_serve_config_files(name: str) -> None:
             a = d.autoscaling_config
             assert a["min_replicas"] <= a["max_replicas"] and a["target_ongoing_requests"] > 0
             assert 0 < d.ray_actor_options.num_cpus < 1 and d.max_queued_requests > 0
-            # the app's code runs on Serve's event loop (no thread hand-off per request)
-            assert d.ray_actor_options.runtime_env["env_vars"]["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     if name == "config.yaml":  # the default fits 2 cores even fully scaled out
         d = schema.applications[0].deployments[0]
         assert d.ray_actor_options.num_cpus * d.autoscaling_config["max_replicas"] <= 2.0
@@ -175,9 +173,9 @@ def test_app_args() -> None:
         AppArgs.model_validate({"ingres": {}})
     opts = a.ingress.options()
     assert opts["autoscaling_config"]["max_replicas"] == 2 and opts["max_queued_requests"] == 16
-    assert opts["ray_actor_options"]["runtime_env"]["env_vars"] == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-    own = AppArgs.model_validate({"ranker": {"user_code_thread": True}}).ranker.options()
-    assert own["ray_actor_options"]["runtime_env"]["env_vars"] == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"}
+    assert "runtime_env" not in opts["ray_actor_options"]  # the app's code on a loop of its own (Serve's default)
+    shared = AppArgs.model_validate({"ranker": {"user_code_thread": False}}).ranker.options()
+    assert shared["ray_actor_options"]["runtime_env"]["env_vars"] == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
     small = AppArgs.model_validate({"ingress": {"num_cpus": 0.1, "max_replicas": 1}}).ingress
     assert small.num_cpus == 0.1 and small.max_replicas == 1 and small.max_queued_requests == 16  # the rest kept
 
