@@ -2,12 +2,12 @@
 
 - ``proxy``: Serve's HTTP proxy actor (Python) accepts every request and forwards it to a replica
   by an actor call. It is what Serve does by default, and on a small node it is the bottleneck: on
-  the 2-core development machine a no-op app answered about 190-220 requests/s through it.
+  the 2-core development machine a no-op app answered about 130-220 requests/s through it.
 - ``haproxy``: Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, with direct ingress): an
   HAProxy process, configured and reloaded by Serve as replicas come and go, balances connections
   (least connections) straight onto HTTP servers inside the ingress replicas. No Python process
-  stands between the client and the app: the same no-op app answered 550-990 requests/s, and the
-  full app about 1.5x what it did through the proxy (tests/perf/bench_serving.py). It needs the
+  stands between the client and the app: the same no-op app answered 540-930 requests/s, and the
+  full app 1.7-2x what it did through the proxy (tests/perf/bench_serving.py). It needs the
   ``haproxy`` binary (Debian: ``apt-get install haproxy``; ``RAY_SERVE_HAPROXY_BINARY_PATH`` points
   at another one). Each replica still refuses what it cannot queue with a 503.
 - ``auto`` (the default): ``haproxy`` where the binary is found, else ``proxy``.
