@@ -26,7 +26,7 @@ GPU, bigger candidate sets, the Ranker deployment).
 
 The front door is a separate choice (rayrec.serving.ingress, fixed when Ray starts): the figures above
 are behind Serve's Python proxy, which forwards every request by an actor call and caps a no-op app
-at about 200 req/s on 2 cores. Behind HAProxy (the default where it is installed) connections go
+at about 200 req/s on 2 cores. Behind HAProxy (the default where a binary is found) connections go
 straight to the ingress replicas: the no-op app did 540-930 req/s and the fused app 1.7-2x its
 proxy figure, bound by its own compute (serve_apps/README.md, "Front door"). The app's code keeps an
 event loop of its own in each replica (Serve's default, ``Scaling.user_code_thread``): on Serve's loop

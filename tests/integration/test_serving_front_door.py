@@ -32,7 +32,7 @@ def other_door(serving_app) -> str:
     if session == "haproxy":
         return "proxy"
     if haproxy_binary() is None:
-        pytest.skip("haproxy is not installed: only Serve's Python proxy can front the app here")
+        pytest.skip("no haproxy binary here (ray[serve] brings one on Linux only): only Serve's Python proxy can front the app")
     return "haproxy"
 
 

