@@ -22,7 +22,7 @@ import urllib.request
 from typing import Any
 
 from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
-from rayrec.serving.ingress import INGRESS_ENV, MODES, IngressUnavailable
+from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
 
 log = logging.getLogger("pipelines.serve")
 
@@ -98,7 +98,7 @@ def _wait_healthy(url: str, wait_s: float) -> None:
 
 
 def banner(url: str, ingress: str | None = None) -> str:
-    door = {"haproxy": "HAProxy", "proxy": "Serve's HTTP proxy"}.get(ingress or "")
+    door = DOOR_NAMES.get(ingress or "")
     return "\n".join([
         f"rayrec is serving at {url}/  (web page; API docs at {url}/docs)" + (f"; front door: {door}" if door else ""),
         "try:",

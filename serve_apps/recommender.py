@@ -39,8 +39,9 @@ there polls for a free replica with back-off (up to 0.5 s), leaving replicas idl
 it held 48–65 (again with 2 replicas: at concurrency 32, 48 held 115 req/s, 16 gave 76 and 8 gave 60,
 their 503s costing the CPU that served requests). So the ingress admits up to 48 requests per replica
 (waiting there costs nothing: asyncio), the proxy queues at most 16 more and refuses the rest at once
-(BackPressureError → 503); behind HAProxy each replica refuses past the same limits itself. Shedding requests inside the replica past a deadline was tried and
-dropped: the work already done was wasted and goodput fell. Health checks report only faults local
+(BackPressureError → 503); behind HAProxy each replica refuses past the same limits itself. Shedding
+requests inside the replica past a deadline was tried and dropped: the work already done was wasted
+and goodput fell. Health checks report only faults local
 to a replica (a broken bundle or thread pool); a store outage degrades answers instead.
 """
 

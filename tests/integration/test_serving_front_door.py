@@ -20,7 +20,7 @@ import pytest
 from test_serving_e2e import call, check_list
 
 from rayrec.retrieval import read_ratings
-from rayrec.serving.ingress import haproxy_binary
+from rayrec.serving.ingress import DOOR_NAMES, haproxy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def test_the_serving_job_answers_behind_the_other_front_door(serving_app, other_
                 assert job.poll() is None, f"the serving job exited with {job.returncode}:\n{log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, f"the serving job did not come up:\n{log.read_text()[-3000:]}"
                 time.sleep(1)
-            door = {"haproxy": "HAProxy", "proxy": "Serve's HTTP proxy"}[other_door]
+            door = DOOR_NAMES[other_door]
             assert f"front door: {door}" in log.read_text()
 
             status, health = call(f"{url}/healthz")

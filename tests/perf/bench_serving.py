@@ -217,20 +217,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _each_ingress(modes: list[str], argv: list[str], args: argparse.Namespace) -> int:
     """The benchmark once per front door, each in a subprocess with a Ray of its own; both reports."""
-    rest: list[str] = []
-    skip = False
-    for a in argv:  # the same arguments, less --ingress and --out (each run gets its own)
-        if skip or a in ("--ingress", "--out"):
-            skip = not skip and a in ("--ingress", "--out")
-            continue
-        if not a.startswith(("--ingress=", "--out=")):
-            rest.append(a)
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
             out = f"{tmp}/{mode}.json"
             print(f"== front door: {mode}", flush=True)
-            rc = subprocess.call([sys.executable, __file__, *rest, "--ingress", mode, "--out", out])
+            # the same arguments; argparse keeps the last --ingress and --out, this run's own
+            rc = subprocess.call([sys.executable, __file__, *argv, "--ingress", mode, "--out", out])
             if rc:
                 return rc
             report = json.loads(Path(out).read_text())

@@ -27,12 +27,14 @@ import shutil
 import socket
 from typing import Literal
 
-__all__ = ["INGRESS_ENV", "IngressMode", "IngressUnavailable", "apply_ingress", "haproxy_binary", "resolve_ingress"]
+__all__ = ["DOOR_NAMES", "INGRESS_ENV", "IngressMode", "IngressUnavailable", "apply_ingress", "haproxy_binary", "resolve_ingress"]
 
 log = logging.getLogger(__name__)
 
 IngressMode = Literal["auto", "haproxy", "proxy"]
 MODES: tuple[str, ...] = ("auto", "haproxy", "proxy")
+#: what each resolved mode is called where a person reads it (the serving job's banner)
+DOOR_NAMES = {"haproxy": "HAProxy", "proxy": "Serve's HTTP proxy"}
 #: the mode when none is passed: ``auto`` unless this variable says otherwise
 INGRESS_ENV = "RAYREC_INGRESS"
 _SERVE_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
