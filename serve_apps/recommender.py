@@ -63,6 +63,7 @@ from rayrec.realtime import ColdContext
 from rayrec.serving import RecommenderService, ServingConfig, create_app
 from rayrec.serving.api import Recommendation
 from rayrec.serving.core import Ranked, Recalled
+from rayrec.serving.threads import single_threaded
 
 log = logging.getLogger("ray.serve")
 
@@ -179,18 +180,11 @@ class AppArgs(BaseModel):
         return str(repo_root() / v)
 
 
-def _threads() -> None:
-    """One intra-op thread per replica: replicas and requests are the parallelism on a small node."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 class _Stage:
     """Shared by every deployment: a :class:`RecommenderService` and hot reconfiguration."""
 
     def __init__(self, artifacts: str, store: str | None, composition: str) -> None:
-        _threads()
+        single_threaded()  # replicas and requests are the parallelism, not threads in one request
         self.service = RecommenderService.create(artifacts, store, ServingConfig(), composition=composition)
         self._sync: asyncio.Task[None] | None = None
 

@@ -68,11 +68,10 @@ class InProcess:
     as the ingress's ``serve.batch`` then does)."""
 
     def __init__(self, artifacts: str, store: str | None, paths: list[str], batch: int = 1) -> None:
-        import torch
-
         from rayrec.serving import RecommenderService
+        from rayrec.serving.threads import single_threaded
 
-        torch.set_num_threads(1)  # as in a replica
+        single_threaded()  # as in a replica
         self.svc = RecommenderService.create(artifacts, store)
         self.ids = [int(p.split("user_id=")[1].split("&")[0]) for p in paths]
         self.batch = batch
