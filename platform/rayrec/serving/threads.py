@@ -16,11 +16,7 @@ threads than the replicas it is compared with.
 
 from __future__ import annotations
 
-import logging
-
 __all__ = ["single_threaded", "pool_sizes"]
-
-log = logging.getLogger(__name__)
 
 
 def single_threaded() -> dict[str, int]:
