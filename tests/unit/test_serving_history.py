@@ -27,3 +27,25 @@ def test_events_lay_on_top_of_the_batch_history_and_fresh_likes_are_the_online_o
     assert got.liked == (23, 22, 10) and got.fresh == (23, 22) and got.online_events == len(events)
     assert merge_events(base, []) is base
     assert merge_events(hist.user(99), events[:1]).fresh == (20,)  # a user known only online
+
+
+def test_likes_follow_the_user_rows_order_when_events_share_a_second() -> None:
+    """The ranker and the user tower get the likes of ``merge_events``; the real-time updater writes
+    the row's ``user_recent_items``. Ratings posted within one second (a user rating a few movies in
+    a row) must give both the same five, whatever order they arrived in."""
+    from rayrec.realtime.stats import UserStats
+
+    batch = pd.DataFrame({"userId": [1] * 3, "movieId": [10, 11, 12], "rating": [5.0, 4.0, 4.5], "timestamp": [1, 2, 3]})
+    base = RatingHistory(batch).user(1)
+    row = {"user_rating_count": 3, "user_rating_mean": 4.5, "user_rating_std": 0.5, "user_genres": [],
+           "user_recent_items": list(base.liked), "last_timestamp": 3}  # fmt: skip
+    # same second, arrival order not movie order; one like taken back, one movie rated twice
+    posted = [(50, 5.0, 100), (7, 4.5, 100), (31, 4.0, 100), (99, 5.0, 100), (31, 1.0, 100), (64, 4.0, 100),
+              (8, 5.0, 100), (64, 4.5, 100), (5, 5.0, 99)]  # fmt: skip
+    stats = UserStats.of_row(row)
+    for movie, value, ts in posted:
+        stats.rate(movie, value, ts, [], None, 3.5)
+    events = [{"kind": "rating", "movie_id": m, "value": v, "timestamp": t} for m, v, t in posted]
+    got = merge_events(base, events)
+    assert list(got.liked[:5]) == stats.features()["user_recent_items"] == [99, 64, 50, 8, 7]
+    assert got.liked == (99, 64, 50, 8, 7, 5, 12, 11, 10) and got.fresh == (99, 64, 50, 8, 7, 5)  # 31: taken back

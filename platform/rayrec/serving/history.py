@@ -75,15 +75,39 @@ class RatingHistory:
         return UserHistory(frozenset(movies.tolist()), tuple(liked.tolist()))
 
 
-def _event_fields(e: Mapping[str, Any]) -> tuple[int | None, str, float | None]:
-    """(movie id, kind, rating) of a history event, whichever spelling the writer used."""
-    movie = e.get("movie_id", e.get("movieId"))
+def _event_fields(e: Mapping[str, Any]) -> tuple[int | None, str, float | None, int | None]:
+    """(movie id, kind, rating, timestamp) of a history event, whichever spelling the writer used;
+    None for a field that is absent or not a number."""
     kind = str(e.get("kind", e.get("type", "rating")))
     value = e.get("value", e.get("rating"))
     try:
-        return (int(movie) if movie is not None else None), kind, (float(value) if value is not None else None)
+        rating = float(value) if value is not None else None
     except (TypeError, ValueError):
-        return None, kind, None
+        rating = None
+    return _int(e.get("movie_id", e.get("movieId"))), kind, rating, _int(e.get("timestamp", e.get("ts")))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _in_time_order(events: Sequence[Mapping[str, Any]]) -> list[tuple[int, str, float | None]]:
+    """(movie, kind, rating) of the events with a movie, in the order the user row's features take
+    them (:mod:`rayrec.realtime.stats`, and the batch before it): by timestamp, ties by movie id,
+    events of the same movie and second in arrival order. An event without a timestamp counts as
+    of the one before it."""
+    keyed: list[tuple[int, int, int, str, float | None]] = []
+    last = 0
+    for i, e in enumerate(events):
+        movie, kind, value, ts = _event_fields(e)
+        last = last if ts is None else ts
+        if movie is not None:
+            keyed.append((last, movie, i, kind, value))
+    keyed.sort()
+    return [(movie, kind, value) for _, movie, _, kind, value in keyed]
 
 
 def merge_events(
@@ -91,16 +115,15 @@ def merge_events(
 ) -> UserHistory:
     """``base`` with online events (oldest first, as the store returns them) laid on top: every
     event's item is seen; a rating at or above the threshold is the newest like, and a later low
-    rating of an item takes it out of the likes."""
+    rating of an item takes it out of the likes. "Later" is the timestamp's order, ties by movie
+    id, as in the user row the real-time updater writes: the likes the ranker and the user tower
+    are given here are the row's ``user_recent_items`` when both are up to date."""
     if not events:
         return base
     seen = set(base.seen)
     liked = list(base.liked)
     fresh: list[int] = []
-    for e in events:
-        movie, kind, value = _event_fields(e)
-        if movie is None:
-            continue
+    for movie, kind, value in _in_time_order(events):
         seen.add(movie)
         if kind == "rating" and value is not None:
             for likes in (liked, fresh):
