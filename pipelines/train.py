@@ -37,6 +37,26 @@ def _summary(result) -> str:  # noqa: ANN001
     return "\n".join(lines)
 
 
+def _model_settings(model: str, pairs: list[str]):  # noqa: ANN202
+    """The model config with ``KEY=VALUE`` overrides (values parsed as YAML: numbers, lists, words)."""
+    if not pairs:
+        return None
+    import yaml
+
+    from rayrec.models import model_config
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        return model_config(model, overrides)
+    except TypeError as e:
+        raise ValueError(f"--set: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train, evaluate and register a model on Ray Train.")
     parser.add_argument("--model", required=True, choices=["ranker", "retriever"])
@@ -49,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="per-worker batch size")
     parser.add_argument("--lr", type=float, default=None, help="learning rate")
     parser.add_argument("--no-refit", action="store_true", help="keep the early-stopped model instead of refitting on all train rows")
+    parser.add_argument("--refit-on", choices=["all", "train"], default="all",
+                        help="the refit learns from every sample (all: train + test; the test metrics then come from the "
+                        "selection model) or from the train samples only")
     parser.add_argument("--max-users", type=int, default=None, help="train on the first N users only (quick check)")
     parser.add_argument("--no-publish", action="store_true", help="evaluate without registering the model")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model setting (RankerConfig / TwoTowerConfig field), e.g. --set like_weight=0.5")
     add_common_args(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -58,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train = default_train_config(
             args.model, num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-            refit=not args.no_refit, **overrides,
+            refit=not args.no_refit, refit_on=args.refit_on, **overrides,
         )  # fmt: skip
         cfg = JobConfig(
             name=args.model, artifacts=artifacts_arg(args.artifacts), features_version=args.features_version,
-            train=train, run_name=args.run_name, max_users=args.max_users, publish=not args.no_publish,
+            train=train, model=_model_settings(args.model, args.set), run_name=args.run_name,
+            max_users=args.max_users, publish=not args.no_publish,
         )  # fmt: skip
     except ValueError as e:
         parser.error(str(e))

@@ -31,11 +31,14 @@ def tower_batch(data, n=64):
     return to_tensors(encode_pairs(data.spec, rows, 20))
 
 
-def test_ranker_outputs_one_logit_per_row_and_learns(data):
+@pytest.mark.parametrize("objective,heads", [("like", 1), ("topn", 2)])
+def test_ranker_outputs_one_logit_per_head_and_learns(data, objective, heads):
     torch.manual_seed(0)
-    model = Ranker(RankerConfig(hidden=(32, 32), dropout=0.0, movie_weight_decay=0.0), data.spec.sizes)
+    cfg = RankerConfig(hidden=(32, 32), dropout=0.0, movie_weight_decay=0.0, objective=objective)
+    model = Ranker(cfg, data.spec.sizes)
     batch = ranker_batch(data, 128)
-    assert model(batch).shape == (128,)
+    batch["interact"] = (torch.arange(128) % 2 == 0).float()  # half the rows rated
+    assert model(batch).shape == (128, heads)
     p = model.predict(batch)
     assert ((p > 0) & (p < 1)).all()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -45,6 +48,30 @@ def test_ranker_outputs_one_logit_per_row_and_learns(data):
         model.loss(batch).backward()
         opt.step()
     assert model.loss(batch).item() < 0.5 * first  # it can fit a small batch: gradients reach every part
+
+
+def test_topn_score_is_interact_times_like_and_like_head_learns_from_rated_rows_only(data):
+    torch.manual_seed(0)
+    model = Ranker(RankerConfig(objective="topn", like_weight=0.5), data.spec.sizes).eval()
+    batch = ranker_batch(data, 32)
+    logits = model(batch)
+    want = torch.sigmoid(logits[:, 0]) * torch.sigmoid(logits[:, 1]) ** 0.5
+    assert torch.allclose(model.predict(batch), want, atol=1e-6)
+    assert torch.allclose(model.like_probability(batch), torch.sigmoid(logits[:, 1]))
+    # an unrated row's like label carries no gradient to the like head
+    batch["interact"] = torch.zeros(32)
+    batch["label"] = torch.ones(32)
+    model.train()
+    model.zero_grad()
+    out = model(batch)
+    model.loss_of(out, batch).backward()
+    head = model.over[-1]
+    assert head.weight.grad[1].abs().sum() == 0 and head.weight.grad[0].abs().sum() > 0
+
+
+def test_a_saved_config_without_an_objective_loads_as_the_like_model():
+    assert RankerConfig.from_dict({"embedding_dim": 8}).objective == "like"
+    assert model_config("ranker", {"embedding_dim": 8}).objective == "topn"
 
 
 def test_ranker_param_groups_cover_every_parameter_once(data):

@@ -26,7 +26,7 @@ def model_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     cls = MODELS[name][1]
-    return cls.from_dict(dict(overrides or {})) if overrides else cls()
+    return cls.from_dict({**cls().to_dict(), **overrides}) if overrides else cls()
 
 
 def build_model(name: str, config: Any, sizes: Mapping[str, int] | FeatureSpec) -> nn.Module:

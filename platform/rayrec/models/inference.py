@@ -105,7 +105,7 @@ class RankerScorer:
             user = {k: np.repeat(v, n_items, axis=0) for k, v in user.items()}
         batch = _tensors({**user, **self.spec.encode_item(item_rows)})
         with torch.inference_mode():
-            return torch.sigmoid(self.model(batch)).numpy().astype(np.float32, copy=False)
+            return self.model.predict(batch).numpy().astype(np.float32, copy=False)
 
 
 def user_vectors(model: TwoTower, spec: FeatureSpec, rows: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:

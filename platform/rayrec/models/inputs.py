@@ -44,10 +44,12 @@ def encode_items(spec: FeatureSpec, rows: Rows) -> dict[str, np.ndarray]:
 
 
 def encode_pairs(spec: FeatureSpec, rows: Rows, history_len: int | None = None) -> dict[str, np.ndarray]:
-    """User and item inputs of paired rows, plus ``label`` (float32) when the rows carry one."""
+    """User and item inputs of paired rows, plus ``label`` and ``interact`` (float32) when the rows carry
+    them."""
     out = {**encode_users(spec, rows, history_len), **spec.encode_item(rows)}
-    if "label" in rows:
-        out["label"] = np.asarray(rows["label"], dtype=np.float32)
+    for target in ("label", "interact"):
+        if target in rows:
+            out[target] = np.asarray(rows[target], dtype=np.float32)
     return out
 
 

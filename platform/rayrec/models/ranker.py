@@ -1,5 +1,14 @@
 """The Embedding+MLP ranker: embeddings of every categorical feature, normalised numeric features,
-concatenated into an MLP (128-128-1) and a sigmoid; trained with binary cross-entropy.
+concatenated into an MLP (128-128) with one logit per head; trained with binary cross-entropy.
+
+Objectives (``RankerConfig.objective``):
+
+- ``topn`` (default): it ranks the candidates recall offers, most of which the user never rates, so it
+  learns two heads: P(interact | user, item), on rated pairs against sampled unrated items (negatives
+  drawn by popularity, as recall draws its candidates), and P(like | interact), on rated pairs only.
+  The ranking score is ``P(interact) · P(like | interact) ** like_weight``.
+- ``like``: one head, P(rating ≥ threshold | the user rated the item), on rated pairs only. It knows
+  nothing of what users never watch, and promotes well-rated items that few people pick.
 
 It scores one (user, item) pair from the FeatureSpec's encoded inputs (``FeatureSpec.encode``):
 
@@ -15,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -52,6 +61,14 @@ class RankerConfig:
     # within one epoch; a strong decay shrinks a movie's vector between its (rare) updates, so only
     # movies seen often keep one and the rest fall back on their features.
     movie_weight_decay: float = 300.0
+    objective: Literal["topn", "like"] = "topn"
+    like_weight: float = 1.0  # topn: exponent of P(like | interact) in the ranking score
+    negatives: int = 4  # topn: sampled unrated items per rated training row
+    negative_power: float = 0.75  # topn: negatives drawn with probability ∝ popularity ** power
+
+    @property
+    def heads(self) -> int:
+        return 2 if self.objective == "topn" else 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -60,11 +77,13 @@ class RankerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RankerConfig:
-        return cls(**{**d, "hidden": tuple(d.get("hidden", cls.hidden))})
+        # a config saved before objectives existed is a one-head like model
+        return cls(**{"objective": "like", **d, "hidden": tuple(d.get("hidden", cls.hidden))})
 
 
 class Ranker(nn.Module):
-    """P(like | user, item). ``forward`` returns logits; ``predict`` probabilities."""
+    """Scores (user, item) pairs. ``forward`` returns the heads' logits (B, H); ``predict`` the
+    ranking score in [0, 1]; ``like_probability`` P(like | the user rated the item)."""
 
     kind = "ranker"
 
@@ -80,7 +99,7 @@ class Ranker(nn.Module):
         self.item_count = nn.Embedding(sizes["item_rating_count_buckets"], b)
         self.item_year = nn.Embedding(sizes["item_year_buckets"], b)
         n_in = 6 * d + 3 * b + sizes["user_dense"] + sizes["item_dense"] + 3
-        self.over = mlp(n_in, config.hidden, 1, config.dropout)
+        self.over = mlp(n_in, config.hidden, config.heads, config.dropout)
         for table in (self.user, self.item, self.genre):
             nn.init.normal_(table.weight, std=0.05)
 
@@ -117,14 +136,35 @@ class Ranker(nn.Module):
             ],
             dim=1,
         )  # fmt: skip
-        return self.over(x).squeeze(1)  # (B,)
+        return self.over(x)  # (B, H): [interact, like] for topn, [like] for like
+
+    def loss_of(self, logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Binary cross-entropy of the heads; the like head learns from rated rows only."""
+        bce = nn.functional.binary_cross_entropy_with_logits
+        label = batch["label"].float()
+        if self.config.objective == "like":
+            return bce(logits[:, 0].float(), label)
+        rated = batch["interact"].float()
+        like = bce(logits[:, 1].float(), label, reduction="none")
+        return bce(logits[:, 0].float(), rated) + (like * rated).sum() / rated.sum().clamp_min(1.0)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(self(batch), batch["label"].float())
+        return self.loss_of(self(batch), batch)
+
+    def score_of(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B,) ranking score in [0, 1] from the heads' logits."""
+        if self.config.objective == "like":
+            return torch.sigmoid(logits[:, 0])
+        log_s = nn.functional.logsigmoid(logits[:, 0]) + self.config.like_weight * nn.functional.logsigmoid(logits[:, 1])
+        return torch.exp(log_s)
 
     @torch.no_grad()
     def predict(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid(self(batch))
+        return self.score_of(self(batch))
+
+    @torch.no_grad()
+    def like_probability(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.sigmoid(self(batch)[:, -1])
 
 
 def _drop(ids: torch.Tensor, p: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,9 @@ class TwoTowerConfig:
     id_dropout: float = 0.1  # share of training positives seen through the OOV id
     dropout: float = 0.0
     user_weight_decay: float = 10.0  # decoupled decay of the user-id table: keeps it a small correction
+    # training positives: "liked" rows (rating ≥ the label threshold) or "all" rated rows (every
+    # interaction, what relevance means when any watch counts); the pooled history is liked movies
+    positives: Literal["liked", "all"] = "liked"
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

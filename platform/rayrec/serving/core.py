@@ -263,10 +263,14 @@ class Recommender:
         ]
 
     # -- stage 3: rerank ----------------------------------------------------------------------------
-    def finish(self, r: Recalled, ranked: Ranked) -> Recommendation:
-        """Rerank the scored candidates into the final list, with reasons."""
+    def fused_scores(self, r: Recalled, ranked: Ranked) -> np.ndarray:
+        """The order rerank starts from, one score per candidate (higher first)."""
+        return self._start(r, ranked)[0].scores
+
+    def _start(self, r: Recalled, ranked: Ranked) -> tuple[Candidates, Any, tuple[np.ndarray, np.ndarray] | None]:
+        """What rerank starts from: the candidates with their starting scores, the rerank settings,
+        and the candidates' index vectors."""
         b = self.bundle
-        t0 = time.perf_counter()
         n = len(r.ids)
         rows = ranked.rows
         genres: list[list[str]] = []
@@ -295,6 +299,15 @@ class Recommender:
             embeddings=vecs[1] if vecs is not None else None, has_embedding=vecs[0] if vecs is not None else None,
             genre_matrix=genre_matrix,
         )  # fmt: skip
+        return cands, cfg, vecs
+
+    def finish(self, r: Recalled, ranked: Ranked) -> Recommendation:
+        """Rerank the scored candidates into the final list, with reasons."""
+        b = self.bundle
+        t0 = time.perf_counter()
+        rows = ranked.rows
+        cands, cfg, vecs = self._start(r, ranked)
+        genres = cands.genres
         out = rerank(cands, r.k, cfg, seen=r.seen, now_year=b.now_year)
         reasons = _Reasons(self, r, ranked, vecs)
         items = []

@@ -20,6 +20,10 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation metric before stopping
     valid_fraction: float = 0.1  # each user's last share of training rows: the validation split
     refit: bool = True  # after selecting the epoch count on validation, retrain on all training rows
+    # what the refit learns from: "all" = the train and test samples (every rating the features know:
+    # the published model misses none, and the test metrics come from the selection model, which saw
+    # no test row); "train" = the train samples only (the test metrics then come from the refit model)
+    refit_on: Literal["train", "all"] = "all"
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False
@@ -37,6 +41,8 @@ class TrainConfig:
             raise ValueError(f"num_workers must be ≥ 1, got {self.num_workers}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.refit_on not in ("train", "all"):
+            raise ValueError(f"refit_on must be 'train' or 'all', got {self.refit_on!r}")
         if self.schedule not in ("onecycle", "constant"):
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
 

@@ -4,10 +4,13 @@
    (by time) is the validation split, the rest the fit split.
 2. **select**: train on fit with early stopping on the validation metric (ranker: ROC AUC; retriever:
    Recall@50 over the catalog), which picks the number of epochs.
-3. **refit** (``TrainConfig.refit``): train again on all training rows for that many epochs, so the
-   most recent ratings, the ones closest to the test period, are not lost to validation.
+3. **refit** (``TrainConfig.refit``): train again for that many epochs on every sample the features
+   know (``refit_on="all"``: train and test, so the published model misses no rating, the most recent
+   ones included) or on the train samples (``refit_on="train"``).
 4. **test**: ranker ROC AUC, PR AUC, log loss and accuracy on the test split; retriever Recall@k,
-   NDCG@10, HitRate@10 and coverage, with the popularity baseline scored on the same task.
+   NDCG@10, HitRate@10 and coverage, with the popularity baseline scored on the same task. The model
+   tested never saw a test row: the selection model when the refit learnt from the test samples
+   (``metrics["tested_model"]`` says which).
 5. **registry**: weights, config, spec hash, data range and metrics under ``models/<name>/<version>``;
    the retriever adds the item embeddings of the whole catalog (``item_embeddings.parquet``).
 
@@ -49,10 +52,11 @@ from rayrec.training.data import (
     to_dataset,
     users_at,
 )
+from rayrec.training.negatives import add_negatives
 from rayrec.training.tasks import RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
 from rayrec.training.trainer import FitResult, fit, runs_root
 
-__all__ = ["JobConfig", "JobResult", "run_job", "retriever_rows", "retrieval_data"]
+__all__ = ["JobConfig", "JobResult", "run_job", "ranker_rows", "retriever_rows", "retrieval_data"]
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +111,8 @@ def _subset(fv: FeaturesVersion, max_users: int | None) -> FeaturesVersion:
     return FeaturesVersion(fv.version, fv.path, fv.spec, keep(fv.train), keep(fv.test), fv.movies)
 
 
-def retriever_rows(rows: pd.DataFrame, movies: pd.DataFrame, history_len: int) -> pd.DataFrame:
-    """The retriever's training rows: the liked samples, each with the user's point-in-time history of
+def retriever_rows(rows: pd.DataFrame, movies: pd.DataFrame, history_len: int, positives: str = "liked") -> pd.DataFrame:
+    """The retriever's training rows: the liked samples (``positives="all"``: every rated sample), each with the user's point-in-time history of
     liked movies, and the item statistics of one snapshot (as of the end of ``rows``).
 
     Why a snapshot: a sample's point-in-time item statistics say *when* it happened (a movie's count
@@ -117,7 +121,8 @@ def retriever_rows(rows: pd.DataFrame, movies: pd.DataFrame, history_len: int) -
     item is seen at one instant. Static statistics of the training period keep the signal (popularity,
     average rating) without the clock."""
     out = rows.assign(history_items=positive_history(rows, history_len))
-    out = out[out["label"].to_numpy() == 1].reset_index(drop=True)
+    if positives == "liked":
+        out = out[out["label"].to_numpy() == 1].reset_index(drop=True)
     snap = items_at(rows, movies).set_index("movieId")
     for col in ITEM_STATS:
         out[col] = snap[col].reindex(out["movieId"].to_numpy()).to_numpy()
@@ -137,18 +142,28 @@ def retrieval_data(
 
 
 # -- stages ----------------------------------------------------------------------------------------
+def ranker_rows(rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int) -> pd.DataFrame:
+    """The ranker's rows: the rated samples, and for the ``topn`` objective their sampled negatives
+    (:mod:`rayrec.training.negatives`), drawn against every rating of the features version."""
+    if mc.objective != "topn":
+        return rows
+    ratings = pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]]
+    return add_negatives(rows, ratings, fv.movies, mc.negatives, power=mc.negative_power, seed=seed)
+
+
 def _ranker_task(cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None) -> tuple[Any, Any]:
-    spec = fv.spec
-    task = RankTask(cfg.model_config, spec.sizes, rows=len(rows),
-                    valid=encode_pairs(spec, valid) if valid is not None else None)  # fmt: skip
-    return task, to_dataset(rows, spec)
+    spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
+    train_rows = ranker_rows(rows, fv, mc, seed)
+    vrows = ranker_rows(valid, fv, mc, seed + 1) if valid is not None else None
+    task = RankTask(mc, spec.sizes, rows=len(train_rows), valid=encode_pairs(spec, vrows) if vrows is not None else None)
+    return task, to_dataset(train_rows, spec)
 
 
 def _retriever_task(
     cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None
 ) -> tuple[Any, Any]:
     spec, h = fv.spec, cfg.model_config.history_len
-    train_rows = retriever_rows(rows, fv.movies, h)
+    train_rows = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)
     counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
     vdata = retrieval_data(rows, valid, fv.movies, spec, h) if valid is not None else None
     task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata)
@@ -198,30 +213,43 @@ def run_job(cfg: JobConfig) -> JobResult:
           f"samples, {tc.num_workers} worker(s), {'GPU' if tc.use_gpu else 'CPU'}", flush=True)  # fmt: skip
 
     select: FitResult | None = None
+    rows_used: dict[str, int] = {}  # training rows of each stage (sampled negatives included)
     if valid_rows is not None:
         t = time.perf_counter()
         task, ds = make_task(cfg, fv, fit_rows, valid_rows)
         select = fit(task, ds, tc, name="select", storage=run_dir)
+        rows_used["select"] = task.rows
         timings["select_s"] = time.perf_counter() - t
         print(f"[{cfg.name}] selected {select.best_epoch + 1} epoch(s): valid {task.metric} "
               f"{select.progress['best_metric']:.4f}", flush=True)  # fmt: skip
+    tested = None
     if select is None or tc.refit:
         t = time.perf_counter()
         epochs = select.best_epoch + 1 if select is not None else tc.epochs
-        task, ds = make_task(cfg, fv, fv.train, None)
+        refit_rows = fv.train
+        if select is not None and tc.refit_on == "all":
+            refit_rows = pd.concat([fv.train, fv.test], ignore_index=True)
+            tested = select  # the refit model has seen the test rows
+        task, ds = make_task(cfg, fv, refit_rows, None)
         final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir)
+        rows_used["refit"] = task.rows
         timings["refit_s"] = time.perf_counter() - t
     else:
         final = select
+    tested = tested or final
 
     t = time.perf_counter()
     model = build_model(cfg.name, mc, fv.spec)
-    model.load_state_dict(final.weights)
+    model.load_state_dict(tested.weights)
     model.eval()
     files: dict[str, bytes] = {}
     if cfg.name == "ranker":
-        test = classification_metrics(fv.test["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, fv.test)))
+        # P(like | rated) on the rated test pairs: the explicit-rating AUC of every ranker
+        test = classification_metrics(fv.test["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, fv.test), like=True))
         metrics: dict[str, Any] = {"test": test}
+        if mc.objective == "topn":  # the ranking score: liked test rows against their sampled negatives
+            rows = ranker_rows(fv.test, fv, mc, tc.seed + 2)
+            metrics["test_topn"] = classification_metrics(rows["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, rows)))
     else:
         assert isinstance(model, TwoTower)
         data = retrieval_data(fv.train, fv.test, fv.movies, fv.spec, mc.history_len)
@@ -231,11 +259,15 @@ def run_job(cfg: JobConfig) -> JobResult:
             "test": retrieval_metrics(model, data),
             "popularity": evaluate(data.task, lambda pos: np.broadcast_to(pop, (len(pos), len(pop)))),
         }
+        if tested is not final:
+            model.load_state_dict(final.weights)
         files["item_embeddings.parquet"] = _catalog_embeddings(model, fv)
     timings["test_s"] = time.perf_counter() - t
     if select is not None:
         metrics["valid"] = {"metric": select.progress.get("best_metric"), "best_epoch": select.best_epoch + 1,
                             "history": select.progress["history"]}  # fmt: skip
+    metrics["tested_model"] = "select" if tested is not final else ("refit" if select is not None and tc.refit else "fit")
+    metrics["train_rows"] = rows_used
     metrics["epochs"] = final.epochs_run
     metrics["timings"] = timings
 

@@ -33,11 +33,14 @@ def _chunks(arrays: Arrays, size: int, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def predict_ranker(model: nn.Module, arrays: Arrays, device: torch.device | str = "cpu", chunk: int = 8192) -> np.ndarray:
-    """Probabilities of the ranker on encoded rows, in order."""
+def predict_ranker(
+    model: nn.Module, arrays: Arrays, device: torch.device | str = "cpu", chunk: int = 8192, like: bool = False
+) -> np.ndarray:
+    """The ranker's ranking scores (``predict``; ``like=True``: P(like | rated)) on encoded rows, in order."""
     was = model.training
     model.eval()
-    out = [torch.sigmoid(model(b)).float().cpu().numpy() for b in _chunks(arrays, chunk, torch.device(device))]
+    fn = model.like_probability if like else model.predict  # type: ignore[operator]
+    out = [fn(b).float().cpu().numpy() for b in _chunks(arrays, chunk, torch.device(device))]
     model.train(was)
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
@@ -72,7 +75,9 @@ def retrieval_metrics(model: TwoTower, data: RetrievalData, device: torch.device
 
 @dataclass(frozen=True)
 class RankTask:
-    """Binary like/dislike classification of (user, item) rows with BCE."""
+    """The ranker's heads with BCE (see :class:`~rayrec.models.ranker.Ranker`). Validation: ROC AUC of
+    the ranking score against ``label`` (liked) on the validation rows (with their sampled negatives
+    for the ``topn`` objective)."""
 
     config: Any  # RankerConfig
     sizes: dict[str, int]
@@ -86,8 +91,7 @@ class RankTask:
         return build_model(self.name, self.config, self.sizes)
 
     def loss(self, model: nn.Module, raw: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(batch)
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+        return raw.loss_of(model(batch), batch)  # type: ignore[operator]
 
     def validate(self, raw: nn.Module, device: torch.device) -> dict[str, float]:
         assert self.valid is not None

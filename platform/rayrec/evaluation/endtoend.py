@@ -1,0 +1,259 @@
+"""End-to-end offline evaluation: is the list a user gets from ``/recommend`` any good?
+
+1. split the raw ratings by a named protocol (:mod:`rayrec.evaluation.protocols`);
+2. run the real offline jobs (features → online store → ranker → retriever → index) on the known part
+   into a scratch artifacts folder: the caller passes them in as ``offline``, the very steps of the
+   main job;
+3. load the real serving code in this process (:class:`~rayrec.serving.service.RecommenderService`,
+   what a replica runs) and, for every evaluated user, run recall → rank → rerank;
+4. score the lists each stage would serve alone, the final list, and the baselines (most-popular,
+   item-kNN, EASE with λ tuned on a validation split of the known part) in the same run.
+
+The stages: ``retriever`` (the two-tower's own top list, the embedding path alone), ``recall`` (the
+merged multi-path candidates in merge order), ``ranker`` (the candidates by ranker score), ``fused``
+(the order rerank starts from), ``served`` (the final list). Sweeps of the MMR ``diversity`` and of
+``rank_weight`` re-run only the rerank stage on the same candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rayrec.data.movielens import MovieLens
+from rayrec.evaluation.baselines import Interactions, ease_scores, item_knn, most_popular, top_unseen, tune_ease
+from rayrec.evaluation.protocols import Split, split_ratings
+from rayrec.evaluation.topn import Relevance, list_metrics, pack_lists
+
+__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "write_known", "STAGES"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("retriever", "recall", "ranker", "fused", "served")
+Offline = Callable[[str, str], None]  # (MovieLens folder of the known part, artifacts dir) → jobs run
+
+
+@dataclass(frozen=True)
+class EndToEndConfig:
+    protocol: str = "temporal"
+    k: int = 10
+    k_long: int = 50  # Recall@k_long of each stage (the served list asked for k_long items)
+    diversity_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
+    rank_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    max_users: int | None = None  # evaluate the first N users only (quick checks)
+    knn_neighbours: int = 100
+
+
+@dataclass
+class EndToEndResult:
+    protocol: str
+    rows: dict[str, dict[str, float]]  # stage or baseline → metrics
+    sweeps: dict[str, list[dict[str, float]]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "rows": self.rows, "sweeps": self.sweeps, "info": self.info}
+
+
+def write_known(data: MovieLens, ratings: pd.DataFrame, folder: Path) -> Path:
+    """Write ``ratings`` and the catalog as a MovieLens folder the feature job reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings[["userId", "movieId", "rating", "timestamp"]].to_csv(folder / "ratings.csv", index=False)
+    movies = data.movies[["movieId", "title"]].copy()
+    movies["genres"] = ["|".join(g) if len(g) else "(no genres listed)" for g in data.movies["genres"]]
+    movies.to_csv(folder / "movies.csv", index=False)
+    return folder
+
+
+def _unseen_lists(lists: Sequence[Sequence[int]], seen: Sequence[frozenset[int]], k: int) -> np.ndarray:
+    return pack_lists([[m for m in items if m not in s][:k] for items, s in zip(lists, seen)], k)
+
+
+class _Collector:
+    """Runs the serving stages for every user and keeps each stage's list."""
+
+    def __init__(self, service: Any, cfg: EndToEndConfig) -> None:
+        self.service, self.cfg = service, cfg
+        self.lists: dict[str, list[list[int]]] = {s: [] for s in STAGES}
+        self.served_long: list[list[int]] = []
+        self.seen: list[frozenset[int]] = []
+        self.requests: list[tuple[Any, Any]] = []  # (Recalled, Ranked) at k, for the sweeps
+        self.took_ms: list[float] = []
+        self.degraded = 0  # answers without the ranker or the store (none expected)
+
+    async def run(self, users: np.ndarray) -> None:
+        from rayrec.retrieval.state import UserState
+
+        svc, k, kl = self.service, self.cfg.k, self.cfg.k_long
+        core = svc.core
+        for u in users.tolist():
+            t = time.perf_counter()
+            recalled = await svc.recall_local(int(u), k)
+            ranked = await svc.rank_local(recalled)
+            final = core.finish(recalled, ranked)
+            self.took_ms.append((time.perf_counter() - t) * 1e3)
+            long = await svc.recommend(int(u), kl)
+            self.degraded += int(long.degraded or ranked.scores is None)
+            b = core.bundle
+            seen = recalled.seen
+            self.seen.append(seen)
+            ids = recalled.ids.tolist()
+            self.lists["recall"].append(ids)
+            if ranked.scores is not None:
+                order = np.argsort(-np.asarray(ranked.scores), kind="stable")
+                self.lists["ranker"].append([ids[i] for i in order.tolist()])
+            else:
+                self.lists["ranker"].append(ids)
+            fused = core.fused_scores(recalled, ranked)
+            self.lists["fused"].append([ids[i] for i in np.argsort(-fused, kind="stable").tolist()])
+            self.lists["served"].append([it.movie_id for it in final.items])
+            self.served_long.append([it.movie_id for it in long.items])
+            retr: list[int] = []
+            if b.tower is not None and recalled.user_inputs is not None and b.index is not None:
+                state = UserState(user_id=int(u), recent_positives=recalled.liked, seen=seen, genres=(),
+                                  vector=b.tower.vector_of(recalled.user_inputs))  # fmt: skip
+                retr = b.merger.path("embedding").recall(state, kl).movie_ids.tolist()
+            self.lists["retriever"].append(retr)
+            self.requests.append((recalled, ranked))
+
+    def sweep(self, rel: Relevance, metrics: Callable[[np.ndarray], dict[str, float]], **change: Any) -> dict[str, float]:
+        """Metrics of the served list with one setting changed (rerank only, same candidates)."""
+        core = self.service.core
+        live = core.bundle
+        cfg = live.config
+        if "diversity" in change:
+            cfg = cfg.model_copy(update={"rerank": cfg.rerank.model_copy(update=change)})
+        else:
+            cfg = cfg.model_copy(update=change)
+        core.bundle = live.with_config(cfg)
+        try:
+            lists = [[it.movie_id for it in core.finish(r, rk).items] for r, rk in self.requests]
+        finally:
+            core.bundle = live
+        return metrics(pack_lists(lists, self.cfg.k))
+
+
+def _baselines(split: Split, rel: Relevance, k: int, neighbours: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Top-k lists of most-popular, item-kNN and EASE for the evaluated users, and EASE's tuning."""
+    threshold = split.protocol.relevant_min_rating
+    inner = split_ratings(split.known, split.protocol)
+    inner_rel = inner.relevant
+    candidates = {"all": split.known}
+    inner_inputs = {"all": inner.known}
+    if threshold is not None:  # EASE may learn from likes only: the validation split decides
+        candidates["liked"] = split.known[split.known["rating"].to_numpy(np.float64) >= threshold]
+        inner_inputs["liked"] = inner.known[inner.known["rating"].to_numpy(np.float64) >= threshold]
+    tuning: dict[str, Any] = {}
+    best = ("all", 0.0, -1.0)
+    for name, fit in inner_inputs.items():
+        lam, grid = tune_ease(fit, inner_rel["userId"].to_numpy(), inner_rel["movieId"].to_numpy(), k=k)
+        tuning[name] = {"lambda": lam, "valid_ndcg": grid}
+        if grid[lam] > best[2]:
+            best = (name, lam, grid[lam])
+    tuning["chosen"] = {"input": best[0], "lambda": best[1]}
+    x_all = Interactions.of(split.known)
+    seen = x_all.rows(rel.user_ids) > 0
+    out: dict[str, np.ndarray] = {}
+
+    def lists(x: Interactions, scorer: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        # score over x's items, then mask everything the user has seen in the known part
+        scores = scorer(x.rows(rel.user_ids))
+        cols = np.searchsorted(x_all.items, x.items)
+        return top_unseen(scores, seen[:, cols], x.items, k)
+
+    out["most_popular"] = lists(x_all, most_popular(x_all))
+    out["item_knn"] = lists(x_all, item_knn(x_all, neighbours))
+    x_ease = Interactions.of(candidates[best[0]])
+    out["ease"] = lists(x_ease, ease_scores(x_ease, best[1]))
+    return out, tuning
+
+
+def run_end_to_end(data: MovieLens, offline: Offline, workdir: str | Path, cfg: EndToEndConfig = EndToEndConfig()) -> EndToEndResult:
+    """The whole evaluation of one protocol (see the module docstring). ``workdir`` holds the known
+    data and the scratch artifacts; the caller's Ray session runs the jobs."""
+    from rayrec.serving.bundle import ServingConfig
+    from rayrec.serving.service import RecommenderService
+
+    work = Path(workdir)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    split = split_ratings(data.ratings, cfg.protocol)
+    rel_df = split.relevant
+    known_users = np.unique(split.known["userId"].to_numpy(np.int64))
+    rel = Relevance.of(known_users, rel_df["userId"].to_numpy(), rel_df["movieId"].to_numpy())
+    if cfg.max_users:
+        keep = rel.user_ids[: cfg.max_users]
+        sub = rel_df[rel_df["userId"].isin(keep)]
+        rel = Relevance.of(keep, sub["userId"].to_numpy(), sub["movieId"].to_numpy())
+    folder = write_known(data, split.known, work / "known")
+    artifacts = str(work / "artifacts")
+    timings["split_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    offline(str(folder), artifacts)
+    timings["offline_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    # the serving defaults, with a store deadline no busy machine misses: the evaluation scores the
+    # lists, not the store's latency (a degraded answer would be counted in info["degraded"])
+    service = RecommenderService.create(artifacts, None, ServingConfig(store_timeout_s=10.0, store_cooldown_s=0.0))
+    collector = _Collector(service, cfg)
+    try:
+        asyncio.run(collector.run(rel.user_ids))
+    finally:
+        service.close()
+    timings["serve_s"] = time.perf_counter() - t
+
+    counts = split.known.groupby("movieId")["userId"].nunique()
+    popularity = {int(m): float(c) for m, c in counts.items()}
+    genres = {int(m): tuple(g) for m, g in zip(data.movies["movieId"], data.movies["genres"])}
+    n_train_users = len(known_users)
+    k, kl = cfg.k, cfg.k_long
+
+    def metrics(lists: np.ndarray, ks: tuple[int, ...] = (k,)) -> dict[str, float]:
+        return list_metrics(lists, rel, ks=ks, catalog_size=len(data.movies), popularity=popularity,
+                            n_train_users=n_train_users, genres=genres)  # fmt: skip
+
+    rows: dict[str, dict[str, float]] = {}
+    for stage in STAGES:
+        lists = collector.lists[stage]
+        if stage == "served":
+            m = metrics(pack_lists(lists, k))
+            m.update({key: v for key, v in metrics(pack_lists(collector.served_long, kl), (kl,)).items() if key.endswith(f"@{kl}")})
+        else:
+            m = metrics(_unseen_lists(lists, collector.seen, kl), (k, kl))
+        rows[stage] = m
+
+    t = time.perf_counter()
+    base_lists, tuning = _baselines(split, rel, kl, cfg.knn_neighbours)
+    for name, lists in base_lists.items():
+        rows[name] = metrics(lists, (k, kl))
+    timings["baselines_s"] = time.perf_counter() - t
+
+    sweeps = {
+        "diversity": [{"diversity": d, **collector.sweep(rel, metrics, diversity=d)} for d in cfg.diversity_grid],
+        "rank_weight": [{"rank_weight": w, **collector.sweep(rel, metrics, rank_weight=w)} for w in cfg.rank_weight_grid],
+    }
+    took = np.asarray(collector.took_ms)
+    info = {
+        "users": rel.n_users,
+        "degraded": collector.degraded,
+        "known_ratings": len(split.known),
+        "heldout_ratings": len(split.heldout),
+        "relevant_pairs": len(rel.pairs_user),
+        "ease": tuning,
+        "versions": service.bundle.versions,
+        "serving_config": service.bundle.config.model_dump(mode="json"),
+        "request_ms": {"p50": float(np.percentile(took, 50)), "p99": float(np.percentile(took, 99))} if len(took) else {},
+        "timings": timings,
+        "artifacts": artifacts,
+    }
+    return EndToEndResult(cfg.protocol, rows, sweeps, info)

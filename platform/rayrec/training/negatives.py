@@ -1,0 +1,103 @@
+"""Sampled negatives for the top-N ranker: items the user never rated, at the time of a rated row.
+
+For every rated training row (user u at time t) ``n`` movies are drawn with probability ∝
+popularity ** power (the way recall offers candidates: popular ones often, the long tail rarely),
+excluding every movie u ever rated and movies nobody had rated before t (not in the catalog yet). A negative row keeps the row's user features (u's state at t)
+and takes the movie's features *as of t*, by the same point-in-time rule as the features pipeline:
+count, mean and std of the movie's ratings strictly before t, plus its static attributes. So the
+ranker sees a movie as it looked when the user passed it over, and no feature peeks past t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rayrec.features.pointintime import ITEM_FEATURES, USER_FEATURES, attach_movie_attributes
+
+__all__ = ["ItemTimeline", "add_negatives"]
+
+_SHIFT = np.int64(1) << np.int64(32)
+
+
+class ItemTimeline:
+    """Every movie's ratings sorted by time, for point-in-time statistics at any instant."""
+
+    def __init__(self, ratings: pd.DataFrame) -> None:
+        movies = ratings["movieId"].to_numpy(np.int64)
+        self.items, pos = np.unique(movies, return_inverse=True)
+        ts = ratings["timestamp"].to_numpy(np.int64)
+        r = ratings["rating"].to_numpy(np.float64)
+        order = np.lexsort((ts, pos))
+        self.keys = pos[order].astype(np.int64) * _SHIFT + ts[order]
+        self.csum = np.zeros((len(order) + 1, 2))
+        np.cumsum(np.stack([r[order], r[order] ** 2], axis=1), axis=0, out=self.csum[1:])
+        self.start = np.searchsorted(self.keys, np.arange(len(self.items), dtype=np.int64) * _SHIFT)
+        self.counts = np.bincount(pos, minlength=len(self.items))
+
+    def stats(self, movie_ids: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count, mean, std) of each movie's ratings strictly before each ts; NaN mean/std at count 0."""
+        pos = np.searchsorted(self.items, movie_ids)
+        pos = np.minimum(pos, len(self.items) - 1)
+        known = self.items[pos] == movie_ids
+        end = np.searchsorted(self.keys, pos.astype(np.int64) * _SHIFT + ts, side="left")
+        first = self.start[pos]
+        count = np.where(known, end - first, 0)
+        s = self.csum[end] - self.csum[first]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, s[:, 0] / np.maximum(count, 1), np.nan)
+            var = np.where(count > 0, s[:, 1] / np.maximum(count, 1) - mean * mean, np.nan)
+        return count.astype(np.int64), mean, np.sqrt(np.clip(var, 0.0, None))
+
+
+def add_negatives(
+    rows: pd.DataFrame,
+    ratings: pd.DataFrame,
+    movies: pd.DataFrame,
+    n: int,
+    *,
+    power: float = 0.75,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``rows`` (rated samples, ``interact`` = 1) and ``n`` sampled unrated movies per row
+    (``interact`` = 0, ``label`` = 0), in one frame. ``ratings`` (userId, movieId, rating, timestamp)
+    are every rating the features version knows: the exclusions and the movies' timelines."""
+    out = rows.assign(interact=np.float32(1.0))
+    if n <= 0 or rows.empty:
+        return out
+    timeline = ItemTimeline(ratings)
+    p = timeline.counts.astype(np.float64) ** power
+    p /= p.sum()
+    rated = np.unique(ratings["userId"].to_numpy(np.int64) * _SHIFT + ratings["movieId"].to_numpy(np.int64))
+    rng = np.random.default_rng(seed)
+    src = np.repeat(np.arange(len(rows)), n)
+    users = rows["userId"].to_numpy(np.int64)[src]
+    picks = timeline.items[rng.choice(len(p), size=len(src), p=p)]
+    ts = rows["timestamp"].to_numpy(np.int64)[src]
+
+    def unfit(picks: np.ndarray) -> np.ndarray:
+        # a movie the user rated, or one nobody had rated yet at t (not in the catalog then)
+        return np.isin(users * _SHIFT + picks, rated) | (timeline.stats(picks, ts)[0] == 0)
+
+    bad = unfit(picks)
+    for _ in range(5):  # redraw unfit picks; the few left after five tries are dropped
+        if not bad.any():
+            break
+        picks[bad] = timeline.items[rng.choice(len(p), size=int(bad.sum()), p=p)]
+        bad = unfit(picks)
+    src, picks = src[~bad], picks[~bad]
+    user_cols = ["userId", "timestamp", *[c for c in USER_FEATURES if c in rows.columns]]
+    user_cols += [c for c in ("history_items",) if c in rows.columns]
+    neg = rows[user_cols].iloc[src].reset_index(drop=True)
+    neg["movieId"] = picks
+    ts = neg["timestamp"].to_numpy(np.int64)
+    count, mean, std = timeline.stats(picks, ts)
+    neg["item_rating_count"] = count
+    neg["item_rating_mean"] = mean
+    neg["item_rating_std"] = std
+    neg = attach_movie_attributes(neg, movies)
+    neg["rating"] = np.float32(np.nan)
+    neg["label"] = np.int64(0) if out["label"].dtype.kind in "iu" else out["label"].dtype.type(0)
+    neg["interact"] = np.float32(0.0)
+    cols = [c for c in neg.columns if c in out.columns or c in ITEM_FEATURES]
+    return pd.concat([out, neg[cols]], ignore_index=True)

@@ -1,0 +1,138 @@
+"""The pieces of the end-to-end evaluation: list metrics against a per-user reference, the protocols'
+splits, the baselines (EASE's Woodbury form against the direct inverse), and sampled negatives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rayrec.evaluation.baselines import Interactions, ease_scores, item_knn, most_popular, top_unseen, tune_ease
+from rayrec.evaluation.protocols import split_ratings
+from rayrec.evaluation.topn import Relevance, list_metrics, pack_lists
+from rayrec.training.negatives import ItemTimeline, add_negatives
+
+
+def _reference(lists: list[list[int]], relevant: list[set[int]], k: int) -> dict[str, float]:
+    """Per-user loop, the textbook definitions."""
+    ndcg = prec = rec = ap = hit = 0.0
+    for items, rel in zip(lists, relevant):
+        top = items[:k]
+        gains = [1.0 if m in rel else 0.0 for m in top]
+        dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains))
+        idcg = sum(1 / np.log2(i + 2) for i in range(min(len(rel), k)))
+        ndcg += dcg / idcg
+        prec += sum(gains) / k
+        rec += sum(gains) / len(rel)
+        found, s = 0, 0.0
+        for i, g in enumerate(gains):
+            if g:
+                found += 1
+                s += found / (i + 1)
+        ap += s / min(len(rel), k)
+        hit += float(any(gains))
+    n = len(lists)
+    return {"ndcg": ndcg / n, "precision": prec / n, "recall": rec / n, "map": ap / n, "hitrate": hit / n}
+
+
+def test_list_metrics_match_the_per_user_definitions():
+    rng = np.random.default_rng(0)
+    users = np.arange(100, 140)
+    rel_sets = [set(rng.choice(50, size=rng.integers(1, 8), replace=False).tolist()) for _ in users]
+    lists = [rng.permutation(50)[: rng.integers(3, 10)].tolist() for _ in users]  # some shorter than k
+    ru = np.concatenate([[u] * len(s) for u, s in zip(users, rel_sets)])
+    ri = np.concatenate([sorted(s) for s in rel_sets])
+    rel = Relevance.of(users, ru, ri)
+    assert rel.user_ids.tolist() == users.tolist()
+    got = list_metrics(pack_lists(lists, 10), rel, ks=(10,), catalog_size=50)
+    want = _reference(lists, rel_sets, 10)
+    for name, value in want.items():
+        assert got[f"{name}@10"] == pytest.approx(value, abs=1e-12), name
+    assert got["coverage@10"] == pytest.approx(len({m for li in lists for m in li}) / 50)
+
+
+def test_list_metrics_diversity_and_novelty():
+    rel = Relevance.of(np.array([1, 2]), np.array([1, 2]), np.array([10, 20]))
+    genres = {10: ("A",), 11: ("A",), 20: ("A",), 21: ("B",)}
+    lists = np.array([[10, 11], [20, 21]])
+    m = list_metrics(lists, rel, ks=(2,), catalog_size=4, genres=genres, popularity={10: 4, 11: 1, 20: 2, 21: 2}, n_train_users=4)
+    assert m["diversity@2"] == pytest.approx(0.5)  # one list of identical genres (0), one of disjoint (1)
+    assert m["novelty@2"] == pytest.approx(np.mean([0.0, 2.0, 1.0, 1.0]))
+
+
+def _ratings(n_users: int = 30, n_items: int = 40, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        items = rng.choice(n_items, size=rng.integers(6, 20), replace=False) + 1
+        for j, m in enumerate(items):
+            rows.append((u, int(m), float(rng.integers(1, 11)) / 2, 1000 + 10 * j + u))
+    return pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"])
+
+
+def test_temporal_split_holds_out_each_users_latest_fifth():
+    r = _ratings()
+    split = split_ratings(r, "temporal")
+    assert len(split.known) + len(split.heldout) == len(r)
+    for u, g in r.groupby("userId"):
+        held = split.heldout[split.heldout["userId"] == u]
+        assert len(held) == int(np.floor(len(g) * 0.2))
+        assert held["timestamp"].min() > split.known[split.known["userId"] == u]["timestamp"].max()
+    assert (split.relevant.merge(split.heldout, on=["userId", "movieId"])["rating"] >= 3.5).all()
+
+
+def test_random_split_is_seeded_and_counts_every_heldout_item_relevant():
+    r = _ratings()
+    a, b = split_ratings(r, "random"), split_ratings(r, "random")
+    pd.testing.assert_frame_equal(a.heldout, b.heldout)
+    assert len(a.relevant) == len(a.heldout)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        split_ratings(r, "leave-one-out")
+
+
+def test_ease_woodbury_equals_the_direct_inverse():
+    r = _ratings(n_users=20, n_items=40)  # fewer users than items: the Woodbury side
+    x = Interactions.of(r)
+    lam = 7.0
+    p = np.linalg.inv(x.matrix.T.astype(np.float64) @ x.matrix + lam * np.eye(x.matrix.shape[1]))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    got = ease_scores(x, lam)(x.matrix)
+    want = x.matrix @ b
+    unseen = x.matrix == 0
+    np.testing.assert_allclose(got[unseen], want[unseen], atol=1e-9)
+
+
+def test_baselines_rank_unseen_items_only_and_ease_tuning_picks_the_best_lambda():
+    r = _ratings()
+    x = Interactions.of(r)
+    seen = x.matrix > 0
+    for scorer in (most_popular(x), item_knn(x, 10), ease_scores(x, 10.0)):
+        top = top_unseen(scorer(x.matrix), seen, x.items, 5)
+        for row, u in enumerate(x.users.tolist()):
+            assert not set(top[row].tolist()) & set(r[r["userId"] == u]["movieId"].tolist())
+    split = split_ratings(r, "random")
+    rel = split.relevant
+    best, grid = tune_ease(split.known, rel["userId"].to_numpy(), rel["movieId"].to_numpy(), lambdas=(1, 10, 100))
+    assert grid[best] == max(grid.values())
+
+
+def test_negatives_are_unrated_catalog_movies_with_point_in_time_statistics():
+    r = _ratings()
+    movies = pd.DataFrame({"movieId": np.arange(1, 41), "year": 2000, "genres": [["Drama"]] * 40})
+    rows = r.assign(label=(r["rating"] >= 3.5).astype(np.int8), user_rating_count=0)
+    out = add_negatives(rows, r, movies, 3, seed=1)
+    neg = out[out["interact"] == 0]
+    assert len(out[out["interact"] == 1]) == len(rows)
+    assert len(neg) > 2 * len(rows)
+    rated = set(zip(r["userId"], r["movieId"]))
+    assert not any((u, m) in rated for u, m in zip(neg["userId"], neg["movieId"]))
+    assert (neg["label"] == 0).all()
+    assert (neg["item_rating_count"] > 0).all()  # only movies already rated by someone at t
+    for _, row in neg.sample(50, random_state=0).iterrows():  # each statistic from ratings strictly before t
+        before = r[(r["movieId"] == row["movieId"]) & (r["timestamp"] < row["timestamp"])]["rating"]
+        assert row["item_rating_count"] == len(before)
+        assert row["item_rating_mean"] == pytest.approx(before.mean())
+    timeline = ItemTimeline(r)
+    c, _, _ = timeline.stats(np.array([999]), np.array([10**9]))
+    assert c.tolist() == [0]  # an unknown movie has no history
