@@ -61,7 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--ranker", action="append", default=[], metavar="KEY=VALUE", help="ranker setting (train --set)")
     p.add_argument("--retriever", action="append", default=[], metavar="KEY=VALUE", help="retriever setting (train --set)")
+    p.add_argument("--serving", default="{}", help="serving settings over the defaults, as JSON (ServingConfig fields)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the models and index a previous run left under --out (compare serving settings)")
     args = p.parse_args(argv)
+    try:
+        serving = json.loads(args.serving)
+        from rayrec.serving.bundle import ServingConfig
+
+        ServingConfig.model_validate(serving)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        p.error(f"--serving: {e}")
     setup_logging()
     try:
         data = load_dataset(args.dataset)
@@ -69,19 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"dataset: {data.source} ({len(data.ratings):,} ratings)", flush=True)
-    init_ray()
+    if not args.reuse:
+        init_ray()
     out = Path(args.out)
     protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
     results = []
     for name in protocols:
         t = time.perf_counter()
         work = out / name
-        if work.exists():  # a fresh scratch folder per run: old versions would be served otherwise
+        if work.exists() and not args.reuse:  # a fresh scratch folder per run: old versions would be served otherwise
             import shutil
 
             shutil.rmtree(work)
-        cfg = EndToEndConfig(protocol=name, k=args.k, max_users=args.max_users)
-        result = run_end_to_end(data, offline_steps(args.epochs, args.num_workers, {"ranker": args.ranker, "retriever": args.retriever}), work, cfg)
+        cfg = EndToEndConfig(protocol=name, k=args.k, max_users=args.max_users, serving=serving)
+        steps = None if args.reuse else offline_steps(args.epochs, args.num_workers, {"ranker": args.ranker, "retriever": args.retriever})
+        result = run_end_to_end(data, steps, work, cfg)
         result.info["wall_s"] = time.perf_counter() - t
         result.info["dataset"] = data.source
         results.append(result)

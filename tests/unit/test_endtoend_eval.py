@@ -136,3 +136,34 @@ def test_negatives_are_unrated_catalog_movies_with_point_in_time_statistics():
     timeline = ItemTimeline(r)
     c, _, _ = timeline.stats(np.array([999]), np.array([10**9]))
     assert c.tolist() == [0]  # an unknown movie has no history
+
+
+@pytest.mark.parametrize("n_users", [20, 60])  # Woodbury (fewer users than items) and the direct inverse
+def test_ease_recall_path_ranks_as_dense_ease(n_users):
+    from rayrec.retrieval.ease import EaseRecall, ItemWeights, fit_item_weights
+    from rayrec.retrieval.state import UserState
+
+    r = _ratings(n_users=n_users, n_items=40, seed=4)
+    x = Interactions.of(r)
+    lam = 5.0
+    weights = fit_item_weights(r, lam, top_k=len(x.items) - 1)  # no sparsification: exact EASE
+    dense = ease_scores(x, lam)(x.matrix)
+    for row, u in enumerate(x.users.tolist()[:10]):
+        seen = frozenset(r[r["userId"] == u]["movieId"].tolist())
+        got = EaseRecall(weights).recall(UserState(user_id=u, seen=seen), 5)
+        want = top_unseen(dense[row : row + 1], x.matrix[row : row + 1] > 0, x.items, 5)[0]
+        assert got.movie_ids.tolist() == want.tolist()
+        assert not set(got.movie_ids.tolist()) & seen
+    sparse = fit_item_weights(r, lam, top_k=3)  # sparsified: each item keeps its 3 strongest targets
+    assert sparse.targets.shape == (len(x.items), 3)
+    assert (sparse.targets != np.arange(len(x.items))[:, None]).all()  # never an item for itself
+
+
+def test_ease_weights_round_trip(tmp_path):
+    from rayrec.retrieval.ease import ItemWeights, fit_item_weights
+
+    w = fit_item_weights(_ratings(), 10.0, top_k=4)
+    w.save(str(tmp_path / "ease.npz"))
+    back = ItemWeights.load(str(tmp_path / "ease.npz"))
+    assert back.lam == 10.0 and np.array_equal(back.items, w.items) and np.array_equal(back.targets, w.targets)
+    np.testing.assert_array_equal(back.weights, w.weights)

@@ -217,7 +217,7 @@ def test_merger_quotas_dedup_seen_and_paths(world, states):
 
 
 def test_recall_config_validation():
-    assert RecallConfig().total == 200
+    assert RecallConfig().total == 290
     with pytest.raises(ValidationError, match="unknown recall path"):
         RecallConfig(quotas={"embeding": 10})
     with pytest.raises(ValidationError):

@@ -50,6 +50,7 @@ class EndToEndConfig:
     rank_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_users: int | None = None  # evaluate the first N users only (quick checks)
     knn_neighbours: int = 100
+    serving: dict[str, Any] = field(default_factory=dict)  # ServingConfig settings over the defaults
 
 
 @dataclass
@@ -176,9 +177,12 @@ def _baselines(split: Split, rel: Relevance, k: int, neighbours: int) -> tuple[d
     return out, tuning
 
 
-def run_end_to_end(data: MovieLens, offline: Offline, workdir: str | Path, cfg: EndToEndConfig = EndToEndConfig()) -> EndToEndResult:
+def run_end_to_end(
+    data: MovieLens, offline: Offline | None, workdir: str | Path, cfg: EndToEndConfig = EndToEndConfig()
+) -> EndToEndResult:
     """The whole evaluation of one protocol (see the module docstring). ``workdir`` holds the known
-    data and the scratch artifacts; the caller's Ray session runs the jobs."""
+    data and the scratch artifacts; the caller's Ray session runs the jobs. ``offline`` None: reuse
+    the artifacts a previous run left in ``workdir`` (to compare serving settings on the same models)."""
     from rayrec.serving.bundle import ServingConfig
     from rayrec.serving.service import RecommenderService
 
@@ -198,13 +202,17 @@ def run_end_to_end(data: MovieLens, offline: Offline, workdir: str | Path, cfg: 
     timings["split_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    offline(str(folder), artifacts)
+    if offline is not None:
+        offline(str(folder), artifacts)
+    elif not (work / "artifacts").exists():
+        raise FileNotFoundError(f"no artifacts to reuse under {artifacts}: run without reuse first")
     timings["offline_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     # the serving defaults, with a store deadline no busy machine misses: the evaluation scores the
     # lists, not the store's latency (a degraded answer would be counted in info["degraded"])
-    service = RecommenderService.create(artifacts, None, ServingConfig(store_timeout_s=10.0, store_cooldown_s=0.0))
+    serving = ServingConfig.model_validate({"store_timeout_s": 10.0, "store_cooldown_s": 0.0, **cfg.serving})
+    service = RecommenderService.create(artifacts, None, serving)
     collector = _Collector(service, cfg)
     try:
         asyncio.run(collector.run(rel.user_ids))

@@ -17,6 +17,8 @@ import numpy as np
 from rayrec import uri
 from rayrec.config import default_artifacts
 from rayrec.retrieval.catalog import read_parquet
+from rayrec.retrieval.ease import FILE as EASE_FILE
+from rayrec.retrieval.ease import ItemWeights, fit_item_weights
 from rayrec.retrieval.embeddings import ItemEmbeddings, read_item_embeddings, svd_item_embeddings
 from rayrec.retrieval.index import ItemIndex, measure
 from rayrec.retrieval.versions import save_index
@@ -42,6 +44,11 @@ class IndexConfig:
     latency_queries: int = 200
     publish: bool = True
     seed: int = 0
+    # the ease recall path's weights, fit on the features' ratings; λ picked on the features' test
+    # split from ease_lambdas; 0 items: no ease weights
+    ease_lambdas: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0, 1600.0)
+    ease_top_k: int = 100
+    ease_max_items: int = 10_000  # the most rated items kept (an items × items inverse beyond the users' count)
 
     def __post_init__(self) -> None:
         if self.embeddings not in ("model", "svd"):
@@ -106,8 +113,35 @@ def run_index(cfg: IndexConfig = IndexConfig()) -> IndexBuild:
     emb = load_embeddings(cfg)
     log.info("embeddings: %s", emb.describe())
     index = build_index(emb, cfg)
-    version, path = save_index(index, cfg.artifacts, publish=cfg.publish)
+    extra = None
+    if cfg.ease_max_items > 0 and cfg.ease_lambdas:
+        weights, tuning = ease_weights(features_path_for(cfg.artifacts, emb, cfg.features_version), cfg)
+        index.meta["ease"] = tuning
+        extra = lambda path: weights.save(uri.join(path, EASE_FILE))  # noqa: E731
+    version, path = save_index(index, cfg.artifacts, publish=cfg.publish, extra=extra)
     return IndexBuild(version, path, index, emb, index.meta)
+
+
+def ease_weights(features: str, cfg: IndexConfig) -> tuple[ItemWeights, dict[str, Any]]:
+    """The ease path's weights on every rating of a features version, with λ chosen by NDCG@10 on its
+    test split (weights fit on the train samples, relevant = liked test items) from ``cfg.ease_lambdas``."""
+    from rayrec.evaluation.baselines import tune_ease
+
+    t = time.perf_counter()
+    cols = ["userId", "movieId", "rating", "label"]
+    train = read_parquet(uri.join(features, "samples", "train"), cols)
+    test = read_parquet(uri.join(features, "samples", "test"), cols)
+    liked = test[test["label"].to_numpy() == 1]
+    small = train["userId"].nunique() * train["movieId"].nunique() <= 50_000_000  # the tuning's dense matrix
+    if len(cfg.ease_lambdas) > 1 and len(liked) and small:
+        lam, grid = tune_ease(train, liked["userId"].to_numpy(), liked["movieId"].to_numpy(), cfg.ease_lambdas)
+    else:
+        lam, grid = float(cfg.ease_lambdas[len(cfg.ease_lambdas) // 2]), {}
+    every = read_parquet(uri.join(features, "ratings"), ["userId", "movieId"])
+    weights = fit_item_weights(every, lam, top_k=cfg.ease_top_k, max_items=cfg.ease_max_items)
+    tuning = {"lambda": lam, "valid_ndcg@10": {str(k): v for k, v in grid.items()}, "items": len(weights.items),
+              "top_k": cfg.ease_top_k, "fit_s": round(time.perf_counter() - t, 2)}  # fmt: skip
+    return weights, tuning
 
 
 def summary(build: IndexBuild) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
+from rayrec.retrieval.ease import EaseRecall, ItemWeights
 from rayrec.retrieval.index import ItemIndex
 from rayrec.retrieval.paths import (
     EmbeddingRecall,
@@ -33,7 +34,7 @@ from rayrec.retrieval.state import UserState
 __all__ = ["Candidate", "Recalls", "RecallConfig", "Merger", "PATH_NAMES", "build_paths", "load_merger"]
 
 INDEX_PATHS = ("new_items", "embedding", "item2item")  # the paths that need an item index
-PATH_NAMES = ("new_items", "embedding", "item2item", "genre", "popular", "popular_recent")
+PATH_NAMES = ("new_items", "ease", "embedding", "item2item", "genre", "popular", "popular_recent")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class RecallConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     quotas: dict[str, int] = Field(
-        default_factory=lambda: {"new_items": 10, "embedding": 90, "item2item": 50, "genre": 25, "popular": 25}
+        default_factory=lambda: {"new_items": 10, "ease": 90, "embedding": 90, "item2item": 50, "genre": 25, "popular": 25}
     )
     backfill: bool = True  # fill slots a path could not use from the other paths, in order
     embedding_fallback: Literal["recent_mean", "none"] = "recent_mean"
@@ -95,13 +96,19 @@ class RecallConfig(BaseModel):
         return sum(self.quotas.values())
 
 
-def build_paths(config: RecallConfig, *, index: ItemIndex | None, popularity: Popularity) -> list[RecallPath]:
+def build_paths(
+    config: RecallConfig, *, index: ItemIndex | None, popularity: Popularity, ease: ItemWeights | None = None
+) -> list[RecallPath]:
     """The configured paths, in quota order (paths with quota 0 are still built, for evaluation)."""
     out: list[RecallPath] = []
     for name in config.quotas:
         if name in INDEX_PATHS and index is None:
             raise ValueError(f"recall path {name!r} needs an item index: build one (python -m pipelines.index)")
-        if name == "embedding":
+        if name == "ease":
+            if ease is None:
+                raise ValueError("recall path 'ease' needs the index version's ease weights: rebuild the index")
+            out.append(EaseRecall(ease))
+        elif name == "embedding":
             assert index is not None
             out.append(EmbeddingRecall(index, fallback=config.embedding_fallback, n_recent=config.n_recent))
         elif name == "item2item":
@@ -135,8 +142,12 @@ class Merger:
         self.backfill = backfill
 
     @classmethod
-    def from_config(cls, config: RecallConfig, *, index: ItemIndex | None, popularity: Popularity) -> Merger:
-        return cls(build_paths(config, index=index, popularity=popularity), config.quotas, backfill=config.backfill)
+    def from_config(
+        cls, config: RecallConfig, *, index: ItemIndex | None, popularity: Popularity, ease: ItemWeights | None = None
+    ) -> Merger:
+        if ease is None and "ease" in config.quotas:  # an index built without ease weights: the path is off
+            config = config.model_copy(update={"quotas": {n: q for n, q in config.quotas.items() if n != "ease"}})
+        return cls(build_paths(config, index=index, popularity=popularity, ease=ease), config.quotas, backfill=config.backfill)
 
     @property
     def total(self) -> int:
@@ -245,9 +256,19 @@ def load_merger(
     from rayrec.retrieval.versions import load_index
 
     config = config or RecallConfig()
-    needs_index = any(n in INDEX_PATHS for n in config.quotas)
+    needs_index = any(n in (*INDEX_PATHS, "ease") for n in config.quotas)
     index = load_index(artifacts, index_version) if needs_index else None
     features = uri.resolve_version(uri.join(artifacts, "features"), features_version)
     catalog = ItemCatalog.load(features)
     popularity = Popularity(catalog, read_ratings(features), min_rating=config.popular_min_rating)
-    return Merger.from_config(config, index=index, popularity=popularity)
+    return Merger.from_config(config, index=index, popularity=popularity, ease=ease_of(artifacts, index))
+
+
+def ease_of(artifacts: str, index: ItemIndex | None) -> ItemWeights | None:
+    """The ease weights saved with ``index``'s version (None without an index or weights)."""
+    from rayrec import uri
+    from rayrec.retrieval.ease import FILE
+
+    version = index.meta.get("version") if index is not None else None
+    target = uri.join(artifacts, "index", str(version), FILE) if version else None
+    return ItemWeights.load(target) if target and uri.exists(target) else None

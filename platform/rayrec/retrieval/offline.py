@@ -22,7 +22,7 @@ import pandas as pd
 from rayrec import uri
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_parquet, read_ratings
 from rayrec.retrieval.index import ItemIndex
-from rayrec.retrieval.merge import Merger, RecallConfig
+from rayrec.retrieval.merge import Merger, RecallConfig, ease_of
 from rayrec.retrieval.paths import PathResult, PopularRecall, RecallPath
 from rayrec.retrieval.state import THRESHOLD, UserState, user_states_as_of
 
@@ -236,7 +236,7 @@ def run_offline(
     config = config or RecallConfig()
     data = load_offline_data(features_path)
     popularity = data.popularity(config.popular_min_rating)
-    merger = Merger.from_config(config, index=index, popularity=popularity)
+    merger = Merger.from_config(config, index=index, popularity=popularity, ease=ease_of(artifacts, index))
     states = data.states()
     emb = dict(index.meta.get("embeddings") or {})
     notes = [

@@ -3,12 +3,13 @@
 A version folder holds ``index.faiss`` (the serialised faiss index), ``movie_ids.npy`` (row → movie
 id, -1 for retired rows), ``vectors.npy`` (row → unit vector) and ``meta.json`` (factory, search
 parameters, dim, n, the embeddings it came from, build-time recall@100 against exact search and query
-latency). Files are written first and ``LATEST`` is swapped last, so a reader never sees half a version.
+latency), and ``ease.npz``, the ``ease`` recall path's item-to-item weights (:mod:`rayrec.retrieval.ease`). Files are written first and ``LATEST`` is swapped last, so a reader never sees half a version.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,12 +35,20 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def save_index(
-    index: ItemIndex, artifacts: str, *, version: str | None = None, publish: bool = True
+    index: ItemIndex,
+    artifacts: str,
+    *,
+    version: str | None = None,
+    publish: bool = True,
+    extra: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
     """Write ``index`` (and its ``meta``) as a new version; with ``publish``, swap ``LATEST`` to it.
+    ``extra(path)`` writes more files of the version (the ``ease`` weights) before the swap.
     Returns ``(version, path)``."""
     version = version or uri.new_version()
     path = uri.join(index_root(artifacts), version)
+    if extra is not None:
+        extra(path)
     faiss_index, ids, vecs = index.snapshot()
     uri.write_bytes(uri.join(path, "index.faiss"), faiss.serialize_index(faiss_index).tobytes())
     uri.write_bytes(uri.join(path, "movie_ids.npy"), _npy(ids))

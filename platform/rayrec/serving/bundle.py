@@ -24,7 +24,7 @@ from rayrec.realtime import ColdStart
 from rayrec.rerank import RerankConfig
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
 from rayrec.retrieval.index import ItemIndex
-from rayrec.retrieval.merge import INDEX_PATHS, Merger, RecallConfig
+from rayrec.retrieval.merge import INDEX_PATHS, Merger, RecallConfig, ease_of
 from rayrec.retrieval.similar import SimilarItems
 from rayrec.serving.history import RatingHistory
 from rayrec.serving.scoring import RankModel, UserTower, load_models
@@ -185,11 +185,12 @@ def load_bundle(artifacts: str, cfg: ServingConfig = ServingConfig()) -> Bundle:
     history = RatingHistory(ratings)
     cold = ColdStart.build(ratings, catalog)
     del ratings
-    index = None
+    index = ease = None
     if versions["index"] is not None:
         from rayrec.retrieval.versions import load_index
 
         index = load_index(artifacts, versions["index"])
+        ease = ease_of(artifacts, index)
     else:
         notes.append("no index: embedding and item-to-item recall are off")
     ranker, tower, model_notes = load_models(artifacts, versions["ranker"], versions["retriever"])
@@ -200,12 +201,16 @@ def load_bundle(artifacts: str, cfg: ServingConfig = ServingConfig()) -> Bundle:
     versions["ranker"] = ranker.version if ranker is not None else None
     versions["retriever"] = tower.version if tower is not None else None
     recall = cfg.recall
+    if ease is None and "ease" in recall.quotas:
+        if index is not None:
+            notes.append("index version has no ease weights: the ease recall path is off")
+        recall = recall.model_copy(update={"quotas": {n: q for n, q in recall.quotas.items() if n != "ease"}})
     if index is None:
         quotas = {n: q for n, q in recall.quotas.items() if n not in INDEX_PATHS}
         if not quotas or sum(quotas.values()) == 0:
             quotas = {"genre": recall.total // 2, "popular": recall.total - recall.total // 2}
         recall = recall.model_copy(update={"quotas": quotas})
-    merger = Merger.from_config(recall, index=index, popularity=popularity)
+    merger = Merger.from_config(recall, index=index, popularity=popularity, ease=ease)
     similar = SimilarItems(index, catalog, popularity)
     bundle = Bundle(
         artifacts=artifacts, config=cfg, versions=versions, catalog=catalog, popularity=popularity,
