@@ -31,6 +31,7 @@ from rayrec.retrieval import (
     write_item_embeddings,
 )
 from rayrec.retrieval.offline import evaluate, split_relevance
+from rayrec.retrieval.paths import PathResult, RecallPath
 
 DAY = 86_400
 
@@ -294,3 +295,28 @@ def test_svd_embeddings_and_parquet_round_trip(world, tmp_path):
     assert str(schema.field("movieId").type) == "int64" and str(schema.field("embedding").type) == "list<element: float>"
     with pytest.raises(FileNotFoundError, match="--embeddings svd"):
         read_item_embeddings(str(tmp_path / "empty"))
+
+
+class _Fixed(RecallPath):
+    """A path that answers a fixed list."""
+
+    prefix_stable = True
+
+    def __init__(self, name, ids):
+        self.name, self.ids = name, np.asarray(ids, dtype=np.int64)
+
+    def recall(self, user, k):
+        return PathResult(self.ids[:k], np.linspace(1.0, 0.5, len(self.ids[:k])).astype(np.float32))
+
+
+def test_rrf_order_puts_items_several_paths_rank_high_first():
+    a, b = _Fixed("embedding", [1, 2, 3, 4]), _Fixed("genre", [9, 3, 8, 7])
+    user = UserState(user_id=1, seen=frozenset({8}))
+    by_paths = Merger([a, b], {"embedding": 4, "genre": 3}, order="paths").recall(user)
+    assert [c.movie_id for c in by_paths] == [1, 2, 3, 4, 9, 7]
+    fused = Merger([a, b], {"embedding": 4, "genre": 3}, order="rrf").recall(user)
+    ids = [c.movie_id for c in fused]
+    assert ids[0] == 3  # ranked 3rd and 2nd: 1/62 + 1/61 beats any single first place (1/60)
+    assert sorted(ids) == sorted(c.movie_id for c in by_paths)  # same candidates, another order
+    assert ids.index(1) < ids.index(9) < ids.index(2)  # ties broken by the merge order
+    assert next(c for c in fused if c.movie_id == 3).paths == ("embedding", "genre")

@@ -4,8 +4,8 @@ concatenated into an MLP (128-128) with one logit per head; trained with binary 
 Objectives (``RankerConfig.objective``):
 
 - ``topn`` (default): it ranks the candidates recall offers, most of which the user never rates, so it
-  learns two heads: P(interact | user, item), on rated pairs against sampled unrated items (negatives
-  drawn by popularity, as recall draws its candidates), and P(like | interact), on rated pairs only.
+  learns two heads: P(interact | user, item), on rated pairs against sampled unrated movies of the
+  same time (:mod:`rayrec.training.negatives`), and P(like | interact), on rated pairs only.
   The ranking score is ``P(interact) · P(like | interact) ** like_weight``.
 - ``like``: one head, P(rating ≥ threshold | the user rated the item), on rated pairs only. It knows
   nothing of what users never watch, and promotes well-rated items that few people pick.
@@ -63,8 +63,9 @@ class RankerConfig:
     movie_weight_decay: float = 300.0
     objective: Literal["topn", "like"] = "topn"
     like_weight: float = 1.0  # topn: exponent of P(like | interact) in the ranking score
-    negatives: int = 4  # topn: sampled unrated items per rated training row
-    negative_power: float = 0.75  # topn: negatives drawn with probability ∝ popularity ** power
+    negatives: int = 4  # topn: sampled unrated movies per rated training row
+    hard_negatives: float = 0.5  # topn: share of them drawn from what others rated around the row's time
+    negative_window: int = 2000  # topn: ratings around the row's time those are drawn from
 
     @property
     def heads(self) -> int:

@@ -6,8 +6,8 @@ item by the sum of its weights from every item the user has rated. The item-to-i
 five recent likes through embedding neighbours; this one reads every rating with weights fit on
 co-ratings, which is what makes it the strongest simple model on MovieLens.
 
-Offline (the index job), the weights are kept sparse: for every item its ``top_k`` largest outgoing
-weights, so serving memory is ``items × top_k`` and a request costs ``|history| × top_k`` additions.
+Offline (the index job), the weights are kept sparse: for every item its ``top_k`` strongest outgoing
+weights (by absolute value: negative weights matter), so serving memory is ``items × top_k`` and a request costs ``|history| × top_k`` additions.
 With fewer users than items, ``P`` comes through the Woodbury identity (a users × users inverse);
 otherwise the items are capped to the ``max_items`` most rated ones (an items × items inverse).
 """
@@ -102,9 +102,11 @@ def fit_item_weights(ratings: pd.DataFrame, lam: float, top_k: int = 100, max_it
     for a in range(0, n, block):
         b = min(a + block, n)
         w = -p_rows(a, b) / diag[None, :]  # B[a:b, :] (row i: the weights item i gives to others)
-        w[np.arange(b - a), np.arange(a, b)] = -np.inf  # B's diagonal is zero: never recommend an item for itself
+        w[np.arange(b - a), np.arange(a, b)] = 0.0  # B's diagonal is zero: never recommend an item for itself
         if k:
-            top = np.argpartition(-w, kth=k - 1, axis=1)[:, :k]
+            # the strongest weights either way: a negative weight (rated together less than chance)
+            # holds an item back as much as a positive one brings it forward
+            top = np.argpartition(-np.abs(w), kth=k - 1, axis=1)[:, :k]
             vals = np.take_along_axis(w, top, axis=1)
             targets[a:b, :k] = top
             weights[a:b, :k] = vals

@@ -47,8 +47,6 @@ def save_index(
     Returns ``(version, path)``."""
     version = version or uri.new_version()
     path = uri.join(index_root(artifacts), version)
-    if extra is not None:
-        extra(path)
     faiss_index, ids, vecs = index.snapshot()
     uri.write_bytes(uri.join(path, "index.faiss"), faiss.serialize_index(faiss_index).tobytes())
     uri.write_bytes(uri.join(path, "movie_ids.npy"), _npy(ids))
@@ -66,6 +64,8 @@ def save_index(
     }
     uri.write_json(uri.join(path, "meta.json"), meta)
     index.meta = meta
+    if extra is not None:
+        extra(path)
     if publish:
         uri.set_latest(index_root(artifacts), version)
     return version, path

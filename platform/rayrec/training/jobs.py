@@ -148,7 +148,7 @@ def ranker_rows(rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int) -> 
     if mc.objective != "topn":
         return rows
     ratings = pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]]
-    return add_negatives(rows, ratings, fv.movies, mc.negatives, power=mc.negative_power, seed=seed)
+    return add_negatives(rows, ratings, fv.movies, mc.negatives, hard=mc.hard_negatives, window=mc.negative_window, seed=seed)
 
 
 def _ranker_task(cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None) -> tuple[Any, Any]:

@@ -1,11 +1,18 @@
 """Sampled negatives for the top-N ranker: items the user never rated, at the time of a rated row.
 
-For every rated training row (user u at time t) ``n`` movies are drawn with probability ∝
-popularity ** power (the way recall offers candidates: popular ones often, the long tail rarely),
-excluding every movie u ever rated and movies nobody had rated before t (not in the catalog yet). A negative row keeps the row's user features (u's state at t)
-and takes the movie's features *as of t*, by the same point-in-time rule as the features pipeline:
-count, mean and std of the movie's ratings strictly before t, plus its static attributes. So the
-ranker sees a movie as it looked when the user passed it over, and no feature peeks past t.
+For every rated training row (user u at time t), ``n`` movies u never rated, from two sources:
+
+- *what others picked around t* (``hard`` share): the movie of a random rating among the ``window``
+  ratings nearest in time to t. Popular-at-t movies come often, as they do among recall's candidates,
+  so the ranker learns what sets the user's pick apart from what everyone was rating then;
+- *anything in the catalog at t* (the rest): a movie drawn uniformly among those someone had rated
+  before t. Against these the ranker learns that popular movies are picked more than obscure ones.
+
+Both draw only from movies that existed at t, so a negative looks as new or as old as the positive
+beside it: sampling by all-time popularity would make "not yet a hit" mean "picked", and the ranker
+would learn the clock instead of the taste. A negative row keeps the row's user features (u's state
+at t) and takes the movie's features *as of t*, by the same point-in-time rule as the features
+pipeline: count, mean and std of the movie's ratings strictly before t, plus its static attributes.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ def add_negatives(
     movies: pd.DataFrame,
     n: int,
     *,
-    power: float = 0.75,
+    hard: float = 0.5,
+    window: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """``rows`` (rated samples, ``interact`` = 1) and ``n`` sampled unrated movies per row
@@ -66,14 +74,32 @@ def add_negatives(
     if n <= 0 or rows.empty:
         return out
     timeline = ItemTimeline(ratings)
-    p = timeline.counts.astype(np.float64) ** power
-    p /= p.sum()
     rated = np.unique(ratings["userId"].to_numpy(np.int64) * _SHIFT + ratings["movieId"].to_numpy(np.int64))
     rng = np.random.default_rng(seed)
     src = np.repeat(np.arange(len(rows)), n)
     users = rows["userId"].to_numpy(np.int64)[src]
-    picks = timeline.items[rng.choice(len(p), size=len(src), p=p)]
     ts = rows["timestamp"].to_numpy(np.int64)[src]
+    by_time = np.argsort(ratings["timestamp"].to_numpy(np.int64), kind="stable")
+    times = ratings["timestamp"].to_numpy(np.int64)[by_time]
+    movies_by_time = ratings["movieId"].to_numpy(np.int64)[by_time]
+    # movies in order of their first rating: those available at t are a prefix
+    first_ts = np.full(len(timeline.items), np.iinfo(np.int64).max)
+    np.minimum.at(first_ts, np.searchsorted(timeline.items, movies_by_time), times)
+    debut = np.argsort(first_ts, kind="stable")
+    debut_ts = first_ts[debut]
+
+    def draw(size: int, at: np.ndarray, local: np.ndarray) -> np.ndarray:
+        out = np.empty(size, dtype=np.int64)
+        pos = np.searchsorted(times, at)
+        near = np.clip(pos + rng.integers(-window, window, size=size), 0, len(times) - 1)
+        out[local] = movies_by_time[near[local]]
+        available = np.maximum(np.searchsorted(debut_ts, at, side="left"), 1)
+        pick = (rng.random(size) * available).astype(np.int64)
+        out[~local] = timeline.items[debut[pick[~local]]]
+        return out
+
+    local = rng.random(len(src)) < hard
+    picks = draw(len(src), ts, local)
 
     def unfit(picks: np.ndarray) -> np.ndarray:
         # a movie the user rated, or one nobody had rated yet at t (not in the catalog then)
@@ -83,7 +109,7 @@ def add_negatives(
     for _ in range(5):  # redraw unfit picks; the few left after five tries are dropped
         if not bad.any():
             break
-        picks[bad] = timeline.items[rng.choice(len(p), size=int(bad.sum()), p=p)]
+        picks[bad] = draw(int(bad.sum()), ts[bad], local[bad])
         bad = unfit(picks)
     src, picks = src[~bad], picks[~bad]
     user_cols = ["userId", "timestamp", *[c for c in USER_FEATURES if c in rows.columns]]
