@@ -312,11 +312,14 @@ class _Fixed(RecallPath):
 def test_rrf_order_puts_items_several_paths_rank_high_first():
     a, b = _Fixed("embedding", [1, 2, 3, 4]), _Fixed("genre", [9, 3, 8, 7])
     user = UserState(user_id=1, seen=frozenset({8}))
-    by_paths = Merger([a, b], {"embedding": 4, "genre": 3}, order="paths").recall(user)
+    by_paths = Merger([a, b], {"embedding": 4, "genre": 4}, order="paths").recall(user)
     assert [c.movie_id for c in by_paths] == [1, 2, 3, 4, 9, 7]
-    fused = Merger([a, b], {"embedding": 4, "genre": 3}, order="rrf").recall(user)
+    fused = Merger([a, b], {"embedding": 4, "genre": 4}, order="rrf").recall(user)
     ids = [c.movie_id for c in fused]
     assert ids[0] == 3  # ranked 3rd and 2nd: 1/62 + 1/61 beats any single first place (1/60)
     assert sorted(ids) == sorted(c.movie_id for c in by_paths)  # same candidates, another order
     assert ids.index(1) < ids.index(9) < ids.index(2)  # ties broken by the merge order
     assert next(c for c in fused if c.movie_id == 3).paths == ("embedding", "genre")
+    # a path's vote weighs as its quota: with a small genre quota its first place falls behind
+    weighted = [c.movie_id for c in Merger([a, b], {"embedding": 4, "genre": 2}, order="rrf").recall(user)]
+    assert weighted.index(2) < weighted.index(9)

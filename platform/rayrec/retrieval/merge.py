@@ -80,7 +80,8 @@ class RecallConfig(BaseModel):
     popular_min_rating: float = 3.5
     # the order of the merged candidates (the recall order the ranker's scores are fused with):
     # "paths" = path by path in quota order; "rrf" = reciprocal-rank fusion, Σ over the paths that
-    # found an item of 1 / (rrf_k + its rank in that path), so items several paths rank high lead
+    # found an item of quota / largest quota / (rrf_k + its rank in that path), so items several
+    # (large-quota) paths rank high lead
     order: Literal["paths", "rrf"] = "rrf"
     rrf_k: int = Field(60, ge=1)
 
@@ -191,12 +192,15 @@ class Merger:
         fused: dict[int, float] = {}  # movie id -> reciprocal-rank fusion over the paths that found it
         seen = user.seen
         rrf_k = self.rrf_k
+        top = max(self.quotas.values(), default=1) or 1
+        weight = {name: q / top for name, q in self.quotas.items()}  # a path's vote weighs as its quota
 
         def walk(path: RecallPath, res: PathResult, new: int) -> int:
             """Add up to ``new`` unseen, not yet found items of ``res`` in order; credit ``path`` for
             the found ones it passes. Returns how many it added."""
             added = 0
             name = path.name
+            w = weight[name]
             for rank, (m, s) in enumerate(zip(res.movie_ids.tolist(), res.scores.tolist())):
                 if added >= new:
                     break
@@ -206,10 +210,10 @@ class Merger:
                 if credited is not None:
                     if name not in credited:
                         credited.append(name)
-                        fused[m] += 1.0 / (rrf_k + rank)
+                        fused[m] += w / (rrf_k + rank)
                     continue
                 found[m] = [name]
-                fused[m] = 1.0 / (rrf_k + rank)
+                fused[m] = w / (rrf_k + rank)
                 order.append(m)
                 first_scores.append(s)
                 added += 1
