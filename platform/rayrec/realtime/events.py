@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, ValidationInfo, field_validator
 
 __all__ = [
     "Event",
@@ -60,7 +60,10 @@ class Event(BaseModel):
     kind: Literal["rating", "click"]
     user_id: StrictInt = Field(gt=0, le=_INT64_MAX, description="the user, a positive integer id")
     movie_id: StrictInt = Field(gt=0, le=_INT64_MAX, description="the movie, a positive integer id")
-    value: float | None = Field(default=None, validate_default=True, description="the rating, or a click's weight")
+    # strict: a JSON number only ("4.5" and true are refused, not converted)
+    value: StrictFloat | None = Field(
+        default=None, validate_default=True, description="the rating, or a click's weight (a JSON number)"
+    )
     timestamp: StrictInt | None = Field(
         default=None, validate_default=True, ge=0, description="Unix seconds; now when omitted or null"
     )
@@ -69,8 +72,13 @@ class Event(BaseModel):
     @classmethod
     def _value(cls, v: float | None, info: ValidationInfo) -> float | None:
         kind = info.data.get("kind")
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number")
+        if v is not None:
+            try:
+                v = float(v)
+            except OverflowError:
+                raise ValueError("must be a finite number") from None
+            if not math.isfinite(v):
+                raise ValueError("must be a finite number")
         if kind == "rating":
             if v is None:
                 raise ValueError(f"a rating needs a value from {RATING_MIN} to {RATING_MAX}")

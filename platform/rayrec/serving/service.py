@@ -27,8 +27,8 @@ from rayrec.realtime import ColdContext
 from rayrec.serving.api import Health, Movie, Recommendation, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle, ServingConfig, load_bundle, resolve_versions
 from rayrec.serving.core import Ranked, Recalled, Recommender
-from rayrec.serving.events import EventSink, ServiceUnavailable
-from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
+from rayrec.serving.events import EventSink, ServiceUnavailable, guarded_write
+from rayrec.serving.guard import StoreDown, StoreGuard
 from rayrec.store import open_store
 from rayrec.store.base import OnlineStore
 from rayrec.store.sqlite import SqliteStore
@@ -160,25 +160,14 @@ class RecommenderService:
         try:
             return await self.guard.run(self.core.user, self.store, user_id)
         except StoreDown as e:
-            raise ServiceUnavailable(f"the online store is unavailable ({e}); retry shortly") from None
+            log.warning("GET /users/%d: %s", user_id, e)  # the details (store URL, path) stay in the log
+            raise ServiceUnavailable("the online store is unavailable; retry shortly") from None
 
     async def event(self, payload: Any) -> Any:
-        try:
-            return await self.guard.write(self.events.ingest, payload)
-        except StoreDown as e:
-            raise ServiceUnavailable(f"the online store is unavailable, the event was not recorded ({e}); retry") from None
-        except WriteUnconfirmed as e:
-            raise ServiceUnavailable(
-                f"{e}: the event may still be applied; retry (a rating sent again replaces the first)"
-            ) from None
+        return await guarded_write(self.guard, self.events.ingest, payload, "event")
 
     async def add_item(self, payload: dict[str, Any]) -> Any:
-        try:
-            return await self.guard.write(self.events.add_item, payload)
-        except StoreDown as e:
-            raise ServiceUnavailable(f"the online store is unavailable, the item was not added ({e}); retry") from None
-        except WriteUnconfirmed as e:
-            raise ServiceUnavailable(f"{e}: the item may still be added; look for it before adding it again") from None
+        return await guarded_write(self.guard, self.events.add_item, payload, "item")
 
     async def health(self) -> Health:
         ok = self.guard.healthy

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rayrec.secrets import mask
+
 __all__ = [
     "ENTITIES",
     "OnlineStore",
@@ -55,18 +57,19 @@ class StoreUnavailable(StoreError):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    """``url`` with any password replaced by ``***`` (for messages and logs): the one in
+    ``user:password@`` and secret query options (``?password=…``, ``?token=…``)."""
     if "://" not in url:
-        return url
+        return mask(url)
     parts = urlsplit(url)
     if parts.password is None:
-        return url
+        return mask(url)
     user = parts.username or ""
     host = parts.hostname or ""
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return mask(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
 
 
 def check_entity(entity: str) -> str:

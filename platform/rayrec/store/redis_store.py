@@ -152,7 +152,7 @@ class RedisStore(OnlineStore):
 
     def __init__(self, config: RedisStoreConfig) -> None:
         self.config = config
-        self.url = config.to_url()
+        self.url = mask_url(config.to_url())  # secret connection options (?password=…) masked too
         self._prefix = config.prefix
         self._ttl = config.ttl
         scheme = "rediss" if config.ssl else "redis"
