@@ -30,7 +30,7 @@ from rayrec.serving.core import Ranked, Recalled, Recommender
 from rayrec.serving.events import EventSink, ServiceUnavailable, guarded_write
 from rayrec.serving.guard import StoreDown, StoreGuard
 from rayrec.store import open_store
-from rayrec.store.base import OnlineStore
+from rayrec.store.base import NotDurable, OnlineStore, StoreError, check_durability
 from rayrec.store.sqlite import SqliteStore
 
 __all__ = ["RecommenderService", "RankFn", "store_for"]
@@ -68,6 +68,12 @@ class RecommenderService:
         self.passthrough: tuple[type[BaseException], ...] = ()
         self._swap_lock = asyncio.Lock()
         self._resolved = resolve_versions(artifacts, cfg)
+        try:
+            check_durability(store, log)  # durability=require: refuse to serve (NotDurable)
+        except NotDurable:
+            raise
+        except StoreError as e:  # the store is down at start-up: serve degraded, check again on the next start
+            log.warning("could not check the online store's durability: %s", e)
 
     @classmethod
     def create(cls, artifacts: str, store_url: str | None, config: ServingConfig | None = None, **kwargs: Any) -> RecommenderService:
@@ -178,14 +184,22 @@ class RecommenderService:
             features_version=b.versions.get("features"), composition=self.composition,
         )  # fmt: skip
 
-    async def sync_items_forever(self, every_s: float = 5.0) -> None:
-        """Insert into this replica's index the items other replicas added (``POST /items``), every
-        few seconds. Store failures are logged and retried next time."""
+    async def sync_items_forever(self, every_s: float = 5.0, recover_grace_s: float = 30.0) -> None:
+        """Every few seconds: insert into this replica's index the items other replicas added
+        (``POST /items``), and apply logged events that never reached the users' state (a process
+        died in between; :meth:`rayrec.realtime.Realtime.recover`), first at once on start-up.
+        Store failures are logged and retried next time."""
+        first = True
         while not self.guard.closed:
+            try:
+                await self.guard.write(self.events.rt.recover, 0.0 if first else recover_grace_s)
+            except Exception as e:  # the breaker handles store outages; keep going afterwards
+                log.warning("event recovery skipped: %s", e)
+            first = False
             await asyncio.sleep(every_s)
             try:
                 new = await self.guard.run(self.events.sync_items)
-            except Exception as e:  # the breaker handles store outages; keep syncing afterwards
+            except Exception as e:
                 log.debug("item sync skipped: %s", e)
                 continue
             if new:
