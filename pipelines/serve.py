@@ -26,7 +26,7 @@ import urllib.request
 from typing import Any
 
 from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
-from rayrec import secrets
+from rayrec import reaper, secrets
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
 from rayrec.serving.security import SecurityConfig, check_bind
 
@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                   allow_open=args.allow_open or None)  # fmt: skip
     try:
         check_bind(args.host, SecurityConfig.from_env(), args.allow_open or None)  # before Ray starts
+        if args.blocking:
+            reaper.become_subreaper()  # before Ray: orphaned descendants (HAProxy) come back to this job
         init_ray(args.address, ingress=args.ingress)
         url = reload(**kwargs) if args.reload else deploy(**kwargs)
     except (FileNotFoundError, TimeoutError, ValueError, IngressUnavailable) as e:
@@ -149,13 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     local = not (args.address or os.environ.get("RAY_ADDRESS"))  # a cluster's own environment chose its ingress
     print(banner(url, os.environ.get(INGRESS_ENV) if local else None), flush=True)
     if args.blocking:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            from ray import serve
+        import ray
+        from ray import serve
 
-            serve.shutdown()
+        sig = reaper.wait_for_signal()  # SIGINT, SIGTERM or SIGHUP (a closed terminal)
+        print(f"\nstopping ({sig.name}): Serve, Ray, then any process left", flush=True)
+        reaper.shutdown([serve.shutdown, ray.shutdown])
     return 0
 
 
