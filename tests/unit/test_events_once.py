@@ -100,3 +100,39 @@ def test_a_retry_after_a_crash_completes_the_event(rt: Realtime) -> None:
     ack = rt.ingest(e)[0]
     assert not ack.duplicate and ack.applied and stats(rt, 11).clicks == 1
     assert rt.ingest(e)[0].duplicate and stats(rt, 11).clicks == 1
+
+
+def test_writes_past_their_deadline_are_bounded() -> None:
+    """A write that timed out keeps running (it may land), but at most ``max_writes`` do: further
+    writes are refused at once, nothing recorded, until the slow ones finish."""
+    import threading
+
+    from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
+
+    release = threading.Event()
+    guard = StoreGuard(write_timeout_s=0.05, threads=8, max_writes=3)
+    done: list[int] = []
+
+    def slow(i: int) -> int:
+        release.wait(10)
+        done.append(i)
+        return i
+
+    async def scenario() -> None:
+        for i in range(3):
+            with pytest.raises(WriteUnconfirmed):
+                await guard.write(slow, i)
+        assert guard.writes == 3
+        with pytest.raises(StoreDown, match="3 writes are still running"):
+            await guard.write(slow, 99)
+        assert guard.healthy, "a busy store is not an outage: the breaker stays closed"
+        release.set()
+        for _ in range(100):
+            if guard.writes == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert guard.writes == 0 and sorted(done) == [0, 1, 2]
+        assert await guard.write(lambda: "ok") == "ok"
+
+    asyncio.run(scenario())
+    guard.close()
