@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sig = reaper.wait_for_signal()  # SIGINT, SIGTERM or SIGHUP (a closed terminal)
         print(f"\nstopping ({sig.name}): Serve, Ray, then any process left", flush=True)
-        reaper.shutdown([serve.shutdown, ray.shutdown])
+        reaper.shutdown([serve.shutdown, ray.shutdown], timeout_s=5.0)  # Serve's controller may be gone already
     return 0
 
 

@@ -24,7 +24,9 @@ SECRET_PARAMS = ("password", "passwd", "pwd", "pass", "token", "secret", "api_ke
 _URL_AUTH = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _PARAM = re.compile(r"(?P<key>(?<![A-Za-z0-9_])(?:" + "|".join(SECRET_PARAMS) + r"))(?P<sep>\s*[=:]\s*)"
                     r"(?P<q>['\"]?)(?P<value>(?!\*\*\*)[^&\s'\",;)}\]]+)", re.IGNORECASE)  # fmt: skip
-_BEARER = re.compile(r"(?P<kind>\b(?:Bearer|Basic|Token)\s+)(?P<value>(?!\*\*\*)[A-Za-z0-9._~+/=\-]{4,})", re.IGNORECASE)
+# a credential has a digit or a symbol: "Token authentication" is prose, "Bearer 3xY-…" is not
+_BEARER = re.compile(r"(?P<kind>\b(?:Bearer|Basic|Token)\s+)(?P<value>(?!\*\*\*)(?=[A-Za-z]*[0-9._~+/=\-])[A-Za-z0-9._~+/=\-]{4,})",
+                     re.IGNORECASE)  # fmt: skip
 
 _lock = threading.Lock()
 _known: set[str] = set()

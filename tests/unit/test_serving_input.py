@@ -170,5 +170,7 @@ def test_mask_removes_passwords_tokens_and_registered_secrets() -> None:
     for text, secret in cases.items():
         assert secret not in secrets.mask(text), text
     assert "prefix=x" in secrets.mask("redis://h:1/0?password=pw3&prefix=x")
+    prose = "Token authentication is enabled for this cluster"
+    assert secrets.mask(prose) == prose
     assert mask_url("redis://h:1/0?password=pw6") == "redis://h:1/0?password=***"
     assert mask_url("redis://u:pw7@h:1/0") == "redis://u:***@h:1/0"

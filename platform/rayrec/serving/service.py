@@ -17,10 +17,12 @@ logged, and the response says it was degraded.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from rayrec.realtime import ColdContext
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 
 RankFn = Callable[[Recalled], Awaitable[Ranked]]
 
+#: the (service, core) a request in this context was pinned to: one bundle for all its stages
+_pinned: ContextVar[tuple[Any, Recommender] | None] = ContextVar("rayrec_pinned_core", default=None)
+
 
 def store_for(artifacts: str) -> str:
     """The embedded store of an artifacts folder: ``<artifacts>/online/store.sqlite`` (what the
@@ -54,7 +59,7 @@ class RecommenderService:
     def __init__(self, artifacts: str, store: OnlineStore, bundle: Bundle, *, composition: str = "local") -> None:
         self.artifacts = artifacts
         self.store = store
-        self.core = Recommender(bundle)
+        self._core = Recommender(bundle)
         cfg = bundle.config
         self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, inline=isinstance(store, SqliteStore),
                                 write_timeout_s=cfg.store_write_timeout_s)  # fmt: skip
@@ -79,6 +84,13 @@ class RecommenderService:
     def create(cls, artifacts: str, store_url: str | None, config: ServingConfig | None = None, **kwargs: Any) -> RecommenderService:
         """Open the store (None: the SQLite file under these artifacts) and load the bundle."""
         return cls(artifacts, open_store(store_url or store_for(artifacts)), load_bundle(artifacts, config or ServingConfig()), **kwargs)
+
+    @property
+    def core(self) -> Recommender:
+        """The recall / rank / rerank stages over the live bundle, or, inside a request, over the
+        bundle it started with (a hot swap during the request does not reach it)."""
+        pinned = _pinned.get()
+        return pinned[1] if pinned is not None and pinned[0] is self else self._core
 
     @property
     def bundle(self) -> Bundle:
@@ -111,6 +123,15 @@ class RecommenderService:
 
     # -- Backend ----------------------------------------------------------------------------------
     async def recommend(self, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
+        # one bundle snapshot for the whole request: a shallow copy shares the caches, and a swap
+        # (which replaces the live core's bundle) does not reach it
+        token = _pinned.set((self, copy.copy(self._core)))
+        try:
+            return await self._recommend(user_id, k, context)
+        finally:
+            _pinned.reset(token)
+
+    async def _recommend(self, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
         t = time.perf_counter()
         try:
             recalled = await self.recall_fn(user_id, k, context)
@@ -224,10 +245,10 @@ class RecommenderService:
             live = self.bundle
             resolved = await asyncio.to_thread(resolve_versions, self.artifacts, cfg)
             if cfg.artifact_key() == live.config.artifact_key() and resolved == self._resolved:
-                self.core.bundle = live.with_config(cfg)
+                self._core.bundle = live.with_config(cfg)
                 return False
             bundle = await asyncio.to_thread(load_bundle, self.artifacts, cfg)
-            self.core.bundle = bundle
+            self._core.bundle = bundle
             self.events.rebind(bundle)
             self._resolved = resolved
             log.info("hot swap: now serving %s", bundle.versions)
