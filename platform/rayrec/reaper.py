@@ -92,7 +92,8 @@ def shutdown(steps: Iterable[Callable[[], object]], timeout_s: float = 10.0) -> 
         t.start()
         t.join(timeout_s)
         if t.is_alive():
-            log.warning("shutdown step %s still running after %.0fs; going on", getattr(step, "__name__", step), time.monotonic() - started)
+            name = getattr(step, "__name__", step)
+            log.warning("shutdown step %s still running after %.0fs; going on", name, time.monotonic() - started)
     ended = reap()
     if ended:
         log.info("ended %d leftover child process(es): %s", len(ended), ended)

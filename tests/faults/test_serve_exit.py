@@ -1,5 +1,6 @@
 """The serving job (``python -m pipelines.serve --blocking``, HAProxy front door where installed) gets
-SIGTERM, SIGHUP or SIGINT on its whole process group, as a closed terminal or ``kill -- -PGID`` sends:
+SIGTERM, SIGHUP or SIGINT on its whole process group, as a closed terminal or ``kill -- -PGID`` sends
+(after checking, behind the real front door, that its token guards a per-user read: 401, 403, 200):
 it exits, no process it started outlives it (HAProxy runs in a process group of its own, so the group
 signal does not reach it), and its port is free again. Before that, HAProxy's listeners are checked:
 all on loopback."""
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -44,7 +46,9 @@ def alive(pids: list[int]) -> list[str]:
 def test_no_process_outlives_the_serving_job(serving_artifacts, tmp_path, sig: signal.Signals) -> None:
     port = free_port()
     store = serving_artifacts.store.replace("sqlite://", "")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]), "RAY_ADDRESS": ""}
+    token = "fault-test-token-" + os.urandom(8).hex()  # the replicas inherit it from the job's environment
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)]), "RAY_ADDRESS": "",
+           "RAYREC_API_TOKEN": token}  # fmt: skip
     log = open(tmp_path / "serve.log", "w")
     job = subprocess.Popen([sys.executable, "-m", "pipelines.serve", "--artifacts", serving_artifacts.artifacts,
                             "--store", f"sqlite://{store}", "--port", str(port), "--blocking"],
@@ -61,6 +65,8 @@ def test_no_process_outlives_the_serving_job(serving_artifacts, tmp_path, sig: s
                 time.sleep(1)
         else:
             raise AssertionError("the serving job did not answer within 300 s")
+        user = f"http://127.0.0.1:{port}/users/1"
+        assert _status(user) == 401 and _status(user, "wrong-" + token) == 403 and _status(user, token) == 200
         time.sleep(2)  # the banner is printed after /healthz: the job is now waiting for a signal
         tree = psutil.Process(job.pid).children(recursive=True)
         listening = [c for p in tree for c in _listening(p)]
@@ -91,3 +97,12 @@ def _listening(p: psutil.Process) -> list:
         return [c.laddr for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
+
+
+def _status(url: str, token: str | None = None) -> int:
+    req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code

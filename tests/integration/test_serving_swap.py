@@ -19,7 +19,7 @@ from rayrec.store import open_store
 def test_concurrent_swaps_give_zero_torn_reads(serving_artifacts) -> None:
     art = serving_artifacts
     store = FaultyStore(open_store(art.store), "hang", hang_s=0.003)  # every read waits: the loop switches tasks
-    live = load_bundle(art.artifacts, ServingConfig())
+    live = load_bundle(art.artifacts, ServingConfig(store_timeout_s=10.0))  # a loaded machine must not degrade it
     a = dataclasses.replace(live, versions={**live.versions, "index": "A-index", "ranker": "A-ranker"})
     b = dataclasses.replace(live, versions={**live.versions, "index": "B-index", "ranker": "B-ranker"})
     svc = RecommenderService(art.artifacts, store, a)  # type: ignore[arg-type]
