@@ -28,11 +28,13 @@ def test_the_wrapper_binds_haproxy_stats_and_metrics_to_loopback(tmp_path) -> No
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text("frontend prometheus\n    bind :9101\nfrontend http_frontend\n    bind 0.0.0.0:8000\n"
-                   "frontend other\n    bind :8000\nlisten stats\n  bind *:8404\n  stats enable\n")  # fmt: skip
-    wrapper = ingress.loopback_wrapper(str(fake), 8404, 9101, folder=str(tmp_path))
+                   "frontend other\n    bind :8000\nlisten stats\n  bind *:8404\n  stats enable\n"
+                   "frontend prometheus\n    bind :7777\nlisten stats\n  bind *:7778\n")  # fmt: skip
+    wrapper = ingress.loopback_wrapper(str(fake), folder=str(tmp_path))
     subprocess.run([wrapper, "-db", "-f", str(cfg)], check=True, timeout=10)
     lines = [line.strip() for line in seen.read_text().splitlines() if line.strip().startswith("bind")]
-    assert lines == ["bind 127.0.0.1:9101", "bind 0.0.0.0:8000", "bind :8000", "bind 127.0.0.1:8404"]
+    assert lines == ["bind 127.0.0.1:9101", "bind 0.0.0.0:8000", "bind :8000", "bind 127.0.0.1:8404",
+                     "bind 127.0.0.1:7777", "bind 127.0.0.1:7778"]  # any port, sections in any order
 
 
 def test_the_wrapped_config_passes_haproxys_own_check(tmp_path) -> None:
@@ -43,7 +45,7 @@ def test_the_wrapped_config_passes_haproxys_own_check(tmp_path) -> None:
     cfg.write_text("defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n    timeout connect 1s\n"
                    "frontend prometheus\n    bind :19101\n    http-request use-service prometheus-exporter\n"
                    "listen stats\n  bind *:18404\n  stats enable\n  stats uri /stats\n")  # fmt: skip
-    wrapper = ingress.loopback_wrapper(binary, 18404, 19101, folder=str(tmp_path))
+    wrapper = ingress.loopback_wrapper(binary, folder=str(tmp_path))
     out = subprocess.run([wrapper, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "bind 127.0.0.1:18404" in cfg.read_text() and "bind 127.0.0.1:19101" in cfg.read_text()

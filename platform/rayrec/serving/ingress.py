@@ -113,16 +113,13 @@ def apply_ingress(mode: str | None = None, loopback_stats: bool = True) -> Liter
     os.environ[INGRESS_ENV] = resolved
     if resolved == "haproxy":
         for name, port in _FIXED_PORTS.items():  # a busy default port would stop HAProxy or its fallback
-            if name not in os.environ:
-                os.environ[name] = str(port if _port_free(port) else _free_port())
-                if os.environ[name] != str(port):
-                    log.info("port %d is taken: %s=%s", port, name, os.environ[name])
+            if name not in os.environ and not _port_free(port):
+                os.environ[name] = str(_free_port())
+                log.info("port %d is taken: %s=%s", port, name, os.environ[name])
         if loopback_stats:
             binary = haproxy_binary()
             if binary is not None and not binary.endswith(_WRAPPER_NAME):
-                os.environ[_BINARY_ENV] = loopback_wrapper(
-                    binary, int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]), int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"])
-                )
+                os.environ[_BINARY_ENV] = loopback_wrapper(binary)
     return resolved
 
 
@@ -130,21 +127,21 @@ _BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 _WRAPPER_NAME = "haproxy-loopback"
 
 
-def loopback_wrapper(binary: str, stats_port: int, metrics_port: int, folder: str | None = None) -> str:
+def loopback_wrapper(binary: str, folder: str | None = None) -> str:
     """Write an executable wrapper of ``binary`` that, before starting HAProxy, rewrites the
-    configuration given with ``-f`` so that the stats (``bind *:<stats_port>``) and Prometheus
-    (``bind :<metrics_port>``) listeners bind 127.0.0.1; returns its path."""
+    configuration given with ``-f`` so that the ``bind`` lines of its ``listen stats`` and ``frontend
+    prometheus`` sections (``*:<port>`` and ``:<port>``, every address) bind 127.0.0.1; returns its path."""
     folder = folder or tempfile.mkdtemp(prefix="rayrec-haproxy-")
     path = os.path.join(folder, _WRAPPER_NAME)
-    ports = f"({int(stats_port)}|{int(metrics_port)})"
-    expr = r"s/^([[:space:]]*bind[[:space:]]+)\*?:" + ports + r"[[:space:]]*$/\1127.0.0.1:\2/"
+    to_loopback = r"s/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)[[:space:]]*$/\1127.0.0.1:\2/"
+    sections = " ".join(f"-e '/^{name}([[:space:]]|$)/,/^[a-z]/{to_loopback}'" for name in ("listen stats", "frontend prometheus"))
     sed = shlex.quote(shutil.which("sed") or "/bin/sed")
     script = f"""#!/bin/sh
 # HAProxy with its stats and metrics listeners on loopback (written by rayrec.serving.ingress)
 prev=""
 for arg in "$@"; do
   if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
-    {sed} -i -E '{expr}' "$arg"
+    {sed} -i -E {sections} "$arg"
   fi
   prev="$arg"
 done
