@@ -86,8 +86,9 @@ def test_no_process_outlives_the_serving_job(serving_artifacts, tmp_path, sig: s
                 break
             time.sleep(0.2)
         assert not left, f"left running after {sig.name}: {left}"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # the port is free again
+        with socket.socket() as s:  # the port is free again (SO_REUSEADDR, as servers do: TIME_WAIT is not a listener)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
         print(f"\n{sig.name}: job exited in {took:.1f}s, {len(pids)} descendants, none left; listeners were {sorted({a.port for a in listening})} on loopback")
     finally:
         if job.poll() is None:
