@@ -77,7 +77,8 @@ def test_no_process_outlives_the_serving_job(serving_artifacts, tmp_path, sig: s
             assert len(listening) >= 3 and all(a.ip in ("127.0.0.1", "::1") for a in listening), listening
         started = time.monotonic()
         os.killpg(job.pid, sig)
-        assert job.wait(90) == 0, f"the job did not exit cleanly on {sig.name}"
+        rc = job.wait(90)
+        assert rc == 0, f"the job did not exit cleanly on {sig.name} (exit {rc}): " + (tmp_path / "serve.log").read_text()[-2000:]
         took = time.monotonic() - started
         left = []
         for _ in range(50):  # the last ones are ending
