@@ -157,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         sig = reaper.wait_for_signal()  # SIGINT, SIGTERM or SIGHUP (a closed terminal)
         print(f"\nstopping ({sig.name}): Serve, Ray, then any process left", flush=True)
         reaper.shutdown([serve.shutdown, ray.shutdown], timeout_s=5.0)  # Serve's controller may be gone already
+        # a step still stuck in a helper thread (Ray's, on a dead cluster) could crash the interpreter's
+        # own finalisation: everything is stopped, so leave now
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
