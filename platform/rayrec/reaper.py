@@ -84,8 +84,10 @@ def reap(timeout_s: float = 10.0, exclude: Iterable[int] = ()) -> list[int]:
 
 def shutdown(steps: Iterable[Callable[[], object]], timeout_s: float = 10.0) -> list[int]:
     """Run the shutdown ``steps`` in order (each at most ``timeout_s``, on a helper thread: a step
-    waiting on a dead process must not hang the job), then :func:`reap` what is left. Returns the
-    pids reaped."""
+    waiting on a dead process must not hang the job), then :func:`reap` what is left. A step still
+    running after its time ends the sequence: a later step would race it (``ray.shutdown`` while
+    ``serve.shutdown`` still talks to Ray aborts the process), and reaping ends what it waits on.
+    Returns the pids reaped; the caller should then leave with ``os._exit``."""
     for step in steps:
         t = threading.Thread(target=_quiet(step), daemon=True)
         started = time.monotonic()
@@ -93,7 +95,8 @@ def shutdown(steps: Iterable[Callable[[], object]], timeout_s: float = 10.0) -> 
         t.join(timeout_s)
         if t.is_alive():
             name = getattr(step, "__name__", step)
-            log.warning("shutdown step %s still running after %.0fs; going on", name, time.monotonic() - started)
+            log.warning("shutdown step %s still running after %.0fs; ending the processes left", name, time.monotonic() - started)
+            break
     ended = reap()
     if ended:
         log.info("ended %d leftover child process(es): %s", len(ended), ended)
