@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rayrec-installed
 ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-faults bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ run: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# the serving job under signals: Ray and Serve of its own per case, about 1-2 min each on 2 cores
+test-faults: install
+	$(PY) -m pytest -p no:cacheprovider tests/faults -o addopts="-ra" $(ARGS)
 
 bench: install
 	for f in tests/perf/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

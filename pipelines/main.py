@@ -16,6 +16,7 @@ import time
 
 from pipelines import features, index, serve, train
 from pipelines._common import init_ray, setup_logging
+from rayrec.reaper import become_subreaper
 from rayrec.serving.ingress import MODES, IngressUnavailable
 
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serve", action="store_true", help="stop after the offline steps")
     args = p.parse_args(argv)
     setup_logging()
+    if not args.no_serve:
+        become_subreaper()  # before Ray starts: no child outlives the job (pipelines.serve --blocking reaps)
     try:
         init_ray(ingress=args.ingress)
     except (IngressUnavailable, ValueError) as e:

@@ -2,7 +2,11 @@
 
     python -m pipelines.serve [--artifacts URI] [--store URL] [--port 8000] [--host 127.0.0.1]
                               [--composition fused|ranker|chain] [--ingress auto|haproxy|proxy]
-                              [--blocking] [--reload]
+                              [--blocking] [--reload] [--allow-open]
+
+The API token comes from the environment (``RAYREC_API_TOKEN`` or ``RAYREC_API_TOKEN_FILE``, never a
+flag: other users can read a command line); a non-loopback ``--host`` without one is refused unless
+``--allow-open`` (see rayrec.serving.security).
 
 Single-node local mode by default (a local Ray is started; its front door, HAProxy where installed or
 Serve's Python proxy, listens on 127.0.0.1: see rayrec.serving.ingress).
@@ -22,7 +26,9 @@ import urllib.request
 from typing import Any
 
 from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
+from rayrec import reaper, secrets
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
+from rayrec.serving.security import SecurityConfig, check_bind
 
 log = logging.getLogger("pipelines.serve")
 
@@ -40,16 +46,19 @@ def deploy(
     route_prefix: str = "/",
     serving: dict[str, Any] | None = None,
     wait_s: float = 120.0,
+    allow_open: bool | None = None,
     **overrides: Any,
 ) -> str:
     """Deploy the app on the running Ray (a local one is started if none) and return its URL once
     ``/healthz`` answers. Serve's HTTP options (host, port) are fixed when Serve first starts on a
     cluster; deploying again with other ones keeps the first. ``serving`` is the ServingConfig sent as
-    ``user_config``; ``overrides`` are further :class:`serve_apps.recommender.AppArgs` fields."""
+    ``user_config``; ``overrides`` are further :class:`serve_apps.recommender.AppArgs` fields. A
+    non-loopback ``host`` needs an API token in the environment, or ``allow_open``."""
     from ray import serve
 
     from serve_apps.recommender import build_app
 
+    check_bind(host, SecurityConfig.from_env(), allow_open)
     init_ray()
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": 30})
     args: dict[str, Any] = {"artifacts": artifacts_arg(artifacts), "store": store, "composition": composition, **overrides}
@@ -121,11 +130,19 @@ def main(argv: list[str] | None = None) -> int:
                    "when installed; default: RAYREC_INGRESS, else auto). A cluster's own environment decides there")
     p.add_argument("--blocking", action="store_true", help="keep serving until Ctrl-C")
     p.add_argument("--reload", action="store_true", help="hot-swap a running app to the LATEST artifacts")
+    p.add_argument("--allow-open", action="store_true",
+                   help="serve a non-loopback --host without an API token (RAYREC_API_TOKEN / RAYREC_API_TOKEN_FILE): "
+                   "anyone who reaches the port can then write events and items")  # fmt: skip
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    secrets.install()
     store = None if args.store in (None, "default") else args.store
-    kwargs = dict(artifacts=args.artifacts, store=store, port=args.port, host=args.host, composition=args.composition)
+    kwargs = dict(artifacts=args.artifacts, store=store, port=args.port, host=args.host, composition=args.composition,
+                  allow_open=args.allow_open or None)  # fmt: skip
     try:
+        check_bind(args.host, SecurityConfig.from_env(), args.allow_open or None)  # before Ray starts
+        if args.blocking:
+            reaper.become_subreaper()  # before Ray: orphaned descendants (HAProxy) come back to this job
         init_ray(args.address, ingress=args.ingress)
         url = reload(**kwargs) if args.reload else deploy(**kwargs)
     except (FileNotFoundError, TimeoutError, ValueError, IngressUnavailable) as e:
@@ -134,13 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     local = not (args.address or os.environ.get("RAY_ADDRESS"))  # a cluster's own environment chose its ingress
     print(banner(url, os.environ.get(INGRESS_ENV) if local else None), flush=True)
     if args.blocking:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            from ray import serve
+        import ray
+        from ray import serve
 
-            serve.shutdown()
+        sig = reaper.wait_for_signal()  # SIGINT, SIGTERM or SIGHUP (a closed terminal)
+        print(f"\nstopping ({sig.name}): Serve, Ray, then any process left", flush=True)
+        reaper.shutdown([serve.shutdown, ray.shutdown], timeout_s=5.0)  # Serve's controller may be gone already
+        # a step still stuck in a helper thread (Ray's, on a dead cluster) could crash the interpreter's
+        # own finalisation: everything is stopped, so leave now
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -7,12 +7,23 @@ for checks that need the store or the catalog (an unknown movie, an unknown genr
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 __all__ = [
     "Event",
@@ -53,24 +64,42 @@ class UnknownMovie(EventError):
 
 class Event(BaseModel):
     """One thing a user did: ``rating`` (``value`` in 0.5..5 in steps of 0.5) or ``click`` (``value``
-    optional, e.g. a dwell time, never negative). ``timestamp`` is Unix seconds, now by default."""
+    optional, e.g. a dwell time, never negative). ``timestamp`` is Unix seconds, now by default.
+
+    ``event_id`` makes a retry safe: an event whose id was logged before is applied once. Without
+    one the id is derived from the event's fields, so a resend of the same rating or click with the
+    same ``timestamp`` is a duplicate too (send an ``event_id``, or a ``timestamp``, to retry safely:
+    an omitted timestamp is the time of arrival, which a retry changes)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["rating", "click"]
     user_id: StrictInt = Field(gt=0, le=_INT64_MAX, description="the user, a positive integer id")
     movie_id: StrictInt = Field(gt=0, le=_INT64_MAX, description="the movie, a positive integer id")
-    value: float | None = Field(default=None, validate_default=True, description="the rating, or a click's weight")
+    # strict: a JSON number only ("4.5" and true are refused, not converted)
+    value: StrictFloat | None = Field(
+        default=None, validate_default=True, description="the rating, or a click's weight (a JSON number)"
+    )
     timestamp: StrictInt | None = Field(
         default=None, validate_default=True, ge=0, description="Unix seconds; now when omitted or null"
     )
+    event_id: StrictStr | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.:\-]{1,128}$",
+        description="the client's id of this event (letters, digits, '_.:-'): a repeated id is applied once; "
+        "derived from the fields when omitted",
+    )  # fmt: skip
 
     @field_validator("value")
     @classmethod
     def _value(cls, v: float | None, info: ValidationInfo) -> float | None:
         kind = info.data.get("kind")
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be a finite number")
+        if v is not None:
+            try:
+                v = float(v)
+            except OverflowError:
+                raise ValueError("must be a finite number") from None
+            if not math.isfinite(v):
+                raise ValueError("must be a finite number")
         if kind == "rating":
             if v is None:
                 raise ValueError(f"a rating needs a value from {RATING_MIN} to {RATING_MAX}")
@@ -96,9 +125,17 @@ class Event(BaseModel):
         assert self.timestamp is not None
         return self.timestamp
 
+    @property
+    def key(self) -> str:
+        """The event's id: the client's, else ``d-`` and a hash of its fields (stable across processes)."""
+        if self.event_id is not None:
+            return self.event_id
+        text = f"{self.kind}|{self.user_id}|{self.movie_id}|{self.value!r}|{self.ts}"
+        return "d-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
     def record(self) -> dict[str, Any]:
-        """The event as stored in the event log."""
-        return self.model_dump()
+        """The event as stored in the event log (with its id)."""
+        return {**self.model_dump(), "event_id": self.key}
 
 
 class EventAck(BaseModel):
@@ -110,7 +147,9 @@ class EventAck(BaseModel):
     user_id: int
     movie_id: int
     timestamp: int
-    applied: bool = Field(description="False when a newer rating of the same movie already stood")
+    event_id: str = Field(default="", description="the event's id (the client's, or derived from its fields)")
+    applied: bool = Field(description="False when a newer rating of the same movie already stood, or for a duplicate")
+    duplicate: bool = Field(default=False, description="an event with this id was applied before: nothing changed")
     user_rating_count: int
     user_embedding: bool = Field(description="whether the user's embedding was recomputed")
 

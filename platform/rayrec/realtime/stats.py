@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from rayrec.features.pointintime import N_RECENT_ITEMS, N_USER_GENRES
+from rayrec.store.base import offset_order
 
 __all__ = [
     "STATE_KEY",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 STATE_KEY = "realtime"
+N_OFFSETS = 64  # latest applied event offsets kept per user, for exactly-once application
 _HALF = 2  # ratings are stored as integer half-stars (rating * 2): compact and exact
 
 
@@ -112,6 +114,23 @@ class UserStats:
     clicks: int = 0
     seq: int = 0  # events applied: the embedding writer uses it to detect a newer row
     exact: bool = True
+    offsets: list[str] = field(default_factory=list)  # event-log offsets of the latest events applied, oldest first
+
+    # -- exactly once -----------------------------------------------------------------------------
+
+    def applied(self, offset: str) -> bool:
+        """Whether the event at log ``offset`` was applied to this state: among the latest
+        ``N_OFFSETS`` applied, or older than all of them when that many are kept."""
+        if offset in self.offsets:
+            return True
+        if len(self.offsets) < N_OFFSETS:
+            return False
+        return offset_order(offset) < min(offset_order(o) for o in self.offsets)
+
+    def mark(self, offset: str) -> None:
+        """Record that the event at ``offset`` is applied by this update."""
+        if offset:
+            self.offsets = [*self.offsets, offset][-N_OFFSETS:]
 
     # -- updates ----------------------------------------------------------------------------------
 
@@ -212,6 +231,7 @@ class UserStats:
             "last_timestamp": self.last_timestamp,
             "clicks": self.clicks,
             "seq": self.seq,
+            "offsets": list(self.offsets),
         }
 
     @classmethod
@@ -228,6 +248,7 @@ class UserStats:
             clicks=int(d.get("clicks", 0)),
             seq=int(d.get("seq", 0)),
             exact=bool(d["exact"]),
+            offsets=[str(o) for o in d.get("offsets", ())],
         )
 
     @classmethod

@@ -2,13 +2,22 @@
 
 :class:`Realtime` is what ``POST /events`` and ``POST /items`` call. For each accepted event it
 
-1. appends the event to the durable event log (``store.append_log("events", …)``): from here on the
-   next training run will see it (``pipelines.replay``), whatever happens next;
+1. appends the event to the durable event log under its id (``store.append_log_once``): from here on
+   the next training run will see it (``pipelines.replay``), whatever happens next; an id the log
+   already holds (a retry, a concurrent duplicate) is not logged again;
 2. updates the user row in one atomic read-modify-write (``store.update``): count/mean/std of ratings
-   and release years, top genres, last positives, the rated set (see :mod:`rayrec.realtime.stats`);
+   and release years, top genres, last positives, the rated set (see :mod:`rayrec.realtime.stats`),
+   and the event's log offset among the user's latest applied ones. This write is the commit point:
+   an event whose offset the row holds is never applied again (a duplicate is acknowledged as such);
 3. adds the rating to the item's count/mean/std, appends the event to the user's history;
 4. recomputes the user's embedding (the user tower over the new features, or the mean of the recent
    positives' item vectors) and stores it as kind ``"user"``.
+
+A crash between 1 and 2 leaves an event logged and not applied: :meth:`Realtime.recover` (at start-up
+and every few seconds in a replica) reads the log past its mark and applies what the users' rows do
+not hold yet; a client retrying with the same id gets it applied too. A crash between 2 and 3-4
+(never for an acknowledged event: the answer is sent after 4) leaves that event's history entry, item
+statistics or vector behind until the next event or features load.
 
 The next ``/recommend`` reads the new row and vector: no retraining. Nothing here knows about Ray
 Serve or HTTP; a replica builds one :class:`Realtime` and calls it from its handlers.
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -28,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rayrec.features.pointintime import USER_FEATURES
 from rayrec.realtime.events import AddedItem, Event, EventAck, EventError, NewItem, UnknownMovie, parse_events
 from rayrec.realtime.stats import STATE_KEY, UserStats, as_list, item_with_rating, stats_from_ratings, user_features
-from rayrec.store.base import OnlineStore, Row
+from rayrec.store.base import OnlineStore, Row, offset_order
 
 __all__ = [
     "EVENTS_LOG",
@@ -98,6 +108,14 @@ class RealtimeConfig(BaseModel):
 
 class _Skip(Exception):
     """Raised inside an update function to leave the row as it is."""
+
+
+class _Applied(Exception):
+    """Raised inside the user update when the row already holds the event: nothing to do."""
+
+
+#: the consumer name of :meth:`Realtime.recover`'s mark on the event log
+RECOVER_MARK = "state"
 
 
 class _Taken(Exception):
@@ -171,26 +189,39 @@ class Realtime:
                         for i in missing
                     ]
                 )
-        offsets = self.store.append_log(EVENTS_LOG, [e.record() for e in events], maxlen=self.config.log_maxlen)
-        return [self.apply(e, rows[e.movie_id], offset) for e, offset in zip(events, offsets)]
+        now = time.time()
+        records = [{**e.record(), "logged_at": now} for e in events]
+        logged = self.store.append_log_once(EVENTS_LOG, records, [e.key for e in events], maxlen=self.config.log_maxlen)
+        # a duplicate id goes through apply too: applied once by whoever gets there first
+        return [self.apply(e, rows[e.movie_id], offset) for e, (offset, _) in zip(events, logged)]
 
     def apply(self, event: Event, item: Mapping[str, Any] | None, offset: str = "") -> EventAck:
         """Apply one validated event to the online store (no logging): the user row, the item's
-        statistics, the history and the user's embedding. ``item`` is the movie's store row."""
+        statistics, the history and the user's embedding. ``item`` is the movie's store row. With an
+        ``offset``, an event the user row already holds is not applied again (``duplicate``)."""
         genres = as_list((item or {}).get("genres"))
         year = (item or {}).get("item_year")
         changes: list[Any] = []
 
         def update(row: Row | None) -> dict[str, Any]:
             stats = UserStats.of_row(row)
+            if offset and stats.applied(offset):
+                raise _Applied
             if event.kind == "rating":
                 assert event.value is not None
                 changes.append(stats.rate(event.movie_id, event.value, event.ts, genres, year, self.threshold))
             else:
                 stats.click(event.ts)
+            stats.mark(offset)
             return user_features(event.user_id, stats, row)
 
-        row = self.store.update("user", event.user_id, update)
+        try:
+            row = self.store.update("user", event.user_id, update)
+        except _Applied:
+            current = self.store.get("user", [event.user_id])[0] or {}
+            return EventAck(offset=offset, kind=event.kind, user_id=event.user_id, movie_id=event.movie_id,
+                            timestamp=event.ts, event_id=event.key, applied=False, duplicate=True,
+                            user_rating_count=int(current.get("user_rating_count") or 0), user_embedding=False)  # fmt: skip
         change = changes[-1] if changes else None  # the run of ``update`` that was stored is the last
         applied = change.applied if change is not None else True
         self.store.append_history(
@@ -205,10 +236,50 @@ class Realtime:
             user_id=event.user_id,
             movie_id=event.movie_id,
             timestamp=event.ts,
+            event_id=event.key,
             applied=applied,
             user_rating_count=int(row.get("user_rating_count") or 0),
             user_embedding=embedded,
         )
+
+    def recover(self, grace_s: float = 30.0, limit: int = 10_000) -> int:
+        """Apply the events of the log past this store's recovery mark that their users' rows do not
+        hold (a process died between logging and applying them), then move the mark past them.
+        Events logged less than ``grace_s`` ago are left to the process handling them. The first
+        call on a store sets the mark at the log's end (events logged before exactly-once
+        bookkeeping cannot be told apart). Safe to run in several processes at once: the user
+        update applies an event once. Returns how many events it applied."""
+        mark = self.store.log_mark(EVENTS_LOG, RECOVER_MARK)
+        if mark is None:
+            self.store.set_log_mark(EVENTS_LOG, RECOVER_MARK, self.store.log_end(EVENTS_LOG))
+            return 0
+        cutoff = time.time() - grace_s
+        records = []
+        for offset, record in self.store.read_log(EVENTS_LOG, after=mark, limit=limit):
+            if float(record.get("logged_at") or 0) > cutoff:
+                break
+            records.append((offset, record))
+        if not records:
+            return 0
+        fields = set(Event.model_fields)
+        users = sorted({int(r["user_id"]) for _, r in records})
+        rows = dict(zip(users, self.store.get("user", users)))
+        done = 0
+        for offset, record in records:
+            if UserStats.of_row(rows[int(record["user_id"])]).applied(offset):
+                continue
+            try:
+                event = Event.model_validate({k: v for k, v in record.items() if k in fields})
+            except ValidationError as e:  # logged by an older version with other rules: leave it to the replay
+                log.warning("recover: event at offset %s no longer validates (%s); skipped", offset, e)
+                continue
+            item = self.store.get("item", [event.movie_id])[0]
+            if not self.apply(event, item, offset).duplicate:
+                done += 1
+        self.store.set_log_mark(EVENTS_LOG, RECOVER_MARK, max((o for o, _ in records), key=offset_order))
+        if done:
+            log.warning("recover: applied %d logged event(s) that had not reached the users' state", done)
+        return done
 
     def _rate_item(self, movie_id: int, rating: float, previous: float | None) -> None:
         def update(row: Row | None) -> dict[str, Any]:
@@ -416,6 +487,7 @@ def seed_stats(store: OnlineStore, ratings: pd.DataFrame, movies: pd.DataFrame, 
                     merged.rate(movie_id, half / 2, ts, genres, year, threshold)
                 merged.clicks += approx.clicks
                 merged.seq = approx.seq + 1
+                merged.offsets = list(approx.offsets)
             return user_features(user_id, merged, row)
 
         try:

@@ -15,6 +15,9 @@ __all__ = [
     "K_MAX",
     "ID_MAX",
     "MAX_BODY_BYTES",
+    "MAX_EVENTS",
+    "MAX_JSON_DEPTH",
+    "MAX_INT_DIGITS",
     "Movie",
     "RecommendedItem",
     "Recommendation",
@@ -29,6 +32,9 @@ K_DEFAULT = 10
 K_MAX = 100
 ID_MAX = 2**63 - 1
 MAX_BODY_BYTES = 16 * 1024  # an event is a few hundred bytes; anything larger is refused with 413
+MAX_EVENTS = 50  # events in one POST /events: each costs a few store transactions (413 beyond)
+MAX_JSON_DEPTH = 8  # an event list is 2 levels deep; deeper bodies are refused before parsing (400)
+MAX_INT_DIGITS = 24  # ids fit in 19 digits; longer integers are refused before conversion (400)
 
 
 class Movie(BaseModel):

@@ -64,6 +64,7 @@ class Recalled:
     # encoded with: the ranker reuses them when its spec is the same
     user_inputs: dict[str, np.ndarray] | None = None
     user_inputs_spec: str | None = None
+    versions: dict[str, str | None] = field(default_factory=dict)  # of the bundle that recalled
 
     def for_ranker(self) -> Recalled:
         """What the rank stage needs, without the seen set and paths (smaller to send to a Ranker
@@ -81,6 +82,7 @@ class Ranked:
     scores: np.ndarray | None
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    ranker_version: str | None = None  # of the ranker that scored (None: not scored)
 
 
 def _percentile(x: np.ndarray) -> np.ndarray:
@@ -166,6 +168,7 @@ class Recommender:
             paths=paths, cold_start=cold, declared_genres=tuple(context.genres) if context else (),
             fresh=hist.fresh, timings={"recall_ms": (t2 - t1) * 1e3}, user_inputs=inputs,
             user_inputs_spec=b.tower.spec_hash if inputs is not None and b.tower is not None else None,
+            versions=dict(b.versions),
         )  # fmt: skip
 
     def _cold_first(
@@ -258,7 +261,8 @@ class Recommender:
         t2 = time.perf_counter()
         timings = {"store_items_ms": store_ms, "rank_ms": (t2 - t1) * 1e3, "batch": float(len(batch))}
         return [
-            Ranked(rows=f[0], liked_rows=f[1], scores=None if scores is None else scores[i], error=error, timings=timings)
+            Ranked(rows=f[0], liked_rows=f[1], scores=None if scores is None else scores[i], error=error, timings=timings,
+                   ranker_version=None if scores is None else self.bundle.versions.get("ranker"))  # fmt: skip
             for i, f in enumerate(fetched)
         ]
 
@@ -322,8 +326,11 @@ class Recommender:
         took = {**r.timings, **ranked.timings, "rerank_ms": (time.perf_counter() - t0) * 1e3}
         return Recommendation(
             user_id=r.user_id, k=r.k, items=items, cold_start=r.cold_start, degraded=degraded,
-            degraded_reason=ranked.error if degraded else None, model_version=b.versions.get("ranker"),
-            index_version=b.versions.get("index"), took_ms=round(sum(v for key, v in took.items() if key != "batch"), 3),
+            degraded_reason=ranked.error if degraded else None,
+            # what served this request: the ranker that scored it, the index that recalled it
+            model_version=ranked.ranker_version or b.versions.get("ranker"),
+            index_version=r.versions.get("index", b.versions.get("index")),
+            took_ms=round(sum(v for key, v in took.items() if key != "batch"), 3),
             timings={key: round(v, 3) for key, v in took.items()},
         )  # fmt: skip
 

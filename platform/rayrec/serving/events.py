@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from rayrec.realtime import EventError, Realtime, RealtimeConfig, UnknownMovie
 from rayrec.serving.bundle import Bundle
+from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
 from rayrec.store.base import OnlineStore
 
-__all__ = ["EventSink", "InvalidEvent", "ServiceUnavailable"]
+__all__ = ["EventSink", "InvalidEvent", "ServiceUnavailable", "guarded_write"]
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,32 @@ class ServiceUnavailable(RuntimeError):
     """A dependency this request cannot do without (the store, for writes) is down: answer 503."""
 
 
+async def guarded_write(guard: StoreGuard, fn: Callable[[Any], Any], payload: Any, what: Literal["event", "item"]) -> Any:
+    """``fn(payload)`` (an ingest or an item add) through the guard's write path; store failures
+    become :class:`ServiceUnavailable` with a message for the caller (no store URL or path: those go
+    to the log)."""
+    try:
+        return await guard.write(fn, payload)
+    except StoreDown as e:
+        log.warning("POST /%ss: %s", what, e)
+        done = "the event was not recorded" if what == "event" else "the item was not added"
+        raise ServiceUnavailable(f"the online store is unavailable, {done}; retry") from None
+    except WriteUnconfirmed as e:
+        log.warning("POST /%ss: %s", what, e)
+        advice = ("retry with the same event_id (it is applied once)" if what == "event"
+                  else "look for the item before adding it again")  # fmt: skip
+        raise ServiceUnavailable(f"{e}: it may still be applied; {advice}") from None
+
+
 class EventSink:
     """One :class:`Realtime` per replica, rebuilt on hot swap (new index, new tower)."""
 
-    def __init__(self, store: OnlineStore, bundle: Bundle) -> None:
+    def __init__(self, store: OnlineStore, bundle: Bundle | None = None, *, realtime: Realtime | None = None) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self.rt = self._build(bundle)
+        if realtime is None and bundle is None:
+            raise ValueError("an EventSink needs a bundle or a Realtime")
+        self.rt = realtime if realtime is not None else self._build(bundle)  # type: ignore[arg-type]
 
     def _build(self, bundle: Bundle) -> Realtime:
         tower = bundle.tower

@@ -9,7 +9,9 @@ cannot exhaust the event loop's default executor.
 Writes (:meth:`StoreGuard.write`) are different: a write waits for the others (SQLite has one
 writer at a time), so it always runs on the pool, gets a longer deadline, and only a store error
 opens the breaker. A write past its deadline is not called failed (it may still land): the caller
-is told it was not confirmed.
+is told it was not confirmed. At most ``max_writes`` writes may be running or queued at once,
+counting those whose callers gave up: past that a write is refused at once (nothing recorded), so
+writes that time out cannot pile up behind a slow store.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class StoreGuard:
         *,
         inline: bool = False,
         write_timeout_s: float = 5.0,
+        max_writes: int = 32,
     ) -> None:
         self.timeout_s, self.cooldown_s, self.inline = timeout_s, cooldown_s, inline
         self.write_timeout_s = write_timeout_s
@@ -63,6 +66,8 @@ class StoreGuard:
         self.last_error: str | None = None
         self.failures = 0
         self._closed = False
+        self.max_writes = max_writes
+        self._writes = 0  # running or queued on the pool, finished or not by their deadline
 
     def configure(self, timeout_s: float, cooldown_s: float, write_timeout_s: float | None = None) -> None:
         self.timeout_s, self.cooldown_s = timeout_s, cooldown_s
@@ -138,14 +143,34 @@ class StoreGuard:
         it); :class:`WriteUnconfirmed` when it has not finished within ``write_timeout_s`` (it keeps
         running and may still be applied; contention is not an outage, so the breaker stays closed)."""
         self._check_admitted()
+        with self._lock:
+            if self._writes >= self.max_writes:
+                busy = True
+            else:
+                busy, self._writes = False, self._writes + 1
+        if busy:
+            with self._lock:
+                self._probing = False
+            raise StoreDown(f"{self.max_writes} writes are still running (the store is slow): refused, not recorded")
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, fn, *args)
+        future.add_done_callback(self._write_done)
         try:
             with self._bookkeeping():
-                out = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(self._pool, fn, *args)), self.write_timeout_s)
+                out = await asyncio.wait_for(asyncio.shield(future), self.write_timeout_s)
         except asyncio.TimeoutError:
             raise WriteUnconfirmed(f"the online store did not confirm the write within {self.write_timeout_s:g}s") from None
         self._record(None)
         return out
+
+    def _write_done(self, _: Any) -> None:
+        with self._lock:
+            self._writes -= 1
+
+    @property
+    def writes(self) -> int:
+        """Writes running or queued now (including those whose callers stopped waiting)."""
+        return self._writes
 
     def _run_inline(self, fn: Callable[..., T], *args: Any) -> T:
         t = time.monotonic()

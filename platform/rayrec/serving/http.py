@@ -2,8 +2,14 @@
 
 The same app runs inside the Serve ingress (``__serve_build_asgi_app__``) and in-process under any
 ASGI server or ``httpx.ASGITransport`` (tests, the compute-floor benchmark). Errors a caller can cause
-get a 4xx whose ``error`` names the field: 422 for a bad value, 400 for malformed JSON, 404 for an
-unknown movie, 413 for an oversized body. An unknown user is not an error: it gets cold-start results.
+get a 4xx whose ``error`` names the field: 422 for a bad value (types are strict: ``"4.5"`` or ``true``
+is not a rating), 400 for malformed JSON (including nesting deeper than ``MAX_JSON_DEPTH`` and integers of
+more than ``MAX_INT_DIGITS`` digits, refused before they can exhaust the parser), 404 for an unknown
+movie, 413 for an oversized body or more than ``MAX_EVENTS`` events, 415 for a POST body that is not
+declared ``application/json`` (so a cross-site form or ``text/plain`` post cannot write without a CORS
+preflight). 401/403 when a token is configured and missing or wrong (:mod:`rayrec.serving.security`).
+No answer carries a traceback, a store URL or a file path: the details go to the log, secrets masked.
+An unknown user is not an error: it gets cold-start results.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rayrec import secrets
 
 from rayrec.realtime import AddedItem, ColdContext, Event, EventAck, NewItem
 from rayrec.serving.api import (
@@ -27,6 +36,9 @@ from rayrec.serving.api import (
     K_DEFAULT,
     K_MAX,
     MAX_BODY_BYTES,
+    MAX_EVENTS,
+    MAX_INT_DIGITS,
+    MAX_JSON_DEPTH,
     ErrorBody,
     Health,
     Movie,
@@ -35,6 +47,7 @@ from rayrec.serving.api import (
     UserProfile,
 )
 from rayrec.serving.events import InvalidEvent, ServiceUnavailable
+from rayrec.serving.security import SecurityConfig, SecurityMiddleware, Unauthorized
 
 __all__ = ["Backend", "create_app", "BodyLimit", "static_dir"]
 
@@ -156,18 +169,45 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"error": text, "field": name, "detail": detail}, status_code=422)
 
 
-def create_app(backend: Backend, *, title: str = "rayrec") -> FastAPI:
-    """The FastAPI app of the recommender, answering from ``backend``."""
+def create_app(backend: Backend, *, title: str = "rayrec", security: SecurityConfig | None = None) -> FastAPI:
+    """The FastAPI app of the recommender, answering from ``backend``. ``security``: the token and
+    Host allow-list (None: from the environment, see :mod:`rayrec.serving.security`)."""
+    security = security if security is not None else SecurityConfig.from_env()
+    secrets.install()
     app = FastAPI(title=title, description=DESCRIPTION, version="1")
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(SecurityMiddleware, config=security)  # outermost: Host check and headers on every answer
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorBody, "description": "malformed JSON"},
         422: {"model": ErrorBody, "description": "a parameter is out of range or of the wrong type"},
     }
+    if security.token is not None:
+        errors[401] = {"model": ErrorBody, "description": "no bearer token (Authorization: Bearer <token>)"}
+        errors[403] = {"model": ErrorBody, "description": "the bearer token is not valid"}
+
+    async def authorized(request: Request) -> None:
+        security.authorize(request.headers.get("authorization"))
+
+    auth = [Depends(authorized)]
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_response(exc)
+
+    @app.exception_handler(Unauthorized)
+    async def _on_unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "field": "authorization"}, status_code=exc.status,
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        text = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse({"error": text, "field": None}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)  # masked by rayrec.secrets
+        return JSONResponse({"error": "internal error (logged on the server)", "field": None}, status_code=500)
 
     page = static_dir()
 
@@ -186,7 +226,7 @@ def create_app(backend: Backend, *, title: str = "rayrec") -> FastAPI:
     async def healthz() -> Health:
         return await backend.health()
 
-    @app.get("/recommend", response_model=Recommendation, responses=errors, tags=["recommend"])
+    @app.get("/recommend", response_model=Recommendation, responses=errors, tags=["recommend"], dependencies=auth)
     async def recommend(
         user_id: int = Query(..., ge=1, le=ID_MAX, description="the user; unknown users get cold-start results"),
         k: int = Query(K_DEFAULT, ge=1, le=K_MAX, description=f"how many items (1 to {K_MAX})"),
@@ -211,7 +251,8 @@ def create_app(backend: Backend, *, title: str = "rayrec") -> FastAPI:
             return _not_found("movie_id", f"movie {movie_id} is not in the catalog")
         return _json_response(out)
 
-    @app.get("/users/{user_id}", response_model=UserProfile, responses={**errors, 404: {"model": ErrorBody}}, tags=["data"])
+    @app.get("/users/{user_id}", response_model=UserProfile, responses={**errors, 404: {"model": ErrorBody}}, tags=["data"],
+             dependencies=auth)  # fmt: skip
     async def user(user_id: int = Path(..., ge=1, le=ID_MAX)) -> UserProfile | JSONResponse:
         out = await backend.user(user_id)
         if out is None:
@@ -232,23 +273,32 @@ def create_app(backend: Backend, *, title: str = "rayrec") -> FastAPI:
 
     write_errors: dict[int | str, dict[str, Any]] = {
         **errors, 404: {"model": ErrorBody, "description": "the event names a movie not in the catalog"},
-        413: {"model": ErrorBody, "description": f"body over {MAX_BODY_BYTES} bytes"},
+        413: {"model": ErrorBody, "description": f"body over {MAX_BODY_BYTES} bytes, or over {MAX_EVENTS} events"},
+        415: {"model": ErrorBody, "description": "the body is not declared application/json"},
         503: {"model": ErrorBody, "description": "the online store is down (nothing was recorded) or did not confirm the write in time (it may still be applied): retry"},
     }  # fmt: skip
 
     @app.post("/events", response_model=EventAck | list[EventAck], responses=write_errors, tags=["events"],
-              openapi_extra=_body_schema(Event, many=True))  # fmt: skip
+              openapi_extra=_body_schema(Event, many=True), dependencies=auth)  # fmt: skip
     async def events(request: Request) -> Any:
-        return await backend.event(await _json(request))
+        payload = await _json(request)
+        if isinstance(payload, list) and len(payload) > MAX_EVENTS:
+            return JSONResponse({"error": f"body: {len(payload)} events in one request, at most {MAX_EVENTS}: "
+                                          "send them in several requests", "field": "body"}, status_code=413)  # fmt: skip
+        return await backend.event(payload)
 
     @app.post("/items", response_model=AddedItem, responses=write_errors, tags=["events"],
-              openapi_extra=_body_schema(NewItem, many=False))  # fmt: skip
+              openapi_extra=_body_schema(NewItem, many=False), dependencies=auth)  # fmt: skip
     async def items(request: Request) -> Any:
         return await backend.add_item(await _json(request))
 
     @app.exception_handler(_BadJSON)
     async def _on_bad_json(_: Request, exc: _BadJSON) -> JSONResponse:
         return JSONResponse({"error": f"malformed JSON body: {exc}", "field": "body"}, status_code=400)
+
+    @app.exception_handler(_NotJSON)
+    async def _on_not_json(_: Request, exc: _NotJSON) -> JSONResponse:
+        return JSONResponse({"error": f"body: {exc}", "field": "body"}, status_code=415)
 
     @app.exception_handler(InvalidEvent)
     async def _on_invalid(_: Request, exc: InvalidEvent) -> JSONResponse:
@@ -269,14 +319,61 @@ class _BadJSON(ValueError):
     pass
 
 
+class _NotJSON(ValueError):
+    pass
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays/objects nest deeper than ``limit`` (strings skipped), checked before parsing:
+    ``json.loads`` recurses once per level and would raise RecursionError a few thousand levels down."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for c in _BRACKET.findall(_STRING.sub(b"", body)):
+        depth += 1 if c in (b"[", b"{") else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _BadJSON(f"an integer of {len(text.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _constant(name: str) -> Any:
+    raise _BadJSON(f"{name} is not JSON (numbers must be finite)")
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def _json(request: Request) -> Any:
+    """The request's JSON body: the size limit applies while it is read (413), then its declared type
+    (415), its depth (400) and its syntax (400, integers of bounded length, finite numbers only)."""
     body = await request.body()
+    if not _is_json(request.headers.get("content-type")):
+        raise _NotJSON("send the body as JSON with the header Content-Type: application/json")
     if not body.strip():
         raise _BadJSON("the body is empty; send a JSON object")
+    if _too_deep(body):
+        raise _BadJSON(f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        out = json.loads(body, parse_int=_int, parse_constant=_constant)
+        if b"\\u" in body:  # escapes may hide lone surrogates, which no store can encode
+            json.dumps(out, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeError) as e:
         raise _BadJSON(str(e)) from None
+    except (RecursionError, ValueError) as e:  # a backstop: the checks above should catch these first
+        raise _BadJSON(type(e).__name__) from None
+    return out
 
 
 def _json_response(model: BaseModel) -> Response:

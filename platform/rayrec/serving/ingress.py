@@ -13,6 +13,12 @@
   it cannot queue with a 503.
 - ``auto`` (the default): ``haproxy`` where a binary is found, else ``proxy``.
 
+HAProxy's statistics page and Prometheus exporter: Serve's configuration binds them on every address
+(``*:8404``, ``:9101``). :func:`apply_ingress` points Serve at a small wrapper of the HAProxy binary
+(``RAY_SERVE_HAPROXY_BINARY_PATH``) that rewrites those two ``bind`` lines of each configuration
+HAProxy is started with to ``127.0.0.1`` (``loopback_stats``, the default; nothing else changes), so
+they are never reachable from another machine.
+
 The choice is read by Serve's controller when it starts, from its environment: :func:`apply_ingress`
 sets the variables in this process before a local Ray starts (its workers inherit them). A cluster
 started elsewhere (``ray start``, KubeRay) takes them from its own environment: set
@@ -23,8 +29,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import socket
+import tempfile
 from typing import Literal
 
 __all__ = ["DOOR_NAMES", "INGRESS_ENV", "IngressMode", "IngressUnavailable", "apply_ingress", "haproxy_binary", "resolve_ingress"]
@@ -95,10 +103,11 @@ def resolve_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
     return "haproxy"
 
 
-def apply_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
+def apply_ingress(mode: str | None = None, loopback_stats: bool = True) -> Literal["haproxy", "proxy"]:
     """Resolve ``mode`` and set the Serve variables in this process's environment, so that a local
     Ray started afterwards (and its Serve controller) uses that ingress. Returns the mode. It has no
-    effect on a Ray that is already running."""
+    effect on a Ray that is already running. ``loopback_stats``: HAProxy's stats and metrics listen
+    on 127.0.0.1 only (see the module docstring)."""
     resolved = resolve_ingress(mode)
     os.environ[_SERVE_FLAG] = "1" if resolved == "haproxy" else "0"
     os.environ[INGRESS_ENV] = resolved
@@ -107,7 +116,41 @@ def apply_ingress(mode: str | None = None) -> Literal["haproxy", "proxy"]:
             if name not in os.environ and not _port_free(port):
                 os.environ[name] = str(_free_port())
                 log.info("port %d is taken: %s=%s", port, name, os.environ[name])
+        if loopback_stats:
+            binary = haproxy_binary()
+            if binary is not None and not binary.endswith(_WRAPPER_NAME):
+                os.environ[_BINARY_ENV] = loopback_wrapper(binary)
     return resolved
+
+
+_BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+_WRAPPER_NAME = "haproxy-loopback"
+
+
+def loopback_wrapper(binary: str, folder: str | None = None) -> str:
+    """Write an executable wrapper of ``binary`` that, before starting HAProxy, rewrites the
+    configuration given with ``-f`` so that the ``bind`` lines of its ``listen stats`` and ``frontend
+    prometheus`` sections (``*:<port>`` and ``:<port>``, every address) bind 127.0.0.1; returns its path."""
+    folder = folder or tempfile.mkdtemp(prefix="rayrec-haproxy-")
+    path = os.path.join(folder, _WRAPPER_NAME)
+    to_loopback = r"s/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)[[:space:]]*$/\1127.0.0.1:\2/"
+    sections = " ".join(f"-e '/^{name}([[:space:]]|$)/,/^[a-z]/{to_loopback}'" for name in ("listen stats", "frontend prometheus"))
+    sed = shlex.quote(shutil.which("sed") or "/bin/sed")
+    script = f"""#!/bin/sh
+# HAProxy with its stats and metrics listeners on loopback (written by rayrec.serving.ingress)
+prev=""
+for arg in "$@"; do
+  if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
+    {sed} -i -E {sections} "$arg"
+  fi
+  prev="$arg"
+done
+exec {shlex.quote(binary)} "$@"
+"""
+    with open(path, "w") as f:
+        f.write(script)
+    os.chmod(path, 0o755)
+    return path
 
 
 def _port_free(port: int) -> bool:

@@ -17,20 +17,22 @@ logged, and the response says it was degraded.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from rayrec.realtime import ColdContext
 from rayrec.serving.api import Health, Movie, Recommendation, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle, ServingConfig, load_bundle, resolve_versions
 from rayrec.serving.core import Ranked, Recalled, Recommender
-from rayrec.serving.events import EventSink, ServiceUnavailable
-from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
+from rayrec.serving.events import EventSink, ServiceUnavailable, guarded_write
+from rayrec.serving.guard import StoreDown, StoreGuard
 from rayrec.store import open_store
-from rayrec.store.base import OnlineStore
+from rayrec.store.base import NotDurable, OnlineStore, StoreError, check_durability
 from rayrec.store.sqlite import SqliteStore
 
 __all__ = ["RecommenderService", "RankFn", "store_for"]
@@ -38,6 +40,9 @@ __all__ = ["RecommenderService", "RankFn", "store_for"]
 log = logging.getLogger(__name__)
 
 RankFn = Callable[[Recalled], Awaitable[Ranked]]
+
+#: the (service, core) a request in this context was pinned to: one bundle for all its stages
+_pinned: ContextVar[tuple[Any, Recommender] | None] = ContextVar("rayrec_pinned_core", default=None)
 
 
 def store_for(artifacts: str) -> str:
@@ -54,7 +59,7 @@ class RecommenderService:
     def __init__(self, artifacts: str, store: OnlineStore, bundle: Bundle, *, composition: str = "local") -> None:
         self.artifacts = artifacts
         self.store = store
-        self.core = Recommender(bundle)
+        self._core = Recommender(bundle)
         cfg = bundle.config
         self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, inline=isinstance(store, SqliteStore),
                                 write_timeout_s=cfg.store_write_timeout_s)  # fmt: skip
@@ -68,11 +73,24 @@ class RecommenderService:
         self.passthrough: tuple[type[BaseException], ...] = ()
         self._swap_lock = asyncio.Lock()
         self._resolved = resolve_versions(artifacts, cfg)
+        try:
+            check_durability(store, log)  # durability=require: refuse to serve (NotDurable)
+        except NotDurable:
+            raise
+        except StoreError as e:  # the store is down at start-up: serve degraded, check again on the next start
+            log.warning("could not check the online store's durability: %s", e)
 
     @classmethod
     def create(cls, artifacts: str, store_url: str | None, config: ServingConfig | None = None, **kwargs: Any) -> RecommenderService:
         """Open the store (None: the SQLite file under these artifacts) and load the bundle."""
         return cls(artifacts, open_store(store_url or store_for(artifacts)), load_bundle(artifacts, config or ServingConfig()), **kwargs)
+
+    @property
+    def core(self) -> Recommender:
+        """The recall / rank / rerank stages over the live bundle, or, inside a request, over the
+        bundle it started with (a hot swap during the request does not reach it)."""
+        pinned = _pinned.get()
+        return pinned[1] if pinned is not None and pinned[0] is self else self._core
 
     @property
     def bundle(self) -> Bundle:
@@ -105,6 +123,15 @@ class RecommenderService:
 
     # -- Backend ----------------------------------------------------------------------------------
     async def recommend(self, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
+        # one bundle snapshot for the whole request: a shallow copy shares the caches, and a swap
+        # (which replaces the live core's bundle) does not reach it
+        token = _pinned.set((self, copy.copy(self._core)))
+        try:
+            return await self._recommend(user_id, k, context)
+        finally:
+            _pinned.reset(token)
+
+    async def _recommend(self, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
         t = time.perf_counter()
         try:
             recalled = await self.recall_fn(user_id, k, context)
@@ -160,25 +187,14 @@ class RecommenderService:
         try:
             return await self.guard.run(self.core.user, self.store, user_id)
         except StoreDown as e:
-            raise ServiceUnavailable(f"the online store is unavailable ({e}); retry shortly") from None
+            log.warning("GET /users/%d: %s", user_id, e)  # the details (store URL, path) stay in the log
+            raise ServiceUnavailable("the online store is unavailable; retry shortly") from None
 
     async def event(self, payload: Any) -> Any:
-        try:
-            return await self.guard.write(self.events.ingest, payload)
-        except StoreDown as e:
-            raise ServiceUnavailable(f"the online store is unavailable, the event was not recorded ({e}); retry") from None
-        except WriteUnconfirmed as e:
-            raise ServiceUnavailable(
-                f"{e}: the event may still be applied; retry (a rating sent again replaces the first)"
-            ) from None
+        return await guarded_write(self.guard, self.events.ingest, payload, "event")
 
     async def add_item(self, payload: dict[str, Any]) -> Any:
-        try:
-            return await self.guard.write(self.events.add_item, payload)
-        except StoreDown as e:
-            raise ServiceUnavailable(f"the online store is unavailable, the item was not added ({e}); retry") from None
-        except WriteUnconfirmed as e:
-            raise ServiceUnavailable(f"{e}: the item may still be added; look for it before adding it again") from None
+        return await guarded_write(self.guard, self.events.add_item, payload, "item")
 
     async def health(self) -> Health:
         ok = self.guard.healthy
@@ -189,14 +205,22 @@ class RecommenderService:
             features_version=b.versions.get("features"), composition=self.composition,
         )  # fmt: skip
 
-    async def sync_items_forever(self, every_s: float = 5.0) -> None:
-        """Insert into this replica's index the items other replicas added (``POST /items``), every
-        few seconds. Store failures are logged and retried next time."""
+    async def sync_items_forever(self, every_s: float = 5.0, recover_grace_s: float = 30.0) -> None:
+        """Every few seconds: insert into this replica's index the items other replicas added
+        (``POST /items``), and apply logged events that never reached the users' state (a process
+        died in between; :meth:`rayrec.realtime.Realtime.recover`), first at once on start-up.
+        Store failures are logged and retried next time."""
+        first = True
         while not self.guard.closed:
+            try:
+                await self.guard.write(self.events.rt.recover, 0.0 if first else recover_grace_s)
+            except Exception as e:  # the breaker handles store outages; keep going afterwards
+                log.warning("event recovery skipped: %s", e)
+            first = False
             await asyncio.sleep(every_s)
             try:
                 new = await self.guard.run(self.events.sync_items)
-            except Exception as e:  # the breaker handles store outages; keep syncing afterwards
+            except Exception as e:
                 log.debug("item sync skipped: %s", e)
                 continue
             if new:
@@ -221,10 +245,10 @@ class RecommenderService:
             live = self.bundle
             resolved = await asyncio.to_thread(resolve_versions, self.artifacts, cfg)
             if cfg.artifact_key() == live.config.artifact_key() and resolved == self._resolved:
-                self.core.bundle = live.with_config(cfg)
+                self._core.bundle = live.with_config(cfg)
                 return False
             bundle = await asyncio.to_thread(load_bundle, self.artifacts, cfg)
-            self.core.bundle = bundle
+            self._core.bundle = bundle
             self.events.rebind(bundle)
             self._resolved = resolved
             log.info("hot swap: now serving %s", bundle.versions)

@@ -1,5 +1,7 @@
-"""Test doubles that ship with the library: a store that fails or hangs on demand, and a ranker that
-raises, for exercising the degrade paths without patching internals."""
+"""Test doubles that ship with the library: a store that fails or hangs on demand, a ranker that
+raises, for exercising the degrade paths without patching internals, and :class:`EventsBackend`, the
+HTTP backend over the real write path (guard, real-time path, a real store) with constant reads, for
+exercising the API's input handling and the event path without artifacts."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any, Literal
 
 from rayrec.store.base import OnlineStore, StoreUnavailable
 
-__all__ = ["FaultyStore", "BrokenRanker"]
+__all__ = ["FaultyStore", "BrokenRanker", "EventsBackend"]
 
 Mode = Literal["ok", "fail", "hang"]
 
@@ -51,3 +53,53 @@ class BrokenRanker:
 
     def score_many(self, users: Any, items: Any) -> Any:
         raise RuntimeError("ranker exploded (injected)")
+
+
+class EventsBackend:
+    """A :class:`rayrec.serving.http.Backend` whose writes take the path a replica's do (the store
+    guard, :class:`rayrec.realtime.Realtime`, the store) and whose reads answer from constants (the
+    recommendation) or the store (users, movies)."""
+
+    def __init__(self, realtime: Any, guard: Any = None) -> None:
+        from rayrec.serving.events import EventSink
+        from rayrec.serving.guard import StoreGuard
+
+        self.rt = realtime
+        self.sink = EventSink(realtime.store, realtime=realtime)
+        self.guard = guard if guard is not None else StoreGuard(write_timeout_s=5.0)
+
+    async def recommend(self, user_id: int, k: int, context: Any = None) -> Any:
+        from rayrec.serving.api import Recommendation
+
+        return Recommendation(user_id=user_id, k=k, items=[], cold_start=True)
+
+    async def similar(self, movie_id: int, k: int) -> Any:
+        return None
+
+    async def user(self, user_id: int) -> Any:
+        from rayrec.serving.api import UserProfile
+
+        row = self.rt.store.get("user", [user_id])[0]
+        return None if row is None else UserProfile(user_id=user_id, known=True)
+
+    async def movie(self, movie_id: int) -> Any:
+        from rayrec.serving.api import Movie
+
+        row = self.rt.store.get("item", [movie_id])[0]
+        return None if row is None else Movie(movie_id=movie_id, title=row.get("title"))
+
+    async def event(self, payload: Any) -> Any:
+        from rayrec.serving.events import guarded_write
+
+        return await guarded_write(self.guard, self.sink.ingest, payload, "event")
+
+    async def add_item(self, payload: Any) -> Any:
+        from rayrec.serving.events import guarded_write
+
+        return await guarded_write(self.guard, self.sink.add_item, payload, "item")
+
+    async def health(self) -> Any:
+        from rayrec.serving.api import Health
+
+        ok = self.guard.healthy
+        return Health(status="ok" if ok else "degraded", store="ok" if ok else "unavailable")

@@ -21,17 +21,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rayrec.secrets import mask
+
 __all__ = [
     "ENTITIES",
     "OnlineStore",
     "StoreError",
     "StoreUnavailable",
+    "NotDurable",
+    "check_durability",
     "Row",
     "mask_url",
     "check_entity",
     "check_version",
     "check_kind",
     "check_log",
+    "offset_order",
     "as_ids",
     "iter_rows",
     "batched",
@@ -54,19 +59,40 @@ class StoreUnavailable(StoreError):
     masked), what failed and how to fix it."""
 
 
+class NotDurable(StoreError):
+    """The store cannot keep an acknowledged write through a restart, and its ``durability`` setting
+    is ``require``."""
+
+
+def check_durability(store: OnlineStore, logger: Any = None) -> str | None:
+    """Ask ``store`` whether an acknowledged write could be lost and act on its ``durability``
+    setting (``warn`` when it has none): ``require`` raises :class:`NotDurable`, ``warn`` logs a
+    warning, ``off`` says nothing. Returns the store's reason, or None."""
+    reason = store.durability()
+    setting = getattr(getattr(store, "config", None), "durability", "warn")
+    if reason is None or setting == "off":
+        return reason
+    if setting == "require":
+        raise NotDurable(f"{reason} (durability=require)")
+    if logger is not None:
+        logger.warning("NOT DURABLE: %s", reason)
+    return reason
+
+
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    """``url`` with any password replaced by ``***`` (for messages and logs): the one in
+    ``user:password@`` and secret query options (``?password=…``, ``?token=…``)."""
     if "://" not in url:
-        return url
+        return mask(url)
     parts = urlsplit(url)
     if parts.password is None:
-        return url
+        return mask(url)
     user = parts.username or ""
     host = parts.hostname or ""
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return mask(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
 
 
 def check_entity(entity: str) -> str:
@@ -87,6 +113,12 @@ def check_kind(kind: str) -> str:
     if not isinstance(kind, str) or not _NAME_RE.match(kind):
         raise ValueError(f"bad embedding kind {kind!r}: use 1-128 letters, digits, '_', '.' or '-'")
     return kind
+
+
+def offset_order(offset: str) -> tuple[int, int]:
+    """A sort key of a log offset of either backend (SQLite ``"<seq>"``, Redis ``"<ms>-<seq>"``)."""
+    head, _, tail = str(offset).partition("-")
+    return int(head), int(tail or 0)
 
 
 def check_log(name: str) -> str:
@@ -290,6 +322,30 @@ class OnlineStore(ABC):
         records of one call stay together and in order."""
         raise NotImplementedError(f"{type(self).__name__} keeps no logs")
 
+    def append_log_once(
+        self, name: str, records: Sequence[Mapping[str, Any]], ids: Sequence[str], *, maxlen: int | None = None
+    ) -> list[tuple[str, bool]]:
+        """Like :meth:`append_log`, but each record carries an id and a record whose id the log already
+        holds (from an earlier call, any process, or earlier in this call) is not appended again:
+        returns ``(offset, appended)`` per record, the offset of the first record with that id when
+        ``appended`` is False. Atomic per call, so a retried or concurrent duplicate is logged once.
+        Ids are kept as long as their records (trimming a log forgets their ids)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
+
+    def log_end(self, name: str) -> str:
+        """The offset of the last record of log ``name``, or, for an empty log, one before any record
+        it will hold: ``read_log(name, after=log_end(name))`` returns only records appended later."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
+
+    def log_mark(self, name: str, consumer: str) -> str | None:
+        """The offset up to which ``consumer`` has processed log ``name`` (None: never set)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
+
+    def set_log_mark(self, name: str, consumer: str, offset: str) -> str:
+        """Move ``consumer``'s mark on log ``name`` forward to ``offset`` (never back: several
+        processes may set it at once) and return the mark now stored."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no logs")
+
     def read_log(self, name: str, after: str | None = None, limit: int | None = None) -> list[tuple[str, Row]]:
         """``(offset, record)`` pairs of log ``name`` in append order, starting after offset ``after``
         (from the start when None), at most ``limit`` of them. An unknown log reads as empty."""
@@ -305,6 +361,12 @@ class OnlineStore(ABC):
         raise NotImplementedError(f"{type(self).__name__} keeps no logs")
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def durability(self) -> str | None:
+        """Why an acknowledged write could be lost on a crash or restart of the store (None: it
+        cannot, as far as the store can tell). Checked when serving starts (see each backend's
+        ``durability`` setting)."""
+        return None
 
     @abstractmethod
     def ping(self) -> None:

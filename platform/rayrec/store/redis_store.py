@@ -8,7 +8,13 @@ Keys (``<prefix>`` defaults to ``rayrec``):
 - ``<prefix>:emb:<kind>:<id>`` (float32 bytes) and ``<prefix>:emb:<kind>:dim``;
 - ``<prefix>:history:<user_id>``: a list of events, newest last;
 - ``<prefix>:log:<name>``: a stream, one durable append-only log (the event log); offsets are stream
-  ids (``<ms>-<seq>``), each record one MessagePack field ``r``.
+  ids (``<ms>-<seq>``), each record one MessagePack field ``r``; ``<prefix>:logids:<name>`` a hash
+  record id → offset (:meth:`append_log_once`), ``<prefix>:logmark:<name>:<consumer>`` a consumer's mark.
+
+Durability: Redis acknowledges a write once it is in memory. ``durability`` (URL option) says what
+to do when the server keeps no append-only file (AOF), checked when serving starts: ``warn`` (the
+default) logs it loudly, ``require`` refuses to serve, ``off`` says nothing. ``wait_replicas=N``
+makes every log append wait (``WAIT``) until N replicas hold it, or fail.
 
 A batched ``get`` sends ``GET alias`` and ``MGET`` of the rows of the version it last saw in one
 ``MULTI``/``EXEC`` round trip: the two run atomically, so if the alias still names that version every
@@ -58,7 +64,7 @@ from rayrec.uri import new_version
 __all__ = ["RedisStoreConfig", "RedisStore"]
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}/\-]{1,64}$")
-_OWN_OPTIONS = {"prefix", "ttl", "timeout", "max_connections"}
+_OWN_OPTIONS = {"prefix", "ttl", "timeout", "max_connections", "durability", "wait_replicas", "wait_timeout_ms"}
 _BATCH = 1000  # commands per pipeline when writing
 _UPDATE_ATTEMPTS = 1000
 _STREAM_ID_RE = re.compile(r"^(\d+)-(\d+)$")
@@ -72,6 +78,45 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {0, ''} end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return {2, live or ''}
+"""
+
+
+# Appends the records whose ids the log does not hold yet, atomically. KEYS: stream, ids hash.
+# ARGV: maxlen (0: none), then id, blob pairs. Returns {offset, appended (1/0)} per record.
+_APPEND_ONCE_LUA = """
+local out = {}
+local maxlen = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local id, blob = ARGV[i], ARGV[i + 1]
+  local found = redis.call('HGET', KEYS[2], id)
+  if found then
+    table.insert(out, {found, 0})
+  else
+    local offset
+    if maxlen > 0 then
+      offset = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'r', blob)
+    else
+      offset = redis.call('XADD', KEYS[1], '*', 'r', blob)
+    end
+    redis.call('HSET', KEYS[2], id, offset)
+    table.insert(out, {offset, 1})
+  end
+end
+return out
+"""
+
+# Moves a mark forward only. KEYS: the mark. ARGV: ms, seq of the new offset. Returns the stored mark.
+_MARK_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ms, seq = string.match(cur, '^(%d+)-(%d+)$')
+  if tonumber(ms) > tonumber(ARGV[1]) or (tonumber(ms) == tonumber(ARGV[1]) and tonumber(seq) >= tonumber(ARGV[2])) then
+    return cur
+  end
+end
+local new = ARGV[1] .. '-' .. ARGV[2]
+redis.call('SET', KEYS[1], new)
+return new
 """
 
 
@@ -91,6 +136,11 @@ class RedisStoreConfig(BaseModel):
     ttl: int | None = Field(default=None, gt=0, description="seconds a feature row lives; None keeps rows")
     timeout: float = Field(default=1.0, gt=0, description="socket connect and read timeout in seconds")
     max_connections: int = Field(default=64, ge=1)
+    durability: Literal["off", "warn", "require"] = Field(
+        default="warn", description="a server without AOF: say nothing, log a warning when serving starts, or refuse"
+    )
+    wait_replicas: int = Field(default=0, ge=0, description="replicas that must hold a log append (WAIT) before it returns")
+    wait_timeout_ms: int = Field(default=100, ge=1, description="how long a log append waits for its replicas")
     # Further redis-py connection options from the URL query, e.g. ssl_cert_reqs=none, ssl_ca_certs=…
     options: dict[str, str] = Field(default_factory=dict)
 
@@ -142,6 +192,10 @@ class RedisStoreConfig(BaseModel):
         query = {"prefix": self.prefix} if self.prefix != "rayrec" else {}
         if self.ttl is not None:
             query["ttl"] = str(self.ttl)
+        if self.durability != "warn":
+            query["durability"] = self.durability
+        if self.wait_replicas:
+            query.update(wait_replicas=str(self.wait_replicas), wait_timeout_ms=str(self.wait_timeout_ms))
         query.update(self.options)
         qs = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in query.items())
         return f"{'rediss' if self.ssl else 'redis'}://{auth}{host}:{self.port}/{self.db}" + (f"?{qs}" if qs else "")
@@ -152,7 +206,7 @@ class RedisStore(OnlineStore):
 
     def __init__(self, config: RedisStoreConfig) -> None:
         self.config = config
-        self.url = config.to_url()
+        self.url = mask_url(config.to_url())  # secret connection options (?password=…) masked too
         self._prefix = config.prefix
         self._ttl = config.ttl
         scheme = "rediss" if config.ssl else "redis"
@@ -181,6 +235,8 @@ class RedisStore(OnlineStore):
             ) from e
         self._r = redis.Redis(connection_pool=self._pool)
         self._commit = self._r.register_script(_COMMIT_LUA)
+        self._append_once = self._r.register_script(_APPEND_ONCE_LUA)
+        self._mark = self._r.register_script(_MARK_LUA)
         self._live: dict[str, str] = {}  # last live version seen per entity
 
     # -- keys and errors ------------------------------------------------------------------------
@@ -507,7 +563,68 @@ class RedisStore(OnlineStore):
             ids: list[bytes] = pipe.execute()
         except RedisError as e:
             raise self._error(e, f"append to log {name}") from e
+        self._wait(name)
         return [i.decode() for i in ids]
+
+    def append_log_once(
+        self, name: str, records: Sequence[Mapping[str, Any]], ids: Sequence[str], *, maxlen: int | None = None
+    ) -> list[tuple[str, bool]]:
+        key = self._log(name)
+        if len(ids) != len(records):
+            raise ValueError(f"{len(records)} records but {len(ids)} ids")
+        if maxlen is not None and maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        if not records:
+            return []
+        args: list[Any] = [maxlen or 0]
+        for i, r in zip(ids, records):
+            args += [str(i), pack(r)]
+        try:
+            got = self._append_once(keys=[key, f"{self._prefix}:logids:{name}"], args=args)
+        except RedisError as e:
+            raise self._error(e, f"append to log {name}") from e
+        if any(int(new) for _, new in got):
+            self._wait(name)
+        return [(o.decode() if isinstance(o, bytes) else str(o), bool(int(new))) for o, new in got]
+
+    def _wait(self, name: str) -> None:
+        """With ``wait_replicas``, block until that many replicas acknowledged the writes so far."""
+        n = self.config.wait_replicas
+        if not n:
+            return
+        try:
+            got = int(self._r.execute_command("WAIT", n, self.config.wait_timeout_ms))
+        except RedisError as e:
+            raise self._error(e, f"wait for replicas of log {name}") from e
+        if got < n:
+            raise StoreUnavailable(
+                f"online store {self.url}: {got} of {n} replicas confirmed the append to log {name} within "
+                f"{self.config.wait_timeout_ms} ms; it is on the primary only"
+            )
+
+    def log_end(self, name: str) -> str:
+        key = self._log(name)
+        try:
+            last = self._r.xrevrange(key, max="+", min="-", count=1)
+        except RedisError as e:
+            raise self._error(e, f"read the end of log {name}") from e
+        return last[0][0].decode() if last else "0-0"
+
+    def log_mark(self, name: str, consumer: str) -> str | None:
+        self._log(name)
+        try:
+            return self._decode(self._r.get(f"{self._prefix}:logmark:{name}:{consumer}"))
+        except RedisError as e:
+            raise self._error(e, f"read the mark of {consumer} on log {name}") from e
+
+    def set_log_mark(self, name: str, consumer: str, offset: str) -> str:
+        self._log(name)
+        ms, seq = self._stream_id(offset, "offset")
+        try:
+            out = self._mark(keys=[f"{self._prefix}:logmark:{name}:{consumer}"], args=[ms, seq])
+        except RedisError as e:
+            raise self._error(e, f"set the mark of {consumer} on log {name}") from e
+        return out.decode() if isinstance(out, bytes) else str(out)
 
     def read_log(self, name: str, after: str | None = None, limit: int | None = None) -> list[tuple[str, Row]]:
         key = self._log(name)
@@ -536,11 +653,29 @@ class RedisStore(OnlineStore):
         ms, seq = self._stream_id(upto, "upto")
         try:
             # MINID keeps ids >= minid: the id right after ``upto``.
-            return int(self._r.xtrim(key, minid=f"{ms}-{seq + 1}", approximate=False))
+            n = int(self._r.xtrim(key, minid=f"{ms}-{seq + 1}", approximate=False))
+            ids_key = f"{self._prefix}:logids:{name}"
+            stale = [i for i, o in self._r.hscan_iter(ids_key, count=_BATCH) if self._stream_id(o.decode(), "id") <= (ms, seq)]
+            for chunk in range(0, len(stale), _BATCH):
+                self._r.hdel(ids_key, *stale[chunk : chunk + _BATCH])
+            return n
         except RedisError as e:
             raise self._error(e, f"trim log {name}") from e
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def durability(self) -> str | None:
+        """None when the server writes an append-only file; else why an acknowledged event could be
+        lost (an error when the server cannot be asked is raised as :class:`StoreUnavailable`)."""
+        try:
+            info = self._r.info("persistence")
+        except RedisError as e:
+            raise self._error(e, "read the server's persistence settings") from e
+        if int(info.get("aof_enabled", 0)):
+            return None
+        return (f"online store {self.url}: the Redis server keeps no append-only file (appendonly no): events "
+                "it acknowledged are lost if it restarts. Run it with --appendonly yes (appendfsync everysec or "
+                "always), or put durability=off in the store URL to accept this")  # fmt: skip
 
     def ping(self) -> None:
         try:

@@ -8,8 +8,15 @@ crosses a fork). Tables:
 - ``live(entity, vid)``: the alias readers follow, swapped in one transaction by ``commit_load``;
 - ``feature_rows(vid, id, value)``: rows of every version, keyed by ``(vid, id)``;
 - ``embeddings``/``embedding_dims`` and ``history`` (per-user events, newest kept);
-- ``logs(seq, name, record)``: durable append-only logs (the event log), offsets are ``seq``; created
-  on first use, so store files written before logs existed gain the table without a reload.
+- ``logs(seq, name, record)``: durable append-only logs (the event log), offsets are ``seq``;
+  ``log_ids(name, id, seq)`` the record ids of :meth:`append_log_once`, ``log_marks(name, consumer,
+  seq)`` consumers' positions; created on first use, so store files written before logs existed gain
+  the tables without a reload.
+
+Durability: ``synchronous=FULL`` by default (``?synchronous=normal`` in the URL trades it for speed):
+every commit, an acknowledged event included, is on disk before the call returns, power cut or not.
+With NORMAL in WAL mode a process crash loses nothing, but a power cut or kernel crash may lose the
+last commits.
 
 A batched ``get`` is one ``SELECT`` that resolves the alias inside the statement, so it reads a single
 snapshot and never mixes versions.
@@ -90,6 +97,19 @@ CREATE TABLE IF NOT EXISTS logs (
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_name ON logs (name, seq);
+CREATE TABLE IF NOT EXISTS log_ids (
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (name, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS log_ids_by_seq ON log_ids (name, seq);
+CREATE TABLE IF NOT EXISTS log_marks (
+    name TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (name, consumer)
+) WITHOUT ROWID;
 """
 
 # Bound parameters per statement: SQLite builds before 3.32 allow 999.
@@ -113,6 +133,10 @@ class SqliteStoreConfig(BaseModel):
     type: Literal["sqlite"] = "sqlite"
     path: str
     timeout: float = Field(default=5.0, gt=0, description="seconds a writer waits for the write lock")
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="full: every commit is on disk when it returns; normal (WAL): a power cut may lose the last commits",
+    )
 
     @field_validator("path")
     @classmethod
@@ -138,14 +162,21 @@ class SqliteStoreConfig(BaseModel):
                 "or a plain file path"
             )
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted(set(options) - {"timeout"})
+        unknown = sorted(set(options) - {"timeout", "synchronous"})
         if unknown:
-            raise ValueError(f"{url}: unknown option(s) {', '.join(unknown)} (a sqlite URL takes timeout=<seconds>)")
+            raise ValueError(
+                f"{url}: unknown option(s) {', '.join(unknown)} (a sqlite URL takes timeout=<seconds> and "
+                "synchronous=full|normal)"
+            )
+        if "synchronous" in options:
+            options["synchronous"] = options["synchronous"].lower()
         return cls(path=unquote(parts.path), **options)  # type: ignore[arg-type]
 
     def to_url(self) -> str:
-        query = "" if self.timeout == 5.0 else f"?timeout={self.timeout:g}"
-        return f"sqlite://{quote(self.path)}{query}"
+        opts = ([] if self.timeout == 5.0 else [f"timeout={self.timeout:g}"]) + (
+            [] if self.synchronous == "full" else [f"synchronous={self.synchronous}"]
+        )
+        return f"sqlite://{quote(self.path)}" + (f"?{'&'.join(opts)}" if opts else "")
 
 
 @lru_cache(maxsize=None)
@@ -210,9 +241,9 @@ class SqliteStore(OnlineStore):
                     f"online store {self.url}: the file system refused WAL mode (got {mode!r}); "
                     "put the store on a local disk"
                 )
-            # NORMAL is durable against process crashes in WAL mode; a power cut may lose the last
-            # commits, which the next load or event rewrites.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # FULL: a commit is on disk before it returns (an acknowledged event survives a power cut).
+            # NORMAL is durable against process crashes only.
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.config.synchronous == 'full' else 'NORMAL'}")
             self._retry_busy(lambda: self._ensure_schema(conn))
         except BaseException as e:
             if conn is not None:
@@ -600,6 +631,71 @@ class SqliteStore(OnlineStore):
             raise self._error(e, f"append to log {name}") from e
         return offsets
 
+    def append_log_once(
+        self, name: str, records: Sequence[Mapping[str, Any]], ids: Sequence[str], *, maxlen: int | None = None
+    ) -> list[tuple[str, bool]]:
+        check_log(name)
+        if len(ids) != len(records):
+            raise ValueError(f"{len(records)} records but {len(ids)} ids")
+        if maxlen is not None and maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        blobs = [(str(i), pack(r)) for i, r in zip(ids, records)]
+        if not blobs:
+            return []
+        conn = self._log_conn()
+        out: list[tuple[str, bool]] = []
+        try:
+            with self._write(conn):  # one transaction: a concurrent duplicate waits, then sees this one
+                for id_, blob in blobs:
+                    found = conn.execute("SELECT seq FROM log_ids WHERE name = ? AND id = ?", (name, id_)).fetchone()
+                    if found is not None:
+                        out.append((str(found[0]), False))
+                        continue
+                    seq = conn.execute("INSERT INTO logs (name, record) VALUES (?, ?) RETURNING seq", (name, blob)).fetchone()[0]
+                    conn.execute("INSERT INTO log_ids (name, id, seq) VALUES (?, ?, ?)", (name, id_, seq))
+                    out.append((str(seq), True))
+                if maxlen is not None:
+                    _keep_last(conn, "logs", "name", name, maxlen)
+                    conn.execute("DELETE FROM log_ids WHERE name = ? AND seq < (SELECT min(seq) FROM logs WHERE name = ?)",
+                                 (name, name))  # fmt: skip
+        except sqlite3.Error as e:
+            raise self._error(e, f"append to log {name}") from e
+        return out
+
+    def log_end(self, name: str) -> str:
+        check_log(name)
+        try:
+            row = self._log_conn().execute("SELECT max(seq) FROM logs WHERE name = ?", (name,)).fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e, f"read the end of log {name}") from e
+        return str(row[0] or 0)  # seq is AUTOINCREMENT: never reused, so 0 precedes every record
+
+    def log_mark(self, name: str, consumer: str) -> str | None:
+        check_log(name)
+        try:
+            row = self._log_conn().execute(
+                "SELECT seq FROM log_marks WHERE name = ? AND consumer = ?", (name, consumer)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e, f"read the mark of {consumer} on log {name}") from e
+        return None if row is None else str(row[0])
+
+    def set_log_mark(self, name: str, consumer: str, offset: str) -> str:
+        check_log(name)
+        seq = self._offset(offset, "offset")
+        conn = self._log_conn()
+        try:
+            with self._write(conn):
+                conn.execute(
+                    "INSERT INTO log_marks (name, consumer, seq) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name, consumer) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    (name, consumer, seq),
+                )
+                stored = conn.execute("SELECT seq FROM log_marks WHERE name = ? AND consumer = ?", (name, consumer)).fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e, f"set the mark of {consumer} on log {name}") from e
+        return str(stored[0])
+
     def read_log(self, name: str, after: str | None = None, limit: int | None = None) -> list[tuple[str, Row]]:
         check_log(name)
         start = -1 if after is None else self._offset(after, "after")
@@ -633,11 +729,18 @@ class SqliteStore(OnlineStore):
         try:
             with self._write(conn):
                 cur = conn.execute("DELETE FROM logs WHERE name = ? AND seq <= ?", (name, end))
+                conn.execute("DELETE FROM log_ids WHERE name = ? AND seq <= ?", (name, end))
         except sqlite3.Error as e:
             raise self._error(e, f"trim log {name}") from e
         return int(cur.rowcount)
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def durability(self) -> str | None:
+        if self.config.synchronous == "full":
+            return None
+        return (f"online store {self.url}: synchronous=normal: a power cut or kernel crash may lose the last "
+                "acknowledged events (drop ?synchronous=normal for FULL)")  # fmt: skip
 
     def ping(self) -> None:
         try:

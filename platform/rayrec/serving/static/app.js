@@ -12,9 +12,17 @@ function el(tag, cls, text) {
   return e;
 }
 
+// When the server requires a token (RAYREC_API_TOKEN), it answers 401/403: the page then asks for it
+// once and keeps it for this tab only (sessionStorage), sending it as a bearer token.
+function token() { return sessionStorage.getItem("rayrec-token"); }
+
 async function getJSON(url, options) {
-  const r = await fetch(url, options);
+  const opts = { ...(options || {}) };
+  opts.headers = { ...(opts.headers || {}) };
+  if (token()) opts.headers["Authorization"] = `Bearer ${token()}`;
+  const r = await fetch(url, opts);
   const body = await r.json().catch(() => ({}));
+  if (r.status === 401 || r.status === 403) $("token-form").hidden = false;
   if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
   return body;
 }
@@ -97,6 +105,13 @@ async function rate(rating) {
 }
 
 $("user-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadRecs(); });
+$("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem("rayrec-token", $("token").value.trim());
+  $("token").value = "";
+  $("token-form").hidden = true;
+  loadRecs();
+});
 $("user-select").addEventListener("change", () => { $("user-id").value = ""; loadRecs(); });
 for (const b of document.querySelectorAll("#rate button")) b.addEventListener("click", () => rate(parseFloat(b.dataset.rating)));
 
