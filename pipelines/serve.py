@@ -14,6 +14,7 @@ Serve config: ``serve deploy serve_apps/config.yaml`` (``serve run serve_apps/co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -134,14 +135,90 @@ def main(argv: list[str] | None = None) -> int:
     local = not (args.address or os.environ.get("RAY_ADDRESS"))  # a cluster's own environment chose its ingress
     print(banner(url, os.environ.get(INGRESS_ENV) if local else None), flush=True)
     if args.blocking:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            from ray import serve
-
-            serve.shutdown()
+        serve_until_interrupted(local)
     return 0
+
+
+def serve_until_interrupted(local: bool, say=print) -> None:  # noqa: ANN001
+    """Block until Ctrl-C (or SIGTERM), then stop Serve and, for a Ray this job started, Ray: within
+    seconds, leaving no process behind. Ray Train's SIGINT handler (left installed by a training step
+    in the same process) is replaced first, so Ctrl-C reaches this loop."""
+    import signal
+
+    from rayrec.console import interruptible
+
+    interruptible()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("stopping: Serve, then Ray …")
+        t = time.perf_counter()
+        stop(local)
+        say(f"stopped in {time.perf_counter() - t:.1f}s")
+        # Everything is shut down; the interpreter's own teardown after Ray's (native) shutdown took
+        # a further 5 s here, so the job ends now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+def stop(local: bool, timeout_s: float = 2.0) -> None:
+    """Shut Serve down (its controller stops the proxies, HAProxy included, and the replicas), waiting
+    at most ``timeout_s``; then, when this job started its own Ray, Ray itself, and whatever process
+    of this job's tree outlived it (a replica still draining, an HAProxy whose manager was killed).
+    On a cluster Serve is shut down and only this job's connection ends."""
+    import ray
+    from ray import serve
+
+    tree = _descendants() if local else []
+    t = time.perf_counter()
+    try:
+        from ray.serve.context import _get_global_client
+
+        _get_global_client().shutdown(timeout_s=timeout_s)
+        serve.shutdown()  # forgets the client; nothing left to stop
+    except Exception as e:  # Serve already gone, or the private API moved
+        log.debug("Serve shutdown: %s", e)
+    log.info("Serve shut down in %.1fs", time.perf_counter() - t)
+    if not local:
+        return
+    t = time.perf_counter()
+    ray.shutdown()
+    log.info("Ray shut down in %.1fs", time.perf_counter() - t)
+    _reap(tree)
+
+
+def _descendants() -> list[Any]:
+    try:
+        import psutil
+
+        return psutil.Process().children(recursive=True)
+    except Exception:  # psutil missing, or the process table unreadable
+        return []
+
+
+def _reap(procs: list[Any], grace_s: float = 2.0) -> None:
+    """Terminate, then kill, the processes of ``procs`` (psutil handles taken before Ray stopped:
+    a pid reused since is not touched) still running."""
+    import psutil
+
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    if alive:
+        log.info("killed %d process(es) that outlived Ray", len(alive))
 
 
 if __name__ == "__main__":
