@@ -16,7 +16,7 @@ import sys
 import time
 
 from pipelines import features, index, serve, train
-from pipelines._common import artifacts_arg, init_ray, setup_logging
+from pipelines._common import HelpFormatter, artifacts_arg, init_ray, setup_logging
 from rayrec import headlines, uri
 from rayrec.console import Console, interruptible, ray_logs_dir
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
@@ -24,13 +24,13 @@ from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavai
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the whole pipeline on the embedded defaults, then serve.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="auto", help="auto, synthetic, ml-latest-small, …, or a MovieLens folder")
     p.add_argument("--artifacts", default=None, help="artifacts URI (default: RAYREC_ARTIFACTS or ./artifacts)")
     p.add_argument("--store", default="default", help="online store URL ('default' = embedded SQLite)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per model")
     p.add_argument("--epochs", type=int, default=None, help="override the models' default epochs")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--ingress", choices=MODES, default=None,
                    help="Serve's front door: haproxy, Serve's Python proxy, or auto (haproxy when installed; "
                    "default: RAYREC_INGRESS, else auto)")

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from typing import Any
 
-from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
+from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, setup_logging
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
 
 log = logging.getLogger("pipelines.serve")
@@ -111,12 +111,13 @@ def banner(url: str, ingress: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Serve the recommender on Ray Serve.")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Serve the recommender on Ray Serve.")
     add_common_args(p)
     p.add_argument("--store", default=None, help="online store URL (default: SQLite under the artifacts)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--composition", choices=("fused", "ranker", "chain"), default="fused")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--composition", choices=("fused", "ranker", "chain"), default="fused",
+                   help="fused: one deployment; ranker: a Ranker deployment apart; chain: three stages")
     p.add_argument("--ingress", choices=MODES, default=None,
                    help="front door of a local Ray's Serve: haproxy, Serve's Python proxy, or auto (haproxy "
                    "when installed; default: RAYREC_INGRESS, else auto). A cluster's own environment decides there")
