@@ -19,6 +19,7 @@ from pipelines import features, index, serve, train
 from pipelines._common import HelpFormatter, artifacts_arg, init_ray, setup_logging
 from rayrec import headlines, uri
 from rayrec.console import Console, interruptible, ray_logs_dir
+from rayrec.reports import write_report
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
 
 
@@ -70,7 +71,7 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
     if console:
         console.route_ray_loggers()
         console.capture_workers()
-        console.total = 4 if args.no_serve else 5
+        console.total = 5 if args.no_serve else 6
         say(f"rayrec: the whole pipeline on a local Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         say(f"        logs: this job {console.log_path}; Ray's workers {console.workers_path}; Ray {ray_logs_dir()}")
     common = ["--artifacts", artifacts]
@@ -95,6 +96,13 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
         step(model, train.main, ["--model", model, "--num-workers", str(args.num_workers), *epochs, *common],
              lambda m=model: headlines.model_line(artifacts, m))
     step("index", index.main, common, lambda: headlines.index_line(artifacts))
+    report: dict[str, str] = {}
+
+    def write(_: list[str]) -> int:
+        report["path"] = write_report(artifacts)
+        return 0
+
+    step("report", write, [], lambda: f"features, training curves, evaluation: {report['path']}")
     interruptible()
     say(f"offline pipeline finished in {time.perf_counter() - started:.0f}s")
     if args.no_serve:
@@ -111,6 +119,7 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
     else:
         deploy([])
     say(serve.banner(holder["url"], os.environ.get(INGRESS_ENV)))
+    say(f"the report (pictures): {holder['url']}/report")
     say("Ctrl-C stops serving and Ray.")
     serve.serve_until_interrupted(local=True, say=say)
     return 0

@@ -59,6 +59,10 @@ def test_main_job_tells_a_short_story_and_stops_on_ctrl_c(tmp_path, unused_port)
             time.sleep(1)
         with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
             assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        with urllib.request.urlopen(f"{url}/report", timeout=60) as r:  # the report, linked from the page
+            assert r.status == 200 and r.read().count(b"data:image/png;base64,") >= 5
+        with urllib.request.urlopen(f"{url}/", timeout=10) as r:
+            assert b'href="report"' in r.read()
         tree = psutil.Process(job.pid).children(recursive=True)
         names = {p.name() for p in tree}
         assert "raylet" in names and "gcs_server" in names, names  # the job's own Ray is in its tree
@@ -88,12 +92,15 @@ def test_main_job_tells_a_short_story_and_stops_on_ctrl_c(tmp_path, unused_port)
     lines = text.splitlines()
     # the story: one line per step with its time, the URL, the stop; Ray's own output went to files
     assert len(lines) <= 40, f"{len(lines)} lines:\n{text}"
-    for n, step in enumerate(("features", "ranker", "retriever", "index", "serve"), start=1):
-        assert re.search(rf"^\[{n}/5\] {step} +\d+(\.\d)?s ", text, re.M), f"no line for {step}:\n{text}"
-    assert re.search(r"ranker +\d+\.\ds +test auc \d\.\d{3}", text), text
+    took_re = r"(\d+m)?\d+(\.\d)?s"
+    for n, step in enumerate(("features", "ranker", "retriever", "index", "report", "serve"), start=1):
+        assert re.search(rf"^\[{n}/6\] {step} +{took_re} ", text, re.M), f"no line for {step}:\n{text}"
+    assert re.search(rf"ranker +{took_re} +test auc \d\.\d{{3}}", text), text
     assert "ranker epoch 1/1" in text  # progress of the long steps
     assert "Traceback" not in text and "PlacementGroupCleaner" not in text and "INFO" not in text, text
     logs = re.search(r"logs: this job (\S+);", text)
     assert logs and Path(logs.group(1)).is_file() and "===== ranker =====" in Path(logs.group(1)).read_text()
-    assert f"stopped in" in lines[-1], lines[-3:]
+    assert "stopped in" in lines[-1], lines[-3:]
+    report = re.search(r"evaluation: (\S+report\.html)", text)
+    assert report and "data:image/png;base64," in Path(report.group(1)).read_text()
     assert round(took) <= STOP_WITHIN_S

@@ -29,6 +29,7 @@ from rayrec.serving.bundle import Bundle, ServingConfig, load_bundle, resolve_ve
 from rayrec.serving.core import Ranked, Recalled, Recommender
 from rayrec.serving.events import EventSink, ServiceUnavailable
 from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
+from rayrec.serving.metrics import ServingMetrics
 from rayrec.store import open_store
 from rayrec.store.base import OnlineStore
 from rayrec.store.sqlite import SqliteStore
@@ -68,6 +69,8 @@ class RecommenderService:
         self.passthrough: tuple[type[BaseException], ...] = ()
         self._swap_lock = asyncio.Lock()
         self._resolved = resolve_versions(artifacts, cfg)
+        #: Prometheus metrics (set by the Serve deployments; None: nothing is recorded)
+        self.metrics: ServingMetrics | None = None
 
     @classmethod
     def create(cls, artifacts: str, store_url: str | None, config: ServingConfig | None = None, **kwargs: Any) -> RecommenderService:
@@ -137,11 +140,12 @@ class RecommenderService:
         out.timings.update({"recall_stage_ms": round((t_recall - t) * 1e3, 3),
                             "rank_stage_ms": round((t_rank - t_recall) * 1e3, 3),
                             "rerank_stage_ms": round((time.perf_counter() - t_rank) * 1e3, 3)})  # fmt: skip
-        return self._timed(out, t)
+        return self._timed(out, t, recalled.paths)
 
-    @staticmethod
-    def _timed(out: Recommendation, t: float) -> Recommendation:
+    def _timed(self, out: Recommendation, t: float, paths: list[tuple[str, ...]] | None = None) -> Recommendation:
         out.took_ms = round((time.perf_counter() - t) * 1e3, 3)
+        if self.metrics is not None:
+            self.metrics.recommendation(out, paths)
         return out
 
     async def similar(self, movie_id: int, k: int) -> SimilarMovies | None:
@@ -164,7 +168,11 @@ class RecommenderService:
 
     async def event(self, payload: Any) -> Any:
         try:
-            return await self.guard.write(self.events.ingest, payload)
+            t = time.perf_counter()
+            ack = await self.guard.write(self.events.ingest, payload)
+            if self.metrics is not None:
+                self.metrics.event(payload, (time.perf_counter() - t) * 1e3)
+            return ack
         except StoreDown as e:
             raise ServiceUnavailable(f"the online store is unavailable, the event was not recorded ({e}); retry") from None
         except WriteUnconfirmed as e:
@@ -201,6 +209,15 @@ class RecommenderService:
                 continue
             if new:
                 log.info("indexed %d item(s) added by other replicas", len(new))
+
+    async def report_forever(self, every_s: float = 5.0) -> None:
+        """Flush the metrics kept in memory (recall paths, item cache, breaker) every few seconds."""
+        while not self.guard.closed and self.metrics is not None:
+            await asyncio.sleep(every_s)
+            try:
+                self.metrics.flush(self.core.items, self.guard)
+            except Exception as e:  # metrics must never take serving down
+                log.debug("metrics flush failed: %s", e)
 
     def check_local(self) -> None:
         """Raise if this replica itself is broken (for Serve's health check). A store outage is not a
