@@ -76,7 +76,10 @@ def _http_address(host: str, port: int) -> tuple[str, int]:
     try:
         from ray.serve.context import _get_global_client
 
-        cfg = _get_global_client().http_config
+        client = _get_global_client()
+        if client is None:
+            return host, port
+        cfg = client.http_config
         if cfg.port != port or (cfg.host or host) != host:
             log.warning("Serve was already running on %s:%s; the app answers there", cfg.host, cfg.port)
         return (cfg.host or host), int(cfg.port)
@@ -183,7 +186,9 @@ def stop(local: bool, timeout_s: float = 2.0) -> None:
     try:
         from ray.serve.context import _get_global_client
 
-        _get_global_client().shutdown(timeout_s=timeout_s)
+        client = _get_global_client()
+        if client is not None:
+            client.shutdown(timeout_s=timeout_s)
         serve.shutdown()  # forgets the client; nothing left to stop
     except Exception as e:  # Serve already gone, or the private API moved
         log.debug("Serve shutdown: %s", e)

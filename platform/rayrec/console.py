@@ -159,7 +159,7 @@ class Console:
         """Whatever a job prints goes to the job log (and a buffer, to show it if the job fails)."""
         buf = io.StringIO()
         tee = _Tee(self.log, buf)
-        with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):  # type: ignore[type-var]
+        with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
             yield buf
 
     def step(self, name: str, fn: Callable[[], int], headline: Callable[[], str] | None = None) -> float:

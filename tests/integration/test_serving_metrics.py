@@ -48,7 +48,7 @@ def test_serving_metrics_reach_rays_prometheus_endpoint(ray_session, serving_app
     status, _ = call(f"{url}/events", "POST", json.dumps(event).encode())
     assert status == 200
     scrape = _metrics_url(ray_session)
-    wanted = [f"rayrec_{n}" for n in ("stage_latency_ms_bucket", "recommendations_total", "recall_candidates_total",
+    wanted = [f"ray_rayrec_{n}" for n in ("stage_latency_ms_bucket", "recommendations_total", "recall_candidates_total",
                                       "item_cache_lookups_total", "item_cache_hit_ratio", "store_breaker_open",
                                       "events_total", "event_apply_latency_ms_count")]  # fmt: skip
     deadline = time.monotonic() + 90  # the replica flushes every 5 s, Ray's agent exports every few seconds
@@ -59,12 +59,13 @@ def test_serving_metrics_reach_rays_prometheus_endpoint(ray_session, serving_app
             break
         time.sleep(2)
     assert not missing, f"not exported after traffic: {missing}"
-    assert all(n in text for n in METRIC_NAMES if n != "rayrec_degraded")  # degraded: only once something failed
+    assert all(f"ray_{n}" in text for n in METRIC_NAMES if n != "rayrec_degraded")  # degraded: only once something failed
     for stage in ("recall", "rank", "rerank", "store_user", "store_items", "total"):
-        assert _value(text, "rayrec_stage_latency_ms_count", stage=stage) >= 6, stage
-    assert _value(text, "rayrec_recommendations_total", outcome="cold_start") >= 1
-    assert _value(text, "rayrec_recall_candidates_total", path="embedding") > 0
-    assert _value(text, "rayrec_events_total", kind="click") >= 1
-    assert _value(text, "rayrec_store_breaker_open") in (0.0, 1.0)
-    ratio = _value(text, "rayrec_item_cache_hit_ratio")
-    assert 0.0 <= ratio <= 1.0
+        assert _value(text, "ray_rayrec_stage_latency_ms_count", stage=stage) >= 6, stage
+    assert _value(text, "ray_rayrec_recommendations_total", outcome="cold_start") >= 1
+    assert _value(text, "ray_rayrec_recall_candidates_total", path="embedding") > 0
+    assert _value(text, "ray_rayrec_events_total", kind="click") >= 1
+    for name, ok in (("ray_rayrec_store_breaker_open", lambda v: v in (0.0, 1.0)),
+                     ("ray_rayrec_item_cache_hit_ratio", lambda v: 0.0 <= v <= 1.0)):  # fmt: skip
+        samples = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+        assert samples and all(map(ok, samples)), (name, samples)

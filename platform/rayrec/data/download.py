@@ -125,7 +125,7 @@ def _fetch(name: str, info: DatasetInfo, dest: Path, target: Path, timeout: floa
     except urllib.error.URLError as e:
         reason = "timed out" if isinstance(e.reason, (TimeoutError, socket.timeout)) else str(e.reason)
         raise DownloadError(_failure(name, info, target, reason)) from e
-    except (TimeoutError, socket.timeout) as e:
+    except TimeoutError as e:
         raise DownloadError(_failure(name, info, target, f"timed out after {timeout:g}s")) from e
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(_failure(name, info, target, f"{type(e).__name__}: {e}")) from e

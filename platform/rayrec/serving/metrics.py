@@ -17,9 +17,10 @@ counters and ``_bucket``/``_sum``/``_count`` to histograms):
 | ``rayrec_events`` | kind | events applied (``POST /events``); its rate is events/s |
 | ``rayrec_event_apply_latency_ms`` | | validate + log + apply, per request |
 
-The request path only records the stage timings it already measured (a few histogram points) and
-counts recall paths in memory; counters of candidates and the item cache and the breaker gauge are
-flushed every few seconds by :meth:`ServingMetrics.flush`, off the request path.
+Ray exports them with the prefix ``ray_`` (``ray_rayrec_stage_latency_ms_bucket``…). The request
+path only records the stage timings it already measured (six histogram points) and keeps a
+reference to the candidates' paths; outcome and candidate counters, the item cache and the breaker
+gauge are flushed every few seconds by :meth:`ServingMetrics.flush`, off the request path.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = ["ServingMetrics", "METRIC_NAMES", "LATENCY_BOUNDS_MS"]
 
 log = logging.getLogger(__name__)
 
+MAX_PENDING = 100_000  # requests whose paths wait for the next flush (bounded memory if flushes stall)
 LATENCY_BOUNDS_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 #: stage tag → the key of :attr:`Recommendation.timings` it is read from
 STAGES = {"recall": "recall_stage_ms", "rank": "rank_stage_ms", "rerank": "rerank_stage_ms",
@@ -73,27 +75,36 @@ class ServingMetrics:
         for m in (self.stage, self.answers, self.degraded, self.candidates, self.cache, self.hit_ratio, self.breaker,
                   self.events, self.event_latency):  # fmt: skip
             m.set_default_tags(tags)
-        self._paths: Counter[str] = Counter()
+        self._pending: list[list[tuple[str, ...]]] = []  # candidates' paths of requests since the last flush
+        self._answered: Counter[str] = Counter()
         self._cache_seen = (0, 0)
+        # The request path records through the metric's recorder with its final tags made once: Ray's
+        # public observe() merges and validates the tags on every call (twice the cost, measured).
+        raw = getattr(self.stage, "_metric", None)
+        final = {st: {"stage": st, "deployment": deployment} for st in (*STAGES, "total")}
+        if raw is not None and hasattr(raw, "record"):
+            self._record_stage = lambda stage, v: raw.record(v, tags=final[stage])
+        else:  # Ray's internals moved: the public call
+            self._record_stage = lambda stage, v: self.stage.observe(v, {"stage": stage})
 
     # -- the request path ---------------------------------------------------------------------------
     def recommendation(self, out: Recommendation, paths: list[tuple[str, ...]] | None) -> None:
-        """One answered ``/recommend``: its stage timings, outcome, and (counted in memory) the
-        paths of its candidates."""
+        """One answered ``/recommend``: its stage timings and outcome; its candidates' paths are
+        kept by reference and counted at the next :meth:`flush`, off the request path."""
         t = out.timings
+        record = self._record_stage
         for stage, key in STAGES.items():
             v = t.get(key)
             if v is not None:
-                self.stage.observe(v, {"stage": stage})
-        if out.took_ms is not None:
-            self.stage.observe(out.took_ms, {"stage": "total"})
+                record(stage, v)
+        record("total", out.took_ms)
         if out.degraded:
             self.answers.inc(1, {"outcome": "degraded"})
             self.degraded.inc(1, {"reason": out.degraded_reason or "unknown"})
         else:
-            self.answers.inc(1, {"outcome": "cold_start" if out.cold_start else "ok"})
-        if paths:
-            self._paths.update(chain.from_iterable(paths))
+            self._answered["cold_start" if out.cold_start else "ok"] += 1
+        if paths and len(self._pending) < MAX_PENDING:
+            self._pending.append(paths)
 
     def event(self, payload: Any, took_ms: float) -> None:
         """One applied ``POST /events`` request (an event or a list)."""
@@ -106,7 +117,13 @@ class ServingMetrics:
     # -- every few seconds ----------------------------------------------------------------------------
     def flush(self, items: ItemRows, guard: StoreGuard) -> None:
         """Counters kept in memory since the last flush, the item cache and the breaker."""
-        paths, self._paths = self._paths, Counter()
+        pending, self._pending = self._pending, []
+        answered, self._answered = self._answered, Counter()
+        for outcome, n in answered.items():
+            self.answers.inc(n, {"outcome": outcome})
+        paths: Counter[str] = Counter()
+        for request in pending:
+            paths.update(chain.from_iterable(request))
         for path, n in paths.items():
             self.candidates.inc(n, {"path": path})
         hits, misses = items.hits, items.misses
