@@ -120,6 +120,9 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
         deploy([])
     say(serve.banner(holder["url"], os.environ.get(INGRESS_ENV)))
     say(f"the report (pictures): {holder['url']}/report")
+    node = next((n for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")), None)
+    if node:
+        say(f"Prometheus metrics (ray_rayrec_*): http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics")
     say("Ctrl-C stops serving and Ray.")
     serve.serve_until_interrupted(local=True, say=say)
     return 0
