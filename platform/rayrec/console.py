@@ -120,7 +120,7 @@ class Console:
         console = logging.StreamHandler(self.out)
         console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         console.setLevel(logging.WARNING)
-        console.addFilter(lambda r: r.levelno >= logging.ERROR or not r.name.startswith("ray"))
+        console.addFilter(lambda r: r.levelno >= logging.ERROR or not (r.name == "ray" or r.name.startswith("ray.")))
         root.addHandler(console)
         filter_harmless_warnings()
         logging.captureWarnings(True)
