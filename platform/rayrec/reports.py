@@ -77,6 +77,8 @@ def features_section(stats: dict[str, Any]) -> str:
 
 
 def training_section(name: str, metrics: dict[str, Any]) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     history = (metrics.get("valid") or {}).get("history") or []
     plots = []
     if history:
@@ -84,6 +86,7 @@ def training_section(name: str, metrics: dict[str, Any]) -> str:
         fig, ax = _figure(f"{name} loss")
         ax.plot(epochs, [h["loss"] for h in history], marker="o", color="#e45756")
         ax.set(title=f"{name}: training loss", xlabel="epoch", ylabel="loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         plots.append(_png(fig))
         valid = sorted({k for h in history for k in h if k.startswith("valid_")})
         if valid:
@@ -91,11 +94,12 @@ def training_section(name: str, metrics: dict[str, Any]) -> str:
             for k in valid:
                 ax.plot(epochs, [h.get(k, float("nan")) for h in history], marker="o", label=k[6:])
             ax.set(title=f"{name}: validation", xlabel="epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend()
             plots.append(_png(fig))
     test, base = metrics.get("test") or {}, metrics.get("popularity") or {}
     keys = [k for k in test if k not in ("users", "rows")]
-    rows = [[k, test[k], base.get(k, "")] for k in keys]
+    rows = [[k, test[k], base.get(k, "")] if base else [k, test[k]] for k in keys]
     if base:
         fig, ax = _figure(f"{name} evaluation", (6.4, 3.2))
         shown = [k for k in keys if k in base]
