@@ -42,10 +42,17 @@ class Bench:
                 best = min(best, (time.perf_counter() - t) / n * 1e6)
             return best
 
-        out = {"recommendation_us": per_request(lambda: m.recommendation(rec, paths))}
-        t = time.perf_counter()
-        m.flush(items, guard)  # the paths of the last n requests (bounded by MAX_PENDING)
-        out["flush_us_per_request"] = (time.perf_counter() - t) / n * 1e6
+        best: tuple[float, float] = (float("inf"), float("inf"))
+        for _ in range(5):  # best of 5 rounds of n requests, each followed by its flush
+            t0 = time.perf_counter()
+            for _ in range(n):
+                m.recommendation(rec, paths)
+            t1 = time.perf_counter()
+            m.flush(items, guard)
+            t2 = time.perf_counter()
+            if t2 - t0 < sum(best) * n / 1e6:
+                best = ((t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6)
+        out = {"recommendation_us": best[0], "flush_us_per_request": best[1]}
         out["public_observe_x6_us"] = per_request(lambda: [m.stage.observe(1.0, {"stage": "recall"}) for _ in range(6)])
         guard.close()
         return out
