@@ -5,18 +5,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rayrec-installed
+CONSTRAINTS := constraints.txt
 ARGS ?=
 
-.PHONY: install run test test-faults bench clean
+.PHONY: install run test test-faults lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[test,lint]"
 	touch $(STAMP)
 
 run: install
@@ -28,6 +29,11 @@ test: install
 # the serving job under signals: Ray and Serve of its own per case, about 1-2 min each on 2 cores
 test-faults: install
 	$(PY) -m pytest -p no:cacheprovider tests/faults -o addopts="-ra" $(ARGS)
+
+# ruff (pyflakes, pycodestyle, bugbear, pyupgrade) and mypy: configured in pyproject.toml
+lint: install
+	$(PY) -m ruff check platform pipelines serve_apps tests
+	$(PY) -m mypy
 
 bench: install
 	for f in tests/perf/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -9,6 +9,16 @@ import os
 from rayrec.config import default_artifacts
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless it is unset or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", default=None, help="artifacts URI: a local path or s3://… (default: RAYREC_ARTIFACTS or ./artifacts)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")

@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 
-from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
+from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, setup_logging
 from rayrec import uri
 from rayrec.data import DataError
 from rayrec.data.source import DATASET_CHOICES, load_dataset
@@ -55,7 +55,7 @@ def seed_realtime(store_url: str | None, data, threshold: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compute samples, online features, the FeatureSpec and statistics.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Compute samples, online features, the FeatureSpec and statistics.")
     parser.add_argument("--dataset", default="auto", help=f"one of {', '.join(DATASET_CHOICES)}, or a MovieLens folder")
     add_common_args(parser)
     parser.add_argument("--online-store", default=None, help="load the latest features into this store URL ('default' = embedded SQLite)")

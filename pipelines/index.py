@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines._common import add_common_args, artifacts_arg, setup_logging
+from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, setup_logging
 from rayrec.retrieval import IndexConfig, RecallConfig, load_index, run_index
 from rayrec.retrieval.build import summary
 from rayrec.retrieval.offline import format_report, run_offline
@@ -44,7 +44,7 @@ def recall_config(path: Path | None, quotas: list[str]) -> RecallConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build, measure and publish the item index; evaluate recall.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Build, measure and publish the item index; evaluate recall.")
     add_common_args(parser)
     parser.add_argument("--embeddings", choices=["model", "svd"], default="model",
                         help="the retriever's item embeddings (default) or a PureSVD baseline of the train samples")

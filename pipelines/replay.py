@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines._common import HelpFormatter
 from rayrec.data import DataError
 from rayrec.data.source import DATASET_CHOICES, load_dataset
 from rayrec.realtime import EVENTS_LOG, replay
@@ -27,7 +28,7 @@ from rayrec.store import StoreError, open_store
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Merge the online event log into a MovieLens folder for the next training run."
+        formatter_class=HelpFormatter, description="Merge the online event log into a MovieLens folder for the next training run."
     )
     parser.add_argument(
         "--store", required=True, help="online store URL (sqlite:///path, redis://host:port/db) or 'default'"

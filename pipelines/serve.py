@@ -18,6 +18,7 @@ Serve config: ``serve deploy serve_apps/config.yaml`` (``serve run serve_apps/co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ import time
 import urllib.request
 from typing import Any
 
-from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
+from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, setup_logging
 from rayrec import reaper, secrets
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
 from rayrec.serving.security import SecurityConfig, check_bind
@@ -84,7 +85,10 @@ def _http_address(host: str, port: int) -> tuple[str, int]:
     try:
         from ray.serve.context import _get_global_client
 
-        cfg = _get_global_client().http_config
+        client = _get_global_client()
+        if client is None:
+            return host, port
+        cfg = client.http_config
         if cfg.port != port or (cfg.host or host) != host:
             log.warning("Serve was already running on %s:%s; the app answers there", cfg.host, cfg.port)
         return (cfg.host or host), int(cfg.port)
@@ -119,12 +123,13 @@ def banner(url: str, ingress: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Serve the recommender on Ray Serve.")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Serve the recommender on Ray Serve.")
     add_common_args(p)
     p.add_argument("--store", default=None, help="online store URL (default: SQLite under the artifacts)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--composition", choices=("fused", "ranker", "chain"), default="fused")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--composition", choices=("fused", "ranker", "chain"), default="fused",
+                   help="fused: one deployment; ranker: a Ranker deployment apart; chain: three stages")
     p.add_argument("--ingress", choices=MODES, default=None,
                    help="front door of a local Ray's Serve: haproxy, Serve's Python proxy, or auto (haproxy "
                    "when installed; default: RAYREC_INGRESS, else auto). A cluster's own environment decides there")
@@ -151,19 +156,94 @@ def main(argv: list[str] | None = None) -> int:
     local = not (args.address or os.environ.get("RAY_ADDRESS"))  # a cluster's own environment chose its ingress
     print(banner(url, os.environ.get(INGRESS_ENV) if local else None), flush=True)
     if args.blocking:
-        import ray
-        from ray import serve
+        serve_until_interrupted(local)
+    return 0
 
-        sig = reaper.wait_for_signal()  # SIGINT, SIGTERM or SIGHUP (a closed terminal)
-        print(f"\nstopping ({sig.name}): Serve, Ray, then any process left", flush=True)
-        reaper.shutdown([serve.shutdown, ray.shutdown], timeout_s=5.0)  # Serve's controller may be gone already
-        # a step still stuck in a helper thread (Ray's, on a dead cluster) could crash the interpreter's
-        # own finalisation: everything is stopped, so leave now
+
+def serve_until_interrupted(local: bool, say=print) -> None:  # noqa: ANN001
+    """Block until Ctrl-C (or SIGTERM, SIGHUP), then stop Serve and, for a Ray this job started, Ray: within
+    seconds, leaving no process behind. Ray Train's SIGINT handler (left installed by a training step
+    in the same process) is replaced first, so Ctrl-C reaches this loop."""
+    import signal
+
+    from rayrec.console import interruptible
+
+    interruptible()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)  # a closed terminal
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        say("stopping: Serve, then Ray …")
+        t = time.perf_counter()
+        stop(local)
+        say(f"stopped in {time.perf_counter() - t:.1f}s")
+        # Everything is shut down; the interpreter's own teardown after Ray's (native) shutdown took
+        # a further 5 s here, so the job ends now.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    return 0
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+def stop(local: bool, timeout_s: float = 2.0) -> None:
+    """Shut Serve down (its controller stops the proxies, HAProxy included, and the replicas), waiting
+    at most ``timeout_s``; then, when this job started its own Ray, Ray itself, and whatever process
+    of this job's tree outlived it (a replica still draining, an HAProxy whose manager was killed).
+    On a cluster Serve is shut down and only this job's connection ends."""
+    import ray
+    from ray import serve
+
+    tree = _descendants() if local else []
+    t = time.perf_counter()
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client()
+        if client is not None:
+            client.shutdown(timeout_s=timeout_s)
+        serve.shutdown()  # forgets the client; nothing left to stop
+    except Exception as e:  # Serve already gone, or the private API moved
+        log.debug("Serve shutdown: %s", e)
+    log.info("Serve shut down in %.1fs", time.perf_counter() - t)
+    if not local:
+        return
+    t = time.perf_counter()
+    ray.shutdown()
+    log.info("Ray shut down in %.1fs", time.perf_counter() - t)
+    _reap(tree)
+    reaper.reap(timeout_s=2.0)  # orphans re-parented to this job (it is their subreaper), HAProxy's included
+
+
+def _descendants() -> list[Any]:
+    try:
+        import psutil
+
+        return psutil.Process().children(recursive=True)
+    except Exception:  # psutil missing, or the process table unreadable
+        return []
+
+
+def _reap(procs: list[Any], grace_s: float = 2.0) -> None:
+    """Terminate, then kill, the processes of ``procs`` (psutil handles taken before Ray stopped:
+    a pid reused since is not touched) still running."""
+    import psutil
+
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    if alive:
+        log.info("killed %d process(es) that outlived Ray", len(alive))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from pipelines._common import add_common_args, artifacts_arg, init_ray, setup_logging
+from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, setup_logging
 from rayrec.training import JobConfig, TrainingError, default_train_config, run_job
 from rayrec.training.data import features_path
 
@@ -58,7 +58,7 @@ def _model_settings(model: str, pairs: list[str]):  # noqa: ANN202
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train, evaluate and register a model on Ray Train.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Train, evaluate and register a model on Ray Train.")
     parser.add_argument("--model", required=True, choices=["ranker", "retriever"])
     parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (default 1)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, mixed precision")

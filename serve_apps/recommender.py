@@ -60,9 +60,11 @@ from ray.serve.handle import DeploymentHandle
 
 from rayrec.config import default_artifacts, repo_root
 from rayrec.realtime import ColdContext
+from rayrec.reports import add_report_route
 from rayrec.serving import RecommenderService, ServingConfig, create_app
 from rayrec.serving.api import Recommendation
 from rayrec.serving.core import Ranked, Recalled
+from rayrec.serving.metrics import ServingMetrics
 from rayrec.serving.threads import single_threaded
 
 log = logging.getLogger("ray.serve")
@@ -186,11 +188,14 @@ class _Stage:
     def __init__(self, artifacts: str, store: str | None, composition: str) -> None:
         single_threaded()  # replicas and requests are the parallelism, not threads in one request
         self.service = RecommenderService.create(artifacts, store, ServingConfig(), composition=composition)
+        self.service.metrics = ServingMetrics(type(self).__name__)
         self._sync: asyncio.Task[None] | None = None
+        self._report: asyncio.Task[None] | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         if self._sync is None:  # the replica's event loop runs by now: start syncing live items
             self._sync = asyncio.get_running_loop().create_task(self.service.sync_items_forever())
+            self._report = asyncio.get_running_loop().create_task(self.service.report_forever())
         if await self.service.reconfigure(ServingConfig.model_validate(user_config or {})):
             log.info("reloaded: %s", self.service.bundle.versions)
 
@@ -264,7 +269,9 @@ class Ingress(_Stage):
         return await self.service.rank_batch(batch)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.service, title="rayrec")
+        app = create_app(self.service, title="rayrec")
+        add_report_route(app, self.service.artifacts)
+        return app
 
     async def __del__(self) -> None:
         await asyncio.to_thread(self.service.close)

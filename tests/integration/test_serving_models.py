@@ -24,7 +24,6 @@ PLAIN = {"diversity": 0.0, "freshness_weight": 0.0, "popularity_weight": 0.0, "m
 @pytest.fixture(scope="module")
 def wired(serving_artifacts):
     torch.manual_seed(0)
-    spec = FeatureSpec.load(f"{serving_artifacts.features_path}/spec.json")
     bundle = load_bundle(serving_artifacts.artifacts, ServingConfig(fresh_weight=0.0, rerank=PLAIN))
     assert bundle.ranker is not None and bundle.tower is not None, bundle.notes
     return Recommender(bundle), open_store(serving_artifacts.store)

@@ -113,11 +113,16 @@ def _fetch(name: str, info: DatasetInfo, dest: Path, target: Path, timeout: floa
         with opener.open(request, timeout=timeout) as response, open(dest, "wb") as out:
             expected = response.headers.get("Content-Length")
             got = 0
+            total = int(expected) if expected is not None and expected.isdigit() else 0
+            shown = 0
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 md5.update(chunk)
                 sha256.update(chunk)
                 got += len(chunk)
+                if total and got * 10 // total > shown:  # progress every 10%
+                    shown = got * 10 // total
+                    log.info("downloading %s: %d%% (%.1f of %.1f MB)", name, 100 * got // total, got / 1e6, total / 1e6)
             if expected is not None and expected.isdigit() and got != int(expected):
                 raise DownloadError(_failure(name, info, target, f"connection closed after {got} of {expected} bytes"))
     except urllib.error.HTTPError as e:
@@ -125,7 +130,7 @@ def _fetch(name: str, info: DatasetInfo, dest: Path, target: Path, timeout: floa
     except urllib.error.URLError as e:
         reason = "timed out" if isinstance(e.reason, (TimeoutError, socket.timeout)) else str(e.reason)
         raise DownloadError(_failure(name, info, target, reason)) from e
-    except (TimeoutError, socket.timeout) as e:
+    except TimeoutError as e:
         raise DownloadError(_failure(name, info, target, f"timed out after {timeout:g}s")) from e
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(_failure(name, info, target, f"{type(e).__name__}: {e}")) from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,31 @@ def _local_movielens(cache: Path) -> Path | None:
     return None
 
 
+AUTO_DOWNLOAD = "ml-latest-small"
+AUTO_TIMEOUT_S = 10.0  # an offline machine must not wait long before falling back to synthetic data
+
+
+def _auto(cache: Path, synthetic: SyntheticConfig | None) -> MovieLens:
+    """A local copy, else a download of ml-latest-small, else synthetic data; the source says why."""
+    from rayrec.data.download import DownloadError, download
+
+    local = _local_movielens(cache)
+    if local is not None:
+        return read_movielens(local, source=f"movielens ({local}: a local copy)")
+    if os.environ.get("RAYREC_OFFLINE", "") not in ("", "0"):
+        why = "RAYREC_OFFLINE is set"
+    else:
+        try:
+            folder = download(AUTO_DOWNLOAD, cache, timeout=AUTO_TIMEOUT_S)
+            return read_movielens(folder, source=f"{AUTO_DOWNLOAD} ({folder}: downloaded, no local copy found)")
+        except DownloadError as e:
+            why = f"downloading {AUTO_DOWNLOAD} failed: {str(e).splitlines()[0]}"
+    log.warning("no local MovieLens copy, and %s; using the synthetic generator", why)
+    data = _synthetic(synthetic, cache)
+    data.source = f"{data.source}: no local MovieLens copy, and {why}"
+    return data
+
+
 def _synthetic(cfg: SyntheticConfig | None, cache: Path) -> MovieLens:
     from rayrec.data.synthetic import SyntheticConfig, generate
 
@@ -50,7 +76,9 @@ def load_dataset(
     """Load the dataset a job asked for and say which one it is.
 
     - ``auto``: a local MovieLens copy (``RAYREC_MOVIELENS_DIR``, ``../shared/data/ml-latest-small``
-      or the data cache) if there is one, else the synthetic generator.
+      or the data cache) if there is one, else ml-latest-small downloaded into the cache (checksum
+      checked, progress logged; skipped when ``RAYREC_OFFLINE=1``), else the synthetic generator;
+      ``source`` says which, and why.
     - ``movielens``: that local copy, or ``path``; an error naming the options if there is none.
     - ``ml-latest-small`` … ``ml-32m``: the GroupLens archive, downloaded once into the cache.
     - ``synthetic``: generated from ``synthetic`` (seeded, cached).
@@ -60,12 +88,7 @@ def load_dataset(
     if path is not None:
         data = read_movielens(path)
     elif name == "auto":
-        local = _local_movielens(cache)
-        if local is not None:
-            data = read_movielens(local, source=f"movielens ({local})")
-        else:
-            log.warning("no local MovieLens copy found; using the synthetic generator")
-            data = _synthetic(synthetic, cache)
+        data = _auto(cache, synthetic)
     elif name == "movielens":
         local = _local_movielens(cache)
         if local is None:

@@ -166,7 +166,6 @@ def user_pass(
     """
     df = _with_sentinels(batch, "userId") if sentinels else batch.assign(sentinel=False)
     df = _sorted(df, "userId")
-    n = len(df)
     rated = ~df["sentinel"].to_numpy()
     rating = df["rating"].to_numpy(np.float64)
     label = rated & (np.nan_to_num(rating) >= threshold)

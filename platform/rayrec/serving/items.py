@@ -35,6 +35,8 @@ class ItemRows:
         self.ttl_s, self.max_items = ttl_s, max_items
         self._rows: dict[int, tuple[float, Row]] = {}  # movie id -> (read at, row), oldest read first
         self._lock = threading.Lock()
+        self.hits = 0  # rows answered from memory, and read from the store (for the hit-rate metric)
+        self.misses = 0
 
     def get(self, store: OnlineStore, ids: Sequence[int]) -> list[Row | None]:
         """Rows of ``ids`` (None where the store has none); one store call for the rows not kept.
@@ -53,6 +55,8 @@ class ItemRows:
                 out[i] = hit[1]
             else:
                 missing.append(i)
+        self.hits += len(ids) - len(missing)
+        self.misses += len(missing)
         if not missing:
             return out
         wanted = list(dict.fromkeys(ids[i] for i in missing))

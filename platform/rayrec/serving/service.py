@@ -31,6 +31,7 @@ from rayrec.serving.bundle import Bundle, ServingConfig, load_bundle, resolve_ve
 from rayrec.serving.core import Ranked, Recalled, Recommender
 from rayrec.serving.events import EventSink, ServiceUnavailable, guarded_write
 from rayrec.serving.guard import StoreDown, StoreGuard
+from rayrec.serving.metrics import ServingMetrics
 from rayrec.store import open_store
 from rayrec.store.base import NotDurable, OnlineStore, StoreError, check_durability
 from rayrec.store.sqlite import SqliteStore
@@ -79,6 +80,8 @@ class RecommenderService:
             raise
         except StoreError as e:  # the store is down at start-up: serve degraded, check again on the next start
             log.warning("could not check the online store's durability: %s", e)
+        #: Prometheus metrics (set by the Serve deployments; None: nothing is recorded)
+        self.metrics: ServingMetrics | None = None
 
     @classmethod
     def create(cls, artifacts: str, store_url: str | None, config: ServingConfig | None = None, **kwargs: Any) -> RecommenderService:
@@ -164,11 +167,12 @@ class RecommenderService:
         out.timings.update({"recall_stage_ms": round((t_recall - t) * 1e3, 3),
                             "rank_stage_ms": round((t_rank - t_recall) * 1e3, 3),
                             "rerank_stage_ms": round((time.perf_counter() - t_rank) * 1e3, 3)})  # fmt: skip
-        return self._timed(out, t)
+        return self._timed(out, t, recalled.paths)
 
-    @staticmethod
-    def _timed(out: Recommendation, t: float) -> Recommendation:
+    def _timed(self, out: Recommendation, t: float, paths: list[tuple[str, ...]] | None = None) -> Recommendation:
         out.took_ms = round((time.perf_counter() - t) * 1e3, 3)
+        if self.metrics is not None:
+            self.metrics.recommendation(out, paths)
         return out
 
     async def similar(self, movie_id: int, k: int) -> SimilarMovies | None:
@@ -191,7 +195,11 @@ class RecommenderService:
             raise ServiceUnavailable("the online store is unavailable; retry shortly") from None
 
     async def event(self, payload: Any) -> Any:
-        return await guarded_write(self.guard, self.events.ingest, payload, "event")
+        t = time.perf_counter()
+        ack = await guarded_write(self.guard, self.events.ingest, payload, "event")
+        if self.metrics is not None:
+            self.metrics.event(payload, (time.perf_counter() - t) * 1e3)
+        return ack
 
     async def add_item(self, payload: dict[str, Any]) -> Any:
         return await guarded_write(self.guard, self.events.add_item, payload, "item")
@@ -225,6 +233,15 @@ class RecommenderService:
                 continue
             if new:
                 log.info("indexed %d item(s) added by other replicas", len(new))
+
+    async def report_forever(self, every_s: float = 5.0) -> None:
+        """Flush the metrics kept in memory (recall paths, item cache, breaker) every few seconds."""
+        while not self.guard.closed and self.metrics is not None:
+            await asyncio.sleep(every_s)
+            try:
+                self.metrics.flush(self.core.items, self.guard)
+            except Exception as e:  # metrics must never take serving down
+                log.debug("metrics flush failed: %s", e)
 
     def check_local(self) -> None:
         """Raise if this replica itself is broken (for Serve's health check). A store outage is not a

@@ -9,12 +9,13 @@ rows of exactly one version, never a mix.
 
 from __future__ import annotations
 
+import logging
 import operator
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -22,6 +23,8 @@ import pandas as pd
 import pyarrow as pa
 
 from rayrec.secrets import mask
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ENTITIES",
@@ -44,7 +47,7 @@ __all__ = [
 
 ENTITIES = ("user", "item")
 Row = dict[str, Any]
-RowsInput = Iterable[tuple[int, Mapping[str, Any]]] | pd.DataFrame | pa.Table | pa.RecordBatch
+RowsInput: TypeAlias = Iterable[tuple[int, Mapping[str, Any]]] | pd.DataFrame | pa.Table | pa.RecordBatch
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -240,7 +243,11 @@ class OnlineStore(ABC):
                 if self.live_version(entity) != version:
                     self.abort_load(entity, version)
             except Exception as cleanup:
-                e.add_note(f"(version {version} of {entity} was left behind: {cleanup})")
+                note = f"(version {version} of {entity} was left behind: {cleanup})"
+                if hasattr(e, "add_note"):  # Python ≥ 3.11; on 3.10 the note would raise in the error path
+                    e.add_note(note)
+                else:
+                    log.warning(note)
             raise
         return version
 

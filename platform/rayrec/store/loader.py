@@ -7,6 +7,8 @@ and deletes the old one. Readers see the old table until the swap, the new one a
 
 from __future__ import annotations
 
+import logging
+
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -121,7 +123,11 @@ def _load_with_ray(
             if store.live_version(entity) != version:
                 store.abort_load(entity, version)
         except Exception as cleanup:
-            e.add_note(f"(version {version} of {entity} was left behind: {cleanup})")
+            note = f"(version {version} of {entity} was left behind: {cleanup})"
+            if hasattr(e, "add_note"):  # Python ≥ 3.11; on 3.10 the note would raise in the error path
+                e.add_note(note)
+            else:
+                logging.getLogger(__name__).warning(note)
         raise
     return version, rows
 

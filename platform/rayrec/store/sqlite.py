@@ -30,9 +30,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
+from collections.abc import Iterator
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import numpy as np
@@ -179,7 +180,7 @@ class SqliteStoreConfig(BaseModel):
         return f"sqlite://{quote(self.path)}" + (f"?{'&'.join(opts)}" if opts else "")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _in_list(n: int) -> str:
     return ",".join("?" * n)
 
