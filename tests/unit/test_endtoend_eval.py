@@ -140,7 +140,7 @@ def test_negatives_are_unrated_catalog_movies_with_point_in_time_statistics():
 
 @pytest.mark.parametrize("n_users", [20, 60])  # Woodbury (fewer users than items) and the direct inverse
 def test_ease_recall_path_ranks_as_dense_ease(n_users):
-    from rayrec.retrieval.ease import EaseRecall, ItemWeights, fit_item_weights
+    from rayrec.retrieval.ease import EaseRecall, fit_item_weights
     from rayrec.retrieval.state import UserState
 
     r = _ratings(n_users=n_users, n_items=40, seed=4)

@@ -608,7 +608,10 @@ class RedisStore(OnlineStore):
             last = self._r.xrevrange(key, max="+", min="-", count=1)
         except RedisError as e:
             raise self._error(e, f"read the end of log {name}") from e
-        return last[0][0].decode() if last else "0-0"
+        if not last:
+            return "0-0"
+        entry_id = last[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def log_mark(self, name: str, consumer: str) -> str | None:
         self._log(name)
