@@ -130,6 +130,31 @@ def test_other_factories_unpublished_svd_and_evaluate_only(published, capsys):
     assert "Recall@50" in capsys.readouterr().out
 
 
+def test_a_failed_index_job_leaves_latest_alone(published, monkeypatch):
+    """The disk fails while the job writes its version (the second file): the job fails, LATEST still
+    names the version it named before, and the half-written folder is not made live."""
+    artifacts, _ = published
+    root = index_root(artifacts)
+    before, versions = uri.latest(root), set(uri.list_versions(root))
+    write_bytes = uri.write_bytes
+    calls = []
+
+    def disk_full_on_the_second_file(target: str, data: bytes) -> None:
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", target)
+        write_bytes(target, data)
+
+    monkeypatch.setattr(uri, "write_bytes", disk_full_on_the_second_file)
+    with pytest.raises(OSError, match="No space left"):
+        main(["--artifacts", artifacts])
+    monkeypatch.undo()
+    assert len(calls) == 2 and uri.latest(root) == before
+    added = set(uri.list_versions(root)) - versions
+    assert not any(uri.exists(uri.join(root, v, "meta.json")) for v in added), added
+    assert load_index(artifacts).meta["model_version"] == "r1"  # what serving loads still opens
+
+
 def test_job_errors_name_the_fix(tmp_path, capsys):
     assert main(["--artifacts", str(tmp_path / "empty")]) == 2
     assert "--embeddings svd" in capsys.readouterr().err
