@@ -21,6 +21,12 @@ FIXED_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")  # fmt: skip
 
 
+#: Serve's checks of its proxy (HAProxy's manager), with room for a shared 2-core machine under heavy
+#: load: at the defaults (ready within 5 s, health checks of 10 s) a load average of 70 got the proxy
+#: killed as unhealthy while it was starting, and every deploy of the session failed
+SLOW_MACHINE = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": 60, "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": 60}
+
+
 def _free_port() -> int:
     import socket
 
@@ -40,6 +46,8 @@ def ray_session():
     if not ray.is_initialized():
         for name in FIXED_PORTS:  # HAProxy's stats/metrics pages and the fallback proxy: never the shared defaults
             os.environ.setdefault(name, str(_free_port()))
+        for name, seconds in SLOW_MACHINE.items():
+            os.environ.setdefault(name, str(seconds))
         apply_ingress()
         ray.init(
             address="local",  # never attach to a cluster someone started with `ray start`

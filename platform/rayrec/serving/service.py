@@ -31,7 +31,6 @@ from rayrec.serving.events import EventSink, ServiceUnavailable
 from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
 from rayrec.store import open_store
 from rayrec.store.base import OnlineStore
-from rayrec.store.sqlite import SqliteStore
 
 __all__ = ["RecommenderService", "RankFn", "store_for"]
 
@@ -56,8 +55,11 @@ class RecommenderService:
         self.store = store
         self.core = Recommender(bundle)
         cfg = bundle.config
-        self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, inline=isinstance(store, SqliteStore),
-                                write_timeout_s=cfg.store_write_timeout_s)  # fmt: skip
+        # Reads run on the guard's threads under the deadline for every backend, the embedded SQLite file
+        # too: a reader of a WAL file whose locks another process holds waits inside SQLite for about
+        # ten seconds, which on the event loop's thread no deadline could cut short (and the replica
+        # would answer nothing meanwhile). tests/integration/test_serving_degrade.py holds those locks.
+        self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, write_timeout_s=cfg.store_write_timeout_s)
         self.events = EventSink(store, bundle)
         self.composition = composition
         self.rank_fn: RankFn = self.rank_local
