@@ -110,8 +110,8 @@ def serving_app(serving_artifacts: ServingArtifacts):
 
 
 REDIS_APP_NAME = "rayrec-test-redis"
-# admits 2 requests and queues none: the overload test needs few connections to see 503s
-ADMIT_TWO = {"num_cpus": 0.1, "max_replicas": 1, "max_ongoing_requests": 2, "max_queued_requests": 0}
+# admits 2 requests and queues 1 (Serve's least): the overload test needs few connections to see 503s
+ADMIT_TWO = {"num_cpus": 0.1, "max_replicas": 1, "max_ongoing_requests": 2, "max_queued_requests": 1}
 
 
 @dataclass(frozen=True)

@@ -48,14 +48,15 @@ def seen(serving_artifacts) -> dict[int, set[int]]:
 
 
 def call(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any, dict[str, str]]:
-    """Status, JSON body and headers (HTTP errors included); a connection failure or timeout raises."""
+    """Status, JSON body and headers (names in lower case; HTTP errors included); a connection failure
+    or timeout raises."""
     import urllib.error
 
     try:
         a = request(url, timeout=60, method=method, body=None if body is None else json.dumps(body).encode())
         return a.status, a.body, a.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read()), dict(e.headers)
+        return e.code, json.loads(e.read()), {k.lower(): v for k, v in e.headers.items()}
 
 
 # -- faults ---------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def test_store_fault_answers_from_popularity_within_the_deadline(backend, kind, 
                            ("/items", {"title": f"Never Added {stranger}", "genres": ["Comedy"], "year": 2024})):  # fmt: skip
             status, err, headers = call(f"{url}{path}", "POST", body)
             assert status == 503 and err["field"] is None and "not" in err["error"], (path, err)
-            assert int(headers["Retry-After"]) >= 1, headers
+            assert int(headers["retry-after"]) >= 1, headers
     rec = wait_normal(url, user)
     assert rec["items"] and not rec["cold_start"]
     status, health, _ = call(f"{url}/healthz")

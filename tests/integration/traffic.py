@@ -27,7 +27,7 @@ class Answer:
     at: float  # time.monotonic() when the answer arrived
     status: int
     body: Any
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
 
 
 def classify(error: BaseException) -> str:
@@ -49,7 +49,7 @@ def request(url: str, timeout: float, method: str = "GET", body: bytes | None = 
     req = urllib.request.Request(url, data=body, method=method, headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         raw = r.read()
-        return Answer(time.monotonic(), r.status, json.loads(raw), dict(r.headers))
+        return Answer(time.monotonic(), r.status, json.loads(raw), {k.lower(): v for k, v in r.headers.items()})
 
 
 @dataclass
