@@ -94,7 +94,10 @@ def _ray_address(job_pid: int) -> str:
             continue
         if any(a.endswith("gcs_server") for a in args[:1]):
             opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
-            return f"{opts['node-ip-address']}:{opts['gcs_server_port']}"
+            port = opts["gcs_server_port"]
+            if port == "0":  # a local Ray picks the port when it starts and writes it to its session folder
+                port = Path(opts["session-dir"], f"gcs_server_port_{opts['node-id']}").read_text().strip()
+            return f"{opts['node-ip-address']}:{port}"
     raise AssertionError(f"no GCS process under the serving job {job_pid}")
 
 
@@ -109,8 +112,9 @@ def reload_by_command(job_pid: int, env: dict[str, str], art, port: int, url: st
     try:
         cmd = [sys.executable, "-m", "pipelines.serve", "--reload", "--artifacts", art.artifacts, "--store", art.store,
                "--port", str(port)]  # fmt: skip
-        done = subprocess.run(cmd, cwd=ROOT, env={**env, "RAY_ADDRESS": _ray_address(job_pid)}, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        # a client of another process's Ray shows the token that Ray wrote to ~/.ray (Ray's token auth)
+        attach = {"RAY_ADDRESS": _ray_address(job_pid), "RAY_AUTH_MODE": "token"}
+        done = subprocess.run(cmd, cwd=ROOT, env={**env, **attach}, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"the reload command failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         assert "rayrec is serving at" in done.stdout, done.stdout
         status, health = call(f"{url}/healthz")
