@@ -149,12 +149,14 @@ def redis_serving(serving_app: ServingApp, redis_down):
     link = Link(cfg.host, cfg.port)
     through = direct.replace(f"{cfg.host}:{cfg.port}", f"127.0.0.1:{link.port}", 1)
     port = int(serving_app.url.rsplit(":", 1)[1])
-    url = deploy(arts.artifacts, through, port=port, name=REDIS_APP_NAME, route_prefix="/redis", ingress=ADMIT_TWO)
-    yield RedisServing(ServingApp(url, REDIS_APP_NAME, ServingArtifacts(arts.artifacts, through, arts.features_path,
-                                                                       arts.movielens, arts.trained)), link, through)  # fmt: skip
-    serve.delete(REDIS_APP_NAME)
-    link.close()
-    next(urls, None)  # removes this session's keys
+    try:
+        url = deploy(arts.artifacts, through, port=port, name=REDIS_APP_NAME, route_prefix="/redis", ingress=ADMIT_TWO)
+        yield RedisServing(ServingApp(url, REDIS_APP_NAME, ServingArtifacts(arts.artifacts, through, arts.features_path,
+                                                                           arts.movielens, arts.trained)), link, through)  # fmt: skip
+        serve.delete(REDIS_APP_NAME)
+    finally:
+        link.close()
+        next(urls, None)  # removes this session's keys
 
 
 @pytest.fixture(params=["sqlite", "redis"])
