@@ -47,7 +47,7 @@ def test_the_serving_job_answers_behind_the_other_front_door(serving_app, other_
     user = int(ratings["userId"].value_counts().index[0])
     seen = set(ratings.loc[ratings["userId"] == user, "movieId"].astype(int))
     port = unused_port
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT)])}  # this checkout's library
     for name in ("RAYREC_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_ADDRESS"):
         env.pop(name, None)  # the job decides from --ingress alone, on a Ray of its own
     log = tmp_path / "serve.log"
