@@ -14,6 +14,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from rayrec.config import shared_movielens_dir  # noqa: E402
 
 
+#: the ports Serve's HAProxy mode would take at fixed defaults (8404, 9101, 8500, 9500): on a machine
+#: where other Serve instances start at the same time, checking that a default is free before Ray
+#: starts leaves a race that another instance wins (HAProxy then exits: "cannot bind socket")
+FIXED_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+               "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")  # fmt: skip
+
+
+#: Serve's checks of its proxy (HAProxy's manager), with room for a shared 2-core machine under heavy
+#: load: at the defaults (ready within 5 s, health checks of 10 s) a load average of 70 got the proxy
+#: killed as unhealthy while it was starting, and every deploy of the session failed
+SLOW_MACHINE = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": 60, "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": 60}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with 2 CPUs, started once: Ray start-up costs seconds. Its Serve gets the front
@@ -23,6 +44,10 @@ def ray_session():
     from rayrec.serving.ingress import apply_ingress
 
     if not ray.is_initialized():
+        for name in FIXED_PORTS:  # HAProxy's stats/metrics pages and the fallback proxy: never the shared defaults
+            os.environ.setdefault(name, str(_free_port()))
+        for name, seconds in SLOW_MACHINE.items():
+            os.environ.setdefault(name, str(seconds))
         apply_ingress()
         ray.init(
             address="local",  # never attach to a cluster someone started with `ray start`

@@ -25,7 +25,22 @@ class Small:
 
 
 def small(n_users: int = 30, n_items: int = 40, n: int = 700, seed: int = 3) -> Small:
+    """Random ratings (no taste in them): the corner cases of the point-in-time logic."""
     ratings, movies = ref.random_dataset(n_users=n_users, n_items=n_items, n=n, seed=seed, ts_span=400)
+    return build(ratings, movies)
+
+
+def learnable(folder, n_users: int = 300, n_items: int = 200, n: int = 12_000, seed: int = 5) -> Small:
+    """Ratings of the synthetic generator (latent user and item factors, power-law popularity): data a
+    model can learn from, for quality floors."""
+    from rayrec.data import SyntheticConfig, generate, read_movielens
+
+    ml = read_movielens(generate(folder, SyntheticConfig(n_users=n_users, n_items=n_items, n_ratings=n, seed=seed)))
+    return build(ml.ratings, ml.movies[["movieId", "title", "year", "genres"]])
+
+
+def build(ratings: pd.DataFrame, movies: pd.DataFrame) -> Small:
+    """Samples, split, spec and latest rows of ``ratings``, as the features job computes them."""
     movies = movies.assign(year=movies["year"].astype("float64"))
     by_item = item_pass(ratings, movies, sentinels=True)
     items = by_item[by_item["sentinel"]]

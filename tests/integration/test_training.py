@@ -1,6 +1,8 @@
-"""Training on Ray Train end to end, on a small features version: the jobs publish complete registry
-versions, a killed worker resumes from the last checkpoint, and a rerun with the same run name
-(a restarted driver) continues from where the run stopped."""
+"""Training on Ray Train end to end, on small features versions: the jobs publish complete registry
+versions that clear quality floors (the ranker over a one-feature score, the retriever over the
+popularity it computes), early stopping stops, a failed publish leaves LATEST alone, a killed worker
+resumes from the last checkpoint, and a rerun with the same run name (a restarted driver) continues
+from where the run stopped."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pandas as pd
 import pytest
 
 from rayrec import registry, uri
+from rayrec.evaluation.classification import roc_auc
 from rayrec.models.inference import RankerScorer, TowerEncoder, load_model
 from rayrec.training import JobConfig, TrainConfig, run_job
 from rayrec.models import RankerConfig, build_model, model_config
@@ -22,15 +25,25 @@ from rayrec.training.data import open_features, read_table, temporal_holdout, to
 from rayrec.training.jobs import retrieval_data
 from rayrec.training.tasks import RankTask, retrieval_metrics
 from rayrec.training.trainer import fit
-from train_data import small, write_version
+from train_data import learnable, small, write_version
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> str:
+    """Random ratings: the resume tests need only rows, not taste."""
     art = str(tmp_path_factory.mktemp("train-artifacts"))
     write_version(small(n_users=60, n_items=80, n=2500, seed=2), art)
+    return art
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory) -> str:
+    """Ratings with taste in them (the synthetic generator's latent factors): the quality floors."""
+    root = tmp_path_factory.mktemp("learn")
+    art = str(root / "artifacts")
+    write_version(learnable(root / "data"), art)
     return art
 
 
@@ -38,16 +51,35 @@ def quick(**changes) -> TrainConfig:
     return TrainConfig(**{"epochs": 2, "batch_size": 256, "lr": 3e-3, "max_failures": 1, **changes})
 
 
-def test_ranker_job_publishes_a_complete_version(ray_session, artifacts):
+#: measured on this data when the floor was set: the ranker's test AUC 0.7026 against 0.6724 for the
+#: best one-feature score (the user's prior mean rating), a lead of 0.030; the floor keeps half of it
+RANKER_MARGIN = 0.015
+
+
+def trivial_auc(test: pd.DataFrame) -> tuple[float, str]:
+    """The best ROC AUC on the test split of a score that is one prior feature as it stands (a
+    movie's mean rating or count, a user's mean rating): what a ranker must beat to earn its place."""
+    best = (0.0, "")
+    for col in ("item_rating_mean", "item_rating_count", "user_rating_mean"):
+        x = test[col].astype("float64").to_numpy()
+        x = np.where(np.isnan(x), np.nanmean(x), x)
+        best = max(best, (roc_auc(test["label"].to_numpy(), x), col))
+    return best
+
+
+def test_ranker_job_publishes_a_complete_version_that_beats_a_trivial_baseline(ray_session, learned):
+    artifacts = learned
     # no validation split: one run on every training row for a fixed number of epochs (the refit path)
     cfg = JobConfig(name="ranker", artifacts=artifacts, train=quick(valid_fraction=0.0), run_name="ranker-test")
     result = run_job(cfg)
     test = result.metrics["test"]
-    assert set(test) >= {"auc", "pr_auc", "logloss", "accuracy"} and 0.0 <= test["auc"] <= 1.0
+    assert set(test) >= {"auc", "pr_auc", "logloss", "accuracy"}
     assert result.select is None and result.final.epochs_run == 2
+    fv = open_features(artifacts)
+    floor, feature = trivial_auc(fv.test)
+    assert test["auc"] >= floor + RANKER_MARGIN, f"ranker AUC {test['auc']:.4f} vs {feature} alone {floor:.4f}"
     stored = registry.load(artifacts, "ranker")
     assert stored.version == result.version
-    fv = open_features(artifacts)
     assert stored.meta["spec_hash"] == fv.spec.hash and stored.meta["features_version"] == fv.version
     assert stored.meta["data_range"]["train"]["rows"] == len(fv.train)
     assert stored.metrics["test"]["auc"] == pytest.approx(test["auc"])
@@ -59,28 +91,17 @@ def test_ranker_job_publishes_a_complete_version(ray_session, artifacts):
     # a run name is pinned to its features version and settings: resuming with others is refused
     with pytest.raises(ValueError, match="other settings"):
         run_job(JobConfig(name="ranker", artifacts=artifacts, train=quick(valid_fraction=0.0, lr=1e-2), run_name="ranker-test"))
+    assert uri.latest(registry.models_root(artifacts, "ranker")) == result.version
 
 
-def test_retriever_job_early_stops_and_writes_catalog_embeddings_and_popularity(ray_session, artifacts):
+def test_retriever_job_beats_popularity_and_writes_catalog_embeddings(ray_session, learned):
+    artifacts = learned
     result = run_job(JobConfig(name="retriever", artifacts=artifacts, train=quick(epochs=4, patience=1, refit=False)))
     m = result.metrics
     for block in ("test", "popularity"):
         assert {"recall@10", "recall@50", "recall@100", "ndcg@10", "hitrate@10", "coverage@10"} <= set(m[block])
         assert m[block]["users"] == m["test"]["users"] > 0
-    history = m["valid"]["history"]
-    assert [h["epoch"] for h in history] == list(range(len(history)))
-    assert all("valid_recall@50" in h for h in history) and result.final is result.select
-    best = max(history, key=lambda h: h["valid_recall@50"])
-    assert m["valid"]["best_epoch"] == best["epoch"] + 1  # the kept weights are the best epoch's
-    if len(history) < 4:  # stopped early: the last epoch did not improve on the best
-        assert history[-1]["stopped"] and history[-1]["valid_recall@50"] <= best["valid_recall@50"]
     fv = open_features(artifacts)
-    # the published weights score the validation split exactly as the best epoch did
-    model = build_model("retriever", model_config("retriever"), fv.spec)
-    model.load_state_dict(result.final.weights)
-    fit_rows, valid_rows = temporal_holdout(fv.train, 0.1)
-    data = retrieval_data(fit_rows, valid_rows, fv.movies, fv.spec, model.config.history_len)
-    assert retrieval_metrics(model, data)["recall@50"] == pytest.approx(best["valid_recall@50"], abs=1e-6)
     emb = pd.read_parquet(Path(result.path) / "item_embeddings.parquet")
     items = read_table(uri.join(fv.path, "online", "items.parquet"))
     assert emb["movieId"].tolist() == items["movieId"].tolist()  # the whole catalog, cold movies too
@@ -90,6 +111,60 @@ def test_retriever_job_early_stops_and_writes_catalog_embeddings_and_popularity(
     assert np.allclose(enc.items(items), vectors, atol=1e-6)
     state = users_at(fv.train, fv.movies, 50, fv.spec.label_threshold)
     assert enc.users(state).shape == (len(state), vectors.shape[1])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured when this floor was written: the retriever's test Recall@50 0.681 against popularity's "
+    "0.689 in the same run (4 epochs; 8 epochs at lr 1e-2 gave 0.687 against 0.689). When it passes, drop this "
+    "mark and set a margin from the figure then",
+)
+def test_retriever_beats_the_popularity_it_computes(learned):
+    """The retriever published by the test above, against the popularity block its job scored on the
+    same test users and the same catalog."""
+    stored = registry.load(learned, "retriever")
+    assert stored.meta["train_config"]["lr"] > 0, "read the learning run's version"
+    m = stored.metrics
+    assert m["test"]["users"] == m["popularity"]["users"] > 0
+    assert m["test"]["recall@50"] > m["popularity"]["recall@50"], (m["test"]["recall@50"], m["popularity"]["recall@50"])
+
+
+def test_retriever_job_stops_early_and_a_failed_publish_leaves_latest(ray_session, learned, monkeypatch):
+    """Early stopping forced: with a learning rate of 0 no epoch improves on the first, so the run must
+    stop after ``patience`` more and keep the first epoch's weights. Its first publish fails on the disk
+    (LATEST untouched); the same run name then publishes without training again."""
+    artifacts = learned
+    root = registry.models_root(artifacts, "retriever")
+    before = uri.latest(root)
+    tc = quick(epochs=6, patience=2, refit=False, lr=0.0, schedule="constant")
+    cfg = JobConfig(name="retriever", artifacts=artifacts, train=tc, run_name="retriever-flat")
+    write_bytes = uri.write_bytes
+
+    def disk_full_on_weights(target: str, data: bytes) -> None:
+        if target.endswith(registry.WEIGHTS):
+            raise OSError(28, "No space left on device", target)
+        write_bytes(target, data)
+
+    monkeypatch.setattr(uri, "write_bytes", disk_full_on_weights)
+    with pytest.raises(OSError, match="No space left"):
+        run_job(cfg)
+    monkeypatch.undo()
+    assert uri.latest(root) == before, "a failed job moved LATEST"
+
+    result = run_job(cfg)  # the finished run is resumed, not retrained: only publishing is left
+    history = result.metrics["valid"]["history"]
+    assert [h["epoch"] for h in history] == list(range(tc.patience + 1)), history
+    assert history[-1]["stopped"] and not any(h["stopped"] for h in history[:-1])
+    assert result.final is result.select and result.final.epochs_run == tc.patience + 1
+    assert result.metrics["valid"]["best_epoch"] == 1  # no later epoch beat the first
+    assert uri.latest(root) == result.version != before
+    fv = open_features(artifacts)
+    # the published weights score the validation split exactly as the best epoch did
+    model = build_model("retriever", model_config("retriever"), fv.spec)
+    model.load_state_dict(registry.load(artifacts, "retriever").weights)
+    fit_rows, valid_rows = temporal_holdout(fv.train, 0.1)
+    data = retrieval_data(fit_rows, valid_rows, fv.movies, fv.spec, model.config.history_len)
+    assert retrieval_metrics(model, data)["recall@50"] == pytest.approx(history[0]["valid_recall@50"], abs=1e-6)
 
 
 def _committed_checkpoint(run_dir: Path) -> bool:

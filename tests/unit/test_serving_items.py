@@ -25,17 +25,22 @@ def store(tmp_path):
 
 
 def test_rows_are_kept_for_ttl_then_read_again(store) -> None:
-    rows = ItemRows(ttl_s=0.2)
+    rows = ItemRows(ttl_s=60)  # far longer than any pause of a loaded machine: the kept part cannot race
     first = rows.get(store, [1, 2, 3])
     assert [r["item_rating_count"] for r in first] == [1, 2, 3] and store.calls == 1
     again = rows.get(store, [3, 2, 1, 1])
     assert store.calls == 1 and again[0] is first[2] and again[3] is again[2]  # the same dicts, no read
     store.inner.put("item", [(2, {"movieId": 2, "item_rating_count": 20, "genres": ["Drama"]})])
     assert rows.get(store, [2])[0]["item_rating_count"] == 2  # stale, within the ttl
+    # a short ttl, waited out (waiting longer never breaks it): the next read fetches again
+    rows = ItemRows(ttl_s=0.2)
+    first = rows.get(store, [2, 3])
+    assert store.calls == 2
     time.sleep(0.25)
+    store.inner.put("item", [(2, {"movieId": 2, "item_rating_count": 21, "genres": ["Drama"]})])
     fresh = rows.get(store, [2, 4, 3])
-    assert fresh[0]["item_rating_count"] == 20 and store.calls == 2  # one read for all
-    assert fresh[2] is first[2]  # re-read unchanged: still the same dict
+    assert fresh[0]["item_rating_count"] == 21 and store.calls == 3  # one read for all
+    assert fresh[2] is first[1]  # re-read unchanged: still the same dict
 
 
 def test_missing_rows_are_not_kept_and_zero_ttl_reads_through(store) -> None:

@@ -34,7 +34,6 @@ from rayrec.serving.guard import StoreDown, StoreGuard
 from rayrec.serving.metrics import ServingMetrics
 from rayrec.store import open_store
 from rayrec.store.base import NotDurable, OnlineStore, StoreError, check_durability
-from rayrec.store.sqlite import SqliteStore
 
 __all__ = ["RecommenderService", "RankFn", "store_for"]
 
@@ -62,8 +61,11 @@ class RecommenderService:
         self.store = store
         self._core = Recommender(bundle)
         cfg = bundle.config
-        self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, inline=isinstance(store, SqliteStore),
-                                write_timeout_s=cfg.store_write_timeout_s)  # fmt: skip
+        # Reads run on the guard's threads under the deadline for every backend, the embedded SQLite file
+        # too: a reader of a WAL file whose locks another process holds waits inside SQLite for about
+        # ten seconds, which on the event loop's thread no deadline could cut short (and the replica
+        # would answer nothing meanwhile). tests/integration/test_serving_degrade.py holds those locks.
+        self.guard = StoreGuard(cfg.store_timeout_s, cfg.store_cooldown_s, write_timeout_s=cfg.store_write_timeout_s)
         self.events = EventSink(store, bundle)
         self.composition = composition
         self.rank_fn: RankFn = self.rank_local
