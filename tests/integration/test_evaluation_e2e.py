@@ -1,6 +1,11 @@
-"""The end-to-end evaluation on a small synthetic dataset: the main job's offline steps run on the
-known part, every test user is served by the real serving code, and the served list must beat
-most-popular (the synthetic users have latent tastes a personalised list can find)."""
+"""The end-to-end evaluation on a small real split: the main job's offline steps run on the known part
+of ml-latest-small's first 200 users, every test user is served by the real serving code, and the
+served list must beat most-popular.
+
+Real data, not the synthetic generator: its users pick half their movies by global popularity and
+half by the popularity within a favourite genre, so no model finds much beyond most-popular there
+(EASE 0.328 against most-popular's 0.326 NDCG@10 on 300 synthetic users, temporal split; 0.444
+against 0.461 on the random split), and a test of "beats most-popular" would measure noise."""
 
 from __future__ import annotations
 
@@ -11,25 +16,28 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+N_USERS = 200  # about 29k ratings
+
 
 @pytest.fixture(scope="module")
-def evaluated(ray_session, tmp_path_factory):
+def evaluated(ray_session, movielens, tmp_path_factory):
     from pipelines.evaluate import main
-    from rayrec.data.synthetic import SyntheticConfig, generate
+    from rayrec.evaluation.endtoend import write_known
 
     tmp = tmp_path_factory.mktemp("e2e-eval")
-    generate(tmp / "data", SyntheticConfig(n_users=300, n_items=800, n_ratings=30_000, seed=3))
+    ratings = movielens.ratings[movielens.ratings["userId"] <= N_USERS]
+    write_known(movielens, ratings, tmp / "data")
     rc = main(["--protocol", "temporal", "--dataset", str(tmp / "data"), "--out", str(tmp / "out"), "--epochs", "3"])
     assert rc == 0
     return tmp / "out"
 
 
-def test_served_list_beats_most_popular_on_synthetic_data(evaluated):
+def test_served_list_beats_most_popular(evaluated):
     result = json.loads((evaluated / "evaluation.json").read_text())["results"][0]
     rows = result["rows"]
     assert set(rows) >= {"retriever", "recall", "ranker", "fused", "served", "most_popular", "item_knn", "ease"}
     served, popular = rows["served"], rows["most_popular"]
-    assert served["users"] == popular["users"] > 100
+    assert served["users"] == popular["users"] > 150
     assert served["ndcg@10"] > popular["ndcg@10"], (served["ndcg@10"], popular["ndcg@10"])
     assert served["recall@50"] > popular["recall@50"]
     for name, m in rows.items():  # every list scored on the same users, metrics in range

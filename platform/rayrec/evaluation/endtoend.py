@@ -242,8 +242,8 @@ def run_end_to_end(
 
     t = time.perf_counter()
     base_lists, tuning = _baselines(split, rel, kl, cfg.knn_neighbours)
-    for name, lists in base_lists.items():
-        rows[name] = metrics(lists, (k, kl))
+    for name, top in base_lists.items():
+        rows[name] = metrics(top, (k, kl))
     timings["baselines_s"] = time.perf_counter() - t
 
     sweeps = {

@@ -39,7 +39,7 @@ def predict_ranker(
     """The ranker's ranking scores (``predict``; ``like=True``: P(like | rated)) on encoded rows, in order."""
     was = model.training
     model.eval()
-    fn = model.like_probability if like else model.predict  # type: ignore[operator]
+    fn: Any = model.like_probability if like else model.predict  # the Ranker's methods
     out = [fn(b).float().cpu().numpy() for b in _chunks(arrays, chunk, torch.device(device))]
     model.train(was)
     return np.concatenate(out) if out else np.zeros(0, np.float32)
