@@ -168,7 +168,7 @@ def _run_manifest(storage: str, run_name: str, cfg: JobConfig, fv: FeaturesVersi
     }
     if uri.exists(target):
         have = uri.read_json(target)
-        scaling = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures"}
+        scaling = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures", "placement"}
         strip = lambda d: {**d, "train": {k: v for k, v in d["train"].items() if k not in scaling}}  # noqa: E731
         if strip(have) != strip(want):
             raise ValueError(
@@ -237,6 +237,10 @@ def run_job(cfg: JobConfig) -> JobResult:
         metrics["valid"] = {"metric": select.progress.get("best_metric"), "best_epoch": select.best_epoch + 1,
                             "history": select.progress["history"]}  # fmt: skip
     metrics["epochs"] = final.epochs_run
+    # where each rank ran, per stage (the last worker group of each: a restart may move them)
+    metrics["workers"] = {"select": select.progress.get("workers", [])} if select is not None else {}
+    if final is not select:
+        metrics["workers"]["refit"] = final.progress.get("workers", [])
     metrics["timings"] = timings
 
     reg_version = reg_path = None
