@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rayrec-installed
 ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-cluster bench clean
 
 install: $(STAMP)
 
@@ -30,3 +30,8 @@ bench: install
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+# A real two-node Ray cluster on this machine (head + worker raylet, token auth): the README's
+# "From laptop to cluster" commands, Train workers and Serve replicas on both nodes, a node lost mid-training.
+test-cluster: install
+	$(PY) -m pytest -m cluster -s tests/cluster $(ARGS)

@@ -237,10 +237,13 @@ def run_job(cfg: JobConfig) -> JobResult:
         metrics["valid"] = {"metric": select.progress.get("best_metric"), "best_epoch": select.best_epoch + 1,
                             "history": select.progress["history"]}  # fmt: skip
     metrics["epochs"] = final.epochs_run
-    # where each rank ran, per stage (the last worker group of each: a restart may move them)
-    metrics["workers"] = {"select": select.progress.get("workers", [])} if select is not None else {}
+    # per stage: where each rank of its last worker group ran, and the epoch each attempt started from
+    # (more than one start: the run resumed from a checkpoint after a failure or a rerun)
+    stages = {"select": select} if select is not None else {}
     if final is not select:
-        metrics["workers"]["refit"] = final.progress.get("workers", [])
+        stages["refit"] = final
+    metrics["workers"] = {k: s.progress.get("workers", []) for k, s in stages.items()}
+    metrics["starts"] = {k: list(s.progress["starts"]) for k, s in stages.items()}
     metrics["timings"] = timings
 
     reg_version = reg_path = None
