@@ -103,6 +103,9 @@ class LocalCluster:
 
     def start_head(self) -> Node:
         self.gcs_port, self.dashboard_port, client = free_ports(3)
+        # Ray's own actors (Train's placement-group cleaner, state API calls) look for "the" cluster of
+        # this machine when no address is set, and find every other Ray running here: name ours.
+        self.env["RAY_ADDRESS"] = self.address
         node = self._start("head", ["--head", "--port", str(self.gcs_port), "--temp-dir", str(self.temp_dir),
                                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                                     "--ray-client-server-port", str(client)])  # fmt: skip

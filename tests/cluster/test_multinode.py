@@ -227,7 +227,7 @@ def test_laptop_to_cluster(cluster: LocalCluster, redis_url):
     assert cmdlines and not [c for c in cmdlines if prefix in c]
 
     # samples/s: 1 worker vs the 2 workers on 2 nodes of command 1 (same features version, batch, model)
-    one = run(submit.split(" -- ")[0] + " -- python -m pipelines.train --model ranker --num-workers 1 --epochs 3 "
+    one = run(submit.split(" -- ")[0] + " -- python -m pipelines.train --model ranker --num-workers 1 --epochs 2 "
               "--no-refit --run-name one-worker", env, timeout=900)  # fmt: skip
     assert job_status(cluster, job_id_of(one.stdout + one.stderr))["status"] == "SUCCEEDED"
     one_m = registry_metrics(artifacts, "ranker")
@@ -242,7 +242,7 @@ def test_laptop_to_cluster(cluster: LocalCluster, redis_url):
     run_name = f"node-loss-{uuid.uuid4().hex[:6]}"
     t = time.perf_counter()
     started = run(submit.split(" -- ")[0] + " --no-wait -- python -m pipelines.train --model ranker --num-workers 2 "
-                  f"--cpus-per-worker 0.25 --epochs 8 --no-refit --run-name {run_name}", env, timeout=300)  # fmt: skip
+                  f"--cpus-per-worker 0.25 --epochs 6 --no-refit --run-name {run_name}", env, timeout=300)  # fmt: skip
     job_id = job_id_of(started.stdout + started.stderr)
     first = wait_for("the first checkpoint", lambda: glob.glob(str(artifacts / "train_runs" / run_name / "select" / "epoch-*")),
                      timeout=600, every=0.5)  # fmt: skip
