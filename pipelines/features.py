@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run_features(data, cfg)
     print(summary(result), flush=True)
+    if args.online_store and "@" in args.online_store:
+        log.warning("the --online-store URL carries credentials, which show in process lists and job logs: "
+                    "set RAYREC_STORE_URL instead (it is read when the flag is absent)")
     if args.online_store is None and configured_store_url():
         args.online_store = "default"  # the cluster's store, named by RAYREC_STORE_URL (never on a command line)
     if args.online_store:

@@ -42,6 +42,7 @@ class Node:
     name: str
     proc: subprocess.Popen
     log: Path
+    killed: bool = False  # its raylet was killed on purpose: its `ray start` ending is expected
 
     @property
     def session(self) -> int:
@@ -112,9 +113,10 @@ class LocalCluster:
         self.wait_nodes(1)
         return node
 
-    def add_worker(self, name: str = "worker") -> Node:
+    def add_worker(self, name: str = "worker", wait: bool = True) -> Node:
         node = self._start(name, ["--address", self.address])
-        self.wait_nodes(len(self.nodes))
+        if wait:
+            self.wait_nodes(len([n for n in self.nodes if not n.killed]))
         return node
 
     def state(self, kind: str, *filters: str) -> list[dict[str, Any]]:
@@ -136,7 +138,7 @@ class LocalCluster:
         last: Any = None
         while time.monotonic() < deadline:
             for node in self.nodes:
-                if node.proc.poll() is not None:
+                if not node.killed and node.proc.poll() is not None:
                     raise RuntimeError(f"ray start of {node.name} exited {node.proc.returncode}:\n{node.log.read_text()[-3000:]}")
             try:
                 alive = self.alive()
@@ -152,6 +154,7 @@ class LocalCluster:
         raylet = node.raylet()
         if raylet is None:
             raise RuntimeError(f"no raylet under {node.name}")
+        node.killed = True
         raylet.kill()
         return raylet.pid
 

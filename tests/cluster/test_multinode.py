@@ -8,7 +8,7 @@ ingress replicas ran on both nodes, reading artifacts and the Redis store from t
 the Redis URL appeared on no command line and in no job log; after the worker node's raylet is killed
 mid-training the job resumes from its last checkpoint and finishes; no process of the cluster is left.
 
-Run with ``make test-cluster`` (about 8-12 minutes on 2 busy cores); prints what it measured.
+Run with ``make test-cluster`` (15-20 minutes on 2 cores shared with other work); prints what it measured.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from statistics import median
 
 import pytest
 
@@ -191,6 +190,18 @@ def test_laptop_to_cluster(cluster: LocalCluster, redis_url):
     say(f"job probe: rayrec imported from {where}")
     assert "runtime_resources/py_modules_files" in where
 
+    # samples/s: 1 worker vs the 2 workers on 2 nodes of command 1 (same features version, batch, model)
+    one = run(submit.split(" -- ")[0] + " -- python -m pipelines.train --model ranker --num-workers 1 --epochs 2 "
+              "--no-refit --run-name one-worker", env, timeout=900)  # fmt: skip
+    assert job_status(cluster, job_id_of(one.stdout + one.stderr))["status"] == "SUCCEEDED"
+    one_m = registry_metrics(artifacts, "ranker")
+    two_hist = _two_hist(artifacts)
+    one_e = [round(h["samples_per_s"]) for h in one_m["valid"]["history"]]
+    two_e = [round(h["samples_per_s"]) for h in two_hist]
+    say(f"ranker training samples/s per epoch (the first one warms up): 1 worker {one_e}; 2 workers on 2 nodes {two_e}; "
+        f"last epoch {two_e[-1] / one_e[-1]:.2f}x")  # fmt: skip
+    assert one_e and two_e and min(one_e + two_e) > 0
+
     # 2. serve deploy of the cluster Serve config; 3. /recommend over HTTP
     t = time.perf_counter()
     run(deploy, env, timeout=180)
@@ -226,17 +237,9 @@ def test_laptop_to_cluster(cluster: LocalCluster, redis_url):
             continue
     assert cmdlines and not [c for c in cmdlines if prefix in c]
 
-    # samples/s: 1 worker vs the 2 workers on 2 nodes of command 1 (same features version, batch, model)
-    one = run(submit.split(" -- ")[0] + " -- python -m pipelines.train --model ranker --num-workers 1 --epochs 2 "
-              "--no-refit --run-name one-worker", env, timeout=900)  # fmt: skip
-    assert job_status(cluster, job_id_of(one.stdout + one.stderr))["status"] == "SUCCEEDED"
-    one_m = registry_metrics(artifacts, "ranker")
-    two_hist = _two_hist(artifacts)
-    one_s = median(h["samples_per_s"] for h in one_m["valid"]["history"])
-    two_s = median(h["samples_per_s"] for h in two_hist)
-    say(f"ranker training throughput (median per epoch): 1 worker {one_s:,.0f} samples/s; "
-        f"2 workers on 2 nodes {two_s:,.0f} samples/s ({two_s / one_s:.2f}x)")  # fmt: skip
-    assert one_s > 0 and two_s > 0 and two_hist
+    # Ray Data's tasks want a whole CPU, which the replicas' quarter CPUs leave on no node of this
+    # 2-CPU cluster: take the app down before training again
+    run([str(BIN / "serve"), "shutdown", "-y", "--address", cluster.dashboard], env, timeout=180)
 
     # a node lost mid-training: kill the worker node's raylet after the first checkpoint
     run_name = f"node-loss-{uuid.uuid4().hex[:6]}"
@@ -249,6 +252,14 @@ def test_laptop_to_cluster(cluster: LocalCluster, redis_url):
     pid = cluster.kill_raylet(cluster.nodes[1])
     say(f"node loss: killed the worker node's raylet (pid {pid}) {time.perf_counter() - t:.0f}s into job {job_id}, "
         f"after {Path(first[0]).name}")  # fmt: skip
+    # as KubeRay or the autoscaler would, a new worker node replaces the lost one: the restarted worker
+    # group fits on the head alone, but blocks of the training data lost with the node are rebuilt by
+    # tasks wanting a whole CPU, which the head has not while it trains
+    cluster.add_worker("replacement", wait=False)
+    wait_for("the lost node dead and its replacement alive",
+             lambda: worker_id not in (alive := cluster.alive()) and len(alive) == 2, timeout=600, every=3)  # fmt: skip
+    replacement_id = next(n for n in cluster.alive() if n != head_id)
+    short[replacement_id] = "replacement"
     final = wait_for("the job to end", lambda: (s := job_status(cluster, job_id))["status"] in ("SUCCEEDED", "FAILED", "STOPPED") and s,
                      timeout=900, every=3)  # fmt: skip
     m = registry_metrics(artifacts, "ranker")
@@ -258,7 +269,7 @@ def test_laptop_to_cluster(cluster: LocalCluster, redis_url):
         f"{m['epochs']} epochs in all")  # fmt: skip
     assert final["status"] == "SUCCEEDED"
     assert len(starts) >= 2 and starts[0] == 0 and starts[-1] >= 1  # resumed from a checkpoint, not from scratch
-    assert {w["node_id"] for w in workers} == {head_id}
+    assert worker_id not in {w["node_id"] for w in workers} and {w["node_id"] for w in workers} <= {head_id, replacement_id}
     assert worker_id not in cluster.alive()
 
 
