@@ -113,11 +113,23 @@ class LocalCluster:
         self.wait_nodes(1)
         return node
 
-    def add_worker(self, name: str = "worker", wait: bool = True) -> Node:
-        node = self._start(name, ["--address", self.address])
-        if wait:
-            self.wait_nodes(len([n for n in self.nodes if not n.killed]))
-        return node
+    def add_worker(self, name: str = "worker", attempts: int = 3) -> Node:
+        """Start a worker node and wait for it. Ray gives a new raylet 30 s to register with the GCS; on
+        a loaded machine that can pass: its `ray start` then exits, and it is started again."""
+        for attempt in range(attempts):
+            node = self._start(name, ["--address", self.address])
+            try:
+                self.wait_nodes(len([n for n in self.nodes if not n.killed]))
+                return node
+            except RuntimeError:
+                if node.proc.poll() is None or attempt == attempts - 1:
+                    raise
+                node.killed = True  # its session stays listed: teardown still sweeps it
+                try:
+                    os.killpg(node.session, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        raise AssertionError("unreachable")
 
     def state(self, kind: str, *filters: str) -> list[dict[str, Any]]:
         """``ray list <kind>`` of the state API, as a client would run it (token from the environment)."""
