@@ -257,7 +257,7 @@ def test_laptop_to_cluster(cluster: LocalCluster, redis_url):
         wait_for("the job to end", lambda: job_status(cluster, job_id)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=900)
     else:
         raise AssertionError("three runs placed no Train worker on the worker node")
-    pid = cluster.kill_raylet(cluster.nodes[1])
+    pid = cluster.kill_raylet(next(n for n in cluster.nodes[1:] if not n.killed))
     say(f"node loss: killed the worker node's raylet (pid {pid}) {time.perf_counter() - t:.0f}s into job {job_id}, "
         f"after {Path(first[0]).name}; Train workers were on {sorted(short.get(n, n[:12]) for n in ranks)}")  # fmt: skip
     final = wait_for("the job to end", lambda: (s := job_status(cluster, job_id))["status"] in ("SUCCEEDED", "FAILED", "STOPPED") and s,
