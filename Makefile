@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rayrec-installed
 CONSTRAINTS := constraints.txt
 ARGS ?=
 
-.PHONY: install run test test-faults lint bench clean
+.PHONY: install run test test-faults test-cluster lint bench clean
 
 install: $(STAMP)
 
@@ -40,3 +40,8 @@ bench: install
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+# A real two-node Ray cluster on this machine (head + worker raylet, token auth): the README's
+# "From laptop to cluster" commands, Train workers and Serve replicas on both nodes, a node lost mid-training.
+test-cluster: install
+	$(PY) -m pytest -m cluster -s tests/cluster $(ARGS)

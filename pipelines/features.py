@@ -21,10 +21,12 @@ import time
 
 from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, setup_logging
 from rayrec import uri
+from rayrec.config import configured_store_url
 from rayrec.data import DataError
 from rayrec.data.source import DATASET_CHOICES, load_dataset
 from rayrec.features import FeaturesConfig, run_features
 from rayrec.features.pipeline import summary
+from rayrec.shared import ArtifactsNotShared, check_shared
 from rayrec.store import default_store_url
 
 log = logging.getLogger("pipelines.features")
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter, description="Compute samples, online features, the FeatureSpec and statistics.")
     parser.add_argument("--dataset", default="auto", help=f"one of {', '.join(DATASET_CHOICES)}, or a MovieLens folder")
     add_common_args(parser)
-    parser.add_argument("--online-store", default=None, help="load the latest features into this store URL ('default' = embedded SQLite)")
+    parser.add_argument("--online-store", default=None,
+                        help="load the latest features into this store URL ('default': RAYREC_STORE_URL, else the embedded "
+                        "SQLite; when the flag is absent and RAYREC_STORE_URL is set, the features load there)")
     parser.add_argument("--threshold", type=float, default=3.5, help="label = rating >= threshold")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="each user's last fraction of ratings is test")
     parser.add_argument("--min-ratings", type=int, default=5, help="users with fewer ratings stay in train")
@@ -84,8 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     if data.report.total_bad:
         print(data.report.summary(), flush=True)
     init_ray(args.address)
+    try:
+        check_shared(cfg.artifacts)
+    except ArtifactsNotShared as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result = run_features(data, cfg)
     print(summary(result), flush=True)
+    if args.online_store and "@" in args.online_store:
+        log.warning("the --online-store URL carries credentials, which show in process lists and job logs: "
+                    "set RAYREC_STORE_URL instead (it is read when the flag is absent)")
+    if args.online_store is None and configured_store_url():
+        args.online_store = "default"  # the cluster's store, named by RAYREC_STORE_URL (never on a command line)
     if args.online_store:
         t = time.perf_counter()
         url = default_store_url(cfg.artifacts) if args.online_store == "default" else args.online_store

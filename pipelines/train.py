@@ -18,6 +18,7 @@ import json
 import sys
 
 from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, setup_logging
+from rayrec.shared import ArtifactsNotShared, check_shared
 from rayrec.training import JobConfig, TrainingError, default_train_config, run_job
 from rayrec.training.data import features_path
 
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, choices=["ranker", "retriever"])
     parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (default 1)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, mixed precision")
+    parser.add_argument("--placement", choices=["SPREAD", "PACK"], default="SPREAD",
+                        help="workers on different nodes where possible (SPREAD, CPU training) or on as few as fit (PACK)")
     parser.add_argument("--cpus-per-worker", type=float, default=0.5, help="CPUs reserved per worker (fractional ok)")
     parser.add_argument("--features-version", default="latest", help="features version to train on")
     parser.add_argument("--run-name", default=None, help="name of the run; reuse it to resume an interrupted job")
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train = default_train_config(
             args.model, num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-            refit=not args.no_refit, refit_on=args.refit_on, **overrides,
+            placement=args.placement, refit=not args.no_refit, refit_on=args.refit_on, **overrides,
         )  # fmt: skip
         cfg = JobConfig(
             name=args.model, artifacts=artifacts_arg(args.artifacts), features_version=args.features_version,
@@ -99,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     init_ray(args.address)
     try:
+        check_shared(cfg.artifacts)  # Train workers on other nodes write checkpoints there
         result = run_job(cfg)
-    except (FileNotFoundError, ValueError, TrainingError) as e:
+    except (FileNotFoundError, ValueError, TrainingError, ArtifactsNotShared) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(_summary(result), flush=True)

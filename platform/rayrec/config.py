@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["repo_root", "default_artifacts", "default_data_dir", "shared_movielens_dir"]
+__all__ = ["repo_root", "default_artifacts", "configured_store_url", "default_data_dir", "shared_movielens_dir"]
+
+#: the environment variables a cluster sets on every node (cluster/): where artifacts and the online store live
+ARTIFACTS_ENV, STORE_ENV = "RAYREC_ARTIFACTS", "RAYREC_STORE_URL"
 
 
 def repo_root() -> Path:
@@ -27,7 +30,13 @@ def repo_root() -> Path:
 
 def default_artifacts() -> str:
     """Artifacts URI: ``RAYREC_ARTIFACTS`` (a path or ``s3://…``), else ``<repo>/artifacts``."""
-    return os.environ.get("RAYREC_ARTIFACTS") or str(repo_root() / "artifacts")
+    return os.environ.get(ARTIFACTS_ENV) or str(repo_root() / "artifacts")
+
+
+def configured_store_url() -> str | None:
+    """The online store every node of a cluster uses: ``RAYREC_STORE_URL`` (e.g. ``redis://…`` from a
+    Secret), None when unset. Read from the environment so a password never travels on a command line."""
+    return os.environ.get(STORE_ENV) or None
 
 
 def default_data_dir() -> Path:

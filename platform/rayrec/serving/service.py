@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+from rayrec.config import configured_store_url
 from rayrec.realtime import ColdContext
 from rayrec.serving.api import Health, Movie, Recommendation, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle, ServingConfig, load_bundle, resolve_versions
@@ -46,8 +47,12 @@ _pinned: ContextVar[tuple[Any, Recommender] | None] = ContextVar("rayrec_pinned_
 
 
 def store_for(artifacts: str) -> str:
-    """The embedded store of an artifacts folder: ``<artifacts>/online/store.sqlite`` (what the
-    features job loads with ``--online-store default``). Remote artifacts need an explicit store URL."""
+    """The default store of these artifacts: ``RAYREC_STORE_URL`` when set (every node of a cluster
+    reads the same Redis), else ``<artifacts>/online/store.sqlite`` (what the features job loads with
+    ``--online-store default``). Remote artifacts need a store URL."""
+    configured = configured_store_url()
+    if configured:
+        return configured
     if "://" in artifacts and not artifacts.startswith("file://"):
         raise ValueError(f"artifacts {artifacts} are not local: pass a store URL (redis://host:port/db)")
     return os.path.join(artifacts.removeprefix("file://"), "online", "store.sqlite")

@@ -3,7 +3,7 @@ from here; the features pipeline bulk-loads it and the real-time path writes to 
 
 ``open_store(url_or_config)`` picks the backend:
 
-- ``None``: the embedded default, SQLite at ``<artifacts>/online/store.sqlite``;
+- ``None``: ``RAYREC_STORE_URL`` if set, else the embedded default, SQLite at ``<artifacts>/online/store.sqlite``;
 - ``sqlite:///abs/path/store.db`` or a plain path (relative paths resolve against the repository);
 - ``redis://[user:password@]host:port/db?prefix=rayrec&ttl=3600&timeout=0.5``, ``rediss://…`` for TLS;
 - a config object, or a dict with a ``type`` key (from YAML).
@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from rayrec.config import default_artifacts
+from rayrec.config import configured_store_url, default_artifacts
 from rayrec.store.base import ENTITIES, OnlineStore, StoreError, StoreUnavailable, mask_url
 
 __all__ = [
@@ -79,7 +79,11 @@ def config_class(name: str) -> type[BaseModel]:
 
 
 def default_store_url(artifacts: str | None = None) -> str:
-    """The embedded default: ``<artifacts>/online/store.sqlite`` (artifacts must be a local path)."""
+    """The default store: ``RAYREC_STORE_URL`` when set (a cluster's Redis), else the embedded SQLite
+    file ``<artifacts>/online/store.sqlite`` (artifacts must be a local path)."""
+    configured = configured_store_url()
+    if configured:
+        return configured
     artifacts = artifacts or default_artifacts()
     if "://" in artifacts and not artifacts.startswith("file://"):
         raise ValueError(

@@ -28,6 +28,9 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # fractional, so several workers fit on a small machine
+    # how Ray places the workers: SPREAD puts them on different nodes where it can (each gets a node's
+    # cores and memory bandwidth: CPU training), PACK on as few nodes as fit them (GPUs of one machine)
+    placement: Literal["SPREAD", "PACK"] = "SPREAD"
     amp: bool = True  # mixed precision (bfloat16 autocast) when the device is CUDA
     max_failures: int = 2  # worker-failure restarts from the last checkpoint
     shuffle_buffer: int = 100_000  # rows in each worker's local shuffle buffer
@@ -43,6 +46,8 @@ class TrainConfig:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.refit_on not in ("train", "all"):
             raise ValueError(f"refit_on must be 'train' or 'all', got {self.refit_on!r}")
+        if self.placement not in ("SPREAD", "PACK"):
+            raise ValueError(f"placement must be 'SPREAD' or 'PACK', got {self.placement!r}")
         if self.schedule not in ("onecycle", "constant"):
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
 

@@ -183,7 +183,7 @@ def _run_manifest(storage: str, run_name: str, cfg: JobConfig, fv: FeaturesVersi
     }
     if uri.exists(target):
         have = uri.read_json(target)
-        scaling = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures"}
+        scaling = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures", "placement"}
         strip = lambda d: {**d, "train": {k: v for k, v in d["train"].items() if k not in scaling}}  # noqa: E731
         if strip(have) != strip(want):
             raise ValueError(
@@ -269,6 +269,13 @@ def run_job(cfg: JobConfig) -> JobResult:
     metrics["tested_model"] = "select" if tested is not final else ("refit" if select is not None and tc.refit else "fit")
     metrics["train_rows"] = rows_used
     metrics["epochs"] = final.epochs_run
+    # per stage: where each rank of its last worker group ran, and the epoch each attempt started from
+    # (more than one start: the run resumed from a checkpoint after a failure or a rerun)
+    stages = {"select": select} if select is not None else {}
+    if final is not select:
+        stages["refit"] = final
+    metrics["workers"] = {k: s.progress.get("workers", []) for k, s in stages.items()}
+    metrics["starts"] = {k: list(s.progress["starts"]) for k, s in stages.items()}
     metrics["timings"] = timings
 
     reg_version = reg_path = None

@@ -29,7 +29,7 @@ log = logging.getLogger("rayrec.training")
 
 def new_progress() -> dict[str, Any]:
     return {"best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False,
-            "history": [], "starts": []}  # fmt: skip
+            "history": [], "starts": [], "workers": []}  # fmt: skip
 
 
 def _quiet_report_logs() -> None:
@@ -47,6 +47,14 @@ def _broadcast(obj: Any, world: int) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _sum(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -70,6 +78,7 @@ def _schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """``config``: ``task`` (a training task) and ``train`` (a TrainConfig)."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -92,6 +101,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         raw.load_state_dict(state["weights"])
         progress, start_epoch = state["progress"], int(state["epoch"]) + 1
     progress["starts"].append(start_epoch)
+    # where this worker group runs, rank by rank (a restart after a node loss may move it)
+    progress["workers"] = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+                                   "device": str(device)}, world)  # fmt: skip
     model = ray.train.torch.prepare_model(raw)  # to the device; DDP when world > 1
     optimizer = torch.optim.AdamW(raw.param_groups(tc.weight_decay), lr=tc.lr)
     per_worker = task.rows // world
@@ -127,6 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             drop_last=task.drop_last,
             local_shuffle_buffer_size=tc.shuffle_buffer,
             local_shuffle_seed=tc.seed * 100_003 + epoch * 101 + rank,
+            pin_memory=device.type == "cuda",  # page-locked host batches: faster, asynchronous copies to the GPU
         )
         for batch in batches:
             amp = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
@@ -173,7 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         _report(report, rank, raw, optimizer, scheduler, scaler, epoch, progress, best)
         if rank == 0:
             log.info(_line(task, tc, report, progress))
-    return {k: progress[k] for k in ("best_metric", "best_epoch", "stopped", "history", "starts")}
+    return {k: progress[k] for k in ("best_metric", "best_epoch", "stopped", "history", "starts", "workers")}
 
 
 def _report(

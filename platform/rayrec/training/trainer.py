@@ -60,7 +60,8 @@ def fit(task: Any, dataset: Any, tc: TrainConfig, *, name: str, storage: str) ->
     trainer = TorchTrainer(
         train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={"task": task, "train": tc},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=tc.placement),
         run_config=RunConfig(
             name=name,
             storage_path=_storage_path(storage),
