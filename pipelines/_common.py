@@ -53,3 +53,17 @@ def init_ray(address: str | None = None, ingress: str | None = None, **kwargs) -
     else:  # a Ray of this job's own: never attach to whatever cluster happens to run on this machine
         apply_ingress(ingress)  # read by Serve's controller from the environment it inherits
         ray.init(address="local", include_dashboard=False, **kwargs)
+
+
+def load_data(name: str):  # noqa: ANN201
+    """The dataset a job asked for (``--dataset``), or None after printing why it cannot be read."""
+    import sys
+
+    from rayrec.data import DataError
+    from rayrec.data.source import load_dataset
+
+    try:
+        return load_dataset(name)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None

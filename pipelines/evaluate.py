@@ -19,10 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines import features, index, train
-from pipelines._common import init_ray, setup_logging
+from pipelines._common import init_ray, load_data, setup_logging
 from rayrec import uri
-from rayrec.data import DataError
-from rayrec.data.source import DATASET_CHOICES, load_dataset
+from rayrec.data.source import DATASET_CHOICES
 from rayrec.evaluation.endtoend import EndToEndConfig, run_end_to_end
 from rayrec.evaluation.protocols import PROTOCOLS
 from rayrec.evaluation.report import write_reports
@@ -73,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # pydantic's ValidationError is a ValueError
         p.error(f"--serving: {e}")
     setup_logging()
-    try:
-        data = load_dataset(args.dataset)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    data = load_data(args.dataset)
+    if data is None:
         return 2
     print(f"dataset: {data.source} ({len(data.ratings):,} ratings)", flush=True)
     if not args.reuse:

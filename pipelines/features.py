@@ -19,11 +19,10 @@ import logging
 import sys
 import time
 
-from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, setup_logging
+from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, load_data, setup_logging
 from rayrec import uri
 from rayrec.config import configured_store_url
-from rayrec.data import DataError
-from rayrec.data.source import DATASET_CHOICES, load_dataset
+from rayrec.data.source import DATASET_CHOICES
 from rayrec.features import FeaturesConfig, run_features
 from rayrec.features.pipeline import summary
 from rayrec.shared import ArtifactsNotShared, check_shared
@@ -79,10 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:
         parser.error(str(e))
-    try:
-        data = load_dataset(args.dataset)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    data = load_data(args.dataset)
+    if data is None:
         return 2
     print(f"dataset: {data.source} ({len(data.ratings):,} ratings, {len(data.movies):,} movies)", flush=True)
     if data.report.total_bad:

@@ -145,3 +145,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def item_vectors(movies: pd.DataFrame) -> np.ndarray:
     """What FakeTowers.items gives for the catalog."""
     return FakeTowers().items(item_rows(movies))
+
+
+def asgi_request(app, method: str, path: str, **kwargs):  # noqa: ANN001, ANN201
+    """One HTTP request to an ASGI app in this process (httpx's ASGI transport), its response."""
+    import asyncio
+
+    import httpx
+
+    async def run():  # noqa: ANN202
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+            return await c.request(method, path, **kwargs)
+
+    return asyncio.run(run())

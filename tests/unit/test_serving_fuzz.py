@@ -6,7 +6,6 @@ the real write path over SQLite (``EventsBackend``), in process. Bounded by the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from typing import Any
@@ -17,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from realtime_doubles import asgi_request as send
 from realtime_doubles import item_rows, toy_movies
 
 from rayrec.realtime import Event, EventError, NewItem, Realtime, RealtimeConfig, parse_events
@@ -98,12 +98,6 @@ def app(tmp_path_factory) -> Any:
     store.close()
 
 
-def send(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async def run() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
-            return await c.request(method, path, **kwargs)
-
-    return asyncio.run(run())
 
 
 def check(r: httpx.Response, what: str) -> None:

@@ -3,13 +3,13 @@ HTTP app over the real write path (store guard, real-time path, a SQLite store i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
 
 import httpx
 import pytest
+from realtime_doubles import asgi_request as call
 from realtime_doubles import item_rows, toy_movies
 
 from rayrec import secrets
@@ -35,12 +35,6 @@ def backend(tmp_path) -> EventsBackend:
     store.close()
 
 
-def call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    async def run() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
-            return await c.request(method, path, **kwargs)
-
-    return asyncio.run(run())
 
 
 def movie(backend: EventsBackend) -> int:
