@@ -24,7 +24,7 @@ PLAIN = {"diversity": 0.0, "freshness_weight": 0.0, "popularity_weight": 0.0, "m
 @pytest.fixture(scope="module")
 def wired(serving_artifacts):
     torch.manual_seed(0)
-    bundle = load_bundle(serving_artifacts.artifacts, ServingConfig(fresh_weight=0.0, rerank=PLAIN))
+    bundle = load_bundle(serving_artifacts.artifacts, ServingConfig(fresh_weight=0.0, rank_weight=1.0, rerank=PLAIN))
     assert bundle.ranker is not None and bundle.tower is not None, bundle.notes
     return Recommender(bundle), open_store(serving_artifacts.store)
 
@@ -116,7 +116,7 @@ def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
     from dataclasses import replace
 
     core0, store = wired
-    b = core0.bundle.with_config(ServingConfig(fresh_weight=0.5, rerank=PLAIN))
+    b = core0.bundle.with_config(ServingConfig(fresh_weight=0.5, rank_weight=1.0, rerank=PLAIN))
     core = Recommender(b)
     r = core.recall(store, 9, 30)
     ranked = core.rank(store, [r])[0]

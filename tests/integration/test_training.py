@@ -194,7 +194,8 @@ def _kill_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: 
 def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(ray_session, artifacts, tmp_path):
     fv = open_features(artifacts)
     rows = pd.concat([fv.train] * 10, ignore_index=True)  # epochs long enough (seconds) to interrupt one mid-run
-    task = RankTask(RankerConfig(), fv.spec.sizes, rows=len(rows))
+    # the rating classifier: its rows need no sampled negatives (this test is about resuming)
+    task = RankTask(RankerConfig(objective="like"), fv.spec.sizes, rows=len(rows))
     ds = to_dataset(rows, fv.spec)
     tc = quick(epochs=5, batch_size=16, schedule="onecycle")  # ~1 s per epoch: the kill lands mid-run
     killed: list[int] = []

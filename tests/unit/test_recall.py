@@ -323,3 +323,9 @@ def test_rrf_order_puts_items_several_paths_rank_high_first():
     # a path's vote weighs as its quota: with a small genre quota its first place falls behind
     weighted = [c.movie_id for c in Merger([a, b], {"embedding": 4, "genre": 2}, order="rrf").recall(user)]
     assert weighted.index(2) < weighted.index(9)
+
+
+def test_rrf_keeps_items_added_live_first():
+    live, emb = _Fixed("new_items", [100]), _Fixed("embedding", [1, 2, 3])
+    ids = [c.movie_id for c in Merger([live, emb], {"new_items": 1, "embedding": 30}, order="rrf").recall(UserState(user_id=1))]
+    assert ids[0] == 100  # its small quota's vote alone would put it last

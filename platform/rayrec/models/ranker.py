@@ -145,6 +145,9 @@ class Ranker(nn.Module):
         label = batch["label"].float()
         if self.config.objective == "like":
             return bce(logits[:, 0].float(), label)
+        if "interact" not in batch:
+            raise ValueError("the topn ranker learns from rated rows and sampled negatives, marked by 'interact': "
+                             "build its rows with rayrec.training.jobs.ranker_rows")  # fmt: skip
         rated = batch["interact"].float()
         like = bce(logits[:, 1].float(), label, reduction="none")
         return bce(logits[:, 0].float(), rated) + (like * rated).sum() / rated.sum().clamp_min(1.0)

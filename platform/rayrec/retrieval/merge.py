@@ -81,7 +81,7 @@ class RecallConfig(BaseModel):
     # the order of the merged candidates (the recall order the ranker's scores are fused with):
     # "paths" = path by path in quota order; "rrf" = reciprocal-rank fusion, Σ over the paths that
     # found an item of quota / largest quota / (rrf_k + its rank in that path), so items several
-    # (large-quota) paths rank high lead
+    # (large-quota) paths rank high lead; items added live (the new_items path) stay first
     order: Literal["paths", "rrf"] = "rrf"
     rrf_k: int = Field(60, ge=1)
 
@@ -251,7 +251,9 @@ class Merger:
                     break
                 walk(p, ask(p, want), want - len(order))  # of any ``want`` items, that many are new
         if self.order == "rrf" and order:
-            by = np.argsort(-np.fromiter((fused[m] for m in order), dtype=np.float64, count=len(order)), kind="stable")
+            # items added live lead, as in path order: no other path knows them yet
+            key = np.fromiter((fused[m] + (1.0 if found[m][0] == "new_items" else 0.0) for m in order), dtype=np.float64, count=len(order))
+            by = np.argsort(-key, kind="stable")
             order = [order[i] for i in by.tolist()]
             first_scores = [first_scores[i] for i in by.tolist()]
         return Recalls(

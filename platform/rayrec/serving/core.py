@@ -523,7 +523,7 @@ class _Reasons:
 
     def reason(self, pos: int, genres: Sequence[str]) -> str:
         paths = self.r.paths[pos]
-        if "embedding" in paths or "item2item" in paths:
+        if "embedding" in paths or "item2item" in paths or "ease" in paths:  # found through the user's likes
             seed = self._closest_seed(pos, genres)
             if seed is not None:
                 return f"because you liked {self.seed_titles[seed]}"
