@@ -207,8 +207,8 @@ class _Stage:
 class Recall(_Stage):
     """Recall stage: the user's state from the store, multi-path candidates."""
 
-    async def recall(self, user_id: int, k: int, context: ColdContext | None = None) -> Recalled:
-        return await self.service.recall_local(user_id, k, context)
+    async def recall(self, user_id: int, k: int, context: ColdContext | None = None, arm: str | None = None) -> Recalled:
+        return await self.service.recall_local(user_id, k, context, arm)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
@@ -231,7 +231,7 @@ class Reranker(_Stage):
     """Rerank stage: MMR, freshness, popularity, business rules, reasons."""
 
     async def finish(self, recalled: Recalled, ranked: Ranked) -> Recommendation:
-        return self.service.core.finish(recalled, ranked)
+        return self.service.core_for(recalled.arm).finish(recalled, ranked)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10, health_check_timeout_s=30)
@@ -260,7 +260,7 @@ class Ingress(_Stage):
         if ranker is not None:
             svc.rank_fn = lambda r: ranker.rank.remote(r.for_ranker())  # type: ignore[assignment,return-value]
         if recall is not None:
-            svc.recall_fn = lambda uid, k, ctx: recall.recall.remote(uid, k, ctx)  # type: ignore[assignment,return-value]
+            svc.recall_fn = lambda uid, k, ctx, arm: recall.recall.remote(uid, k, ctx, arm)  # type: ignore[assignment,return-value]
         if reranker is not None:
             svc.finish_fn = lambda r, ranked: reranker.finish.remote(r, ranked)  # type: ignore[assignment,return-value]
 
@@ -274,7 +274,10 @@ class Ingress(_Stage):
         return app
 
     async def __del__(self) -> None:
-        await asyncio.to_thread(self.service.close)
+        try:
+            await self.service.flush_impressions(timeout_s=2.0)  # the lists served last are logged too
+        finally:
+            await asyncio.to_thread(self.service.close)
 
 
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> serve.Application:

@@ -13,15 +13,20 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import time
 from typing import Any
 
 from rayrec import uri
 from rayrec.headlines import latest_json
 
-__all__ = ["build_report", "write_report", "REPORT_PATH"]
+log = logging.getLogger(__name__)
+
+__all__ = ["build_report", "write_report", "REPORT_PATH", "EXPERIMENTS_DIR", "EXPERIMENT_NAME"]
 
 REPORT_PATH = ("reports", "report.html")
+EXPERIMENTS_DIR = ("reports", "experiments")  # the experiment analyses: <name>.html and <name>.json
+EXPERIMENT_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}section{margin:2em 0}
 .plots{display:flex;flex-wrap:wrap;gap:1em}.plots img{max-width:100%;border:1px solid #ddd}
@@ -176,4 +181,18 @@ def add_report_route(app: Any, artifacts: str) -> None:
         try:
             return HTMLResponse(await asyncio.to_thread(read_or_build))
         except (OSError, ValueError) as e:
-            return JSONResponse({"error": f"no report for {artifacts}: {e}", "field": None}, status_code=503)
+            log.warning("GET /report: no report for %s: %s", artifacts, e)  # the path stays in the log
+            return JSONResponse({"error": "no report yet: run the main job first", "field": None}, status_code=503)
+
+    from fastapi import Path
+
+    @app.get("/report/experiments/{name}", include_in_schema=False)
+    async def experiment_report(name: str = Path(pattern=EXPERIMENT_NAME)) -> Any:
+        """The analysis page ``python -m pipelines.experiment --name <name>`` wrote."""
+        try:
+            page = await asyncio.to_thread(uri.read_bytes, uri.join(artifacts, *EXPERIMENTS_DIR, f"{name}.html"))
+        except FileNotFoundError:
+            return JSONResponse({"error": f"name: no analysis of experiment {name!r} yet: run "
+                                          f"python -m pipelines.experiment --name {name}", "field": "name"},
+                                status_code=404)  # fmt: skip
+        return HTMLResponse(page)

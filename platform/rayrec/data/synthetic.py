@@ -40,7 +40,7 @@ import pyarrow.csv as pacsv
 
 from rayrec.data.movielens import NO_GENRES
 
-__all__ = ["SyntheticConfig", "generate", "GENRES"]
+__all__ = ["SyntheticConfig", "generate", "GENRES", "Truth", "truth"]
 
 FILES = ("ratings.csv", "movies.csv", "links.csv", "tags.csv")
 MARKER = "SYNTHETIC.json"
@@ -533,6 +533,40 @@ def _is_cached(out: Path, config: SyntheticConfig) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The generator's hidden preferences for a config: what a simulated user truly thinks of an item
+    (the same factors and biases the ratings were drawn from)."""
+
+    item_ids: np.ndarray  # (I,) movieId
+    user_factors: np.ndarray  # (U, F); user u is row u - 1
+    user_bias: np.ndarray  # (U,)
+    item_factors: np.ndarray  # (I, F)
+    item_bias: np.ndarray  # (I,)
+    user_activity: np.ndarray  # (U,) ratings each user was given: how engaged they are
+
+    def expected_rating(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
+        """The rating before noise and rounding (not clipped) for pairs ``(user_ids[n], movie_ids[n])``
+        (broadcast); NaN for a movie the generator never made or a user outside the config."""
+        users = np.asarray(user_ids, dtype=np.int64)
+        movies = np.asarray(movie_ids, dtype=np.int64)
+        users, movies = np.broadcast_arrays(users, movies)
+        pos = np.clip(np.searchsorted(self.item_ids, movies), 0, len(self.item_ids) - 1)
+        ok = (self.item_ids[pos] == movies) & (users >= 1) & (users <= len(self.user_bias))
+        u = np.where(ok, users - 1, 0)
+        i = np.where(ok, pos, 0)
+        affinity = np.einsum("...f,...f->...", self.user_factors[u], self.item_factors[i])
+        x = _GLOBAL_MEAN + self.user_bias[u] + self.item_bias[i] + _INTERACTION_SCALE * affinity
+        return np.where(ok, x, np.nan)
+
+
+def truth(config: SyntheticConfig = SyntheticConfig()) -> Truth:
+    """The hidden preferences behind :func:`generate`'s data for ``config`` (no files needed)."""
+    items = _make_items(config)
+    users = _make_users(config, _Sampler(items).sizes)
+    return Truth(items.ids, users.factors, users.bias, items.factors, items.bias, users.counts)
 
 
 def generate(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), *, progress: bool = False) -> Path:

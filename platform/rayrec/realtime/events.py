@@ -88,6 +88,11 @@ class Event(BaseModel):
         description="the client's id of this event (letters, digits, '_.:-'): a repeated id is applied once; "
         "derived from the fields when omitted",
     )  # fmt: skip
+    request_id: StrictStr | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.:\-]{1,128}$",
+        description="the request_id of the /recommend answer that showed the movie: the click or rating counts "
+        "for that list (experiments); an id no list had is stored and counted as unattributed",
+    )  # fmt: skip
 
     @field_validator("value")
     @classmethod

@@ -49,12 +49,15 @@ class Movie(BaseModel):
 
 
 class RecommendedItem(Movie):
-    score: float = Field(description="final score after rerank; the list is sorted by it, best first")
+    score: float = Field(
+        description="final score after rerank; the list is sorted by it, best first (an interleaved list: 1 − position / length)"
+    )
     rank_score: float | None = Field(
         default=None, description="the ranker's click/like probability (None when the ranker was skipped)"
     )
     paths: list[str] = Field(description="recall paths that proposed the item: embedding, item2item, genre, popular")
     reason: str = Field(description='a short explanation, e.g. "because you liked Heat (1995)"')
+    team: str | None = Field(default=None, description="in an interleaved list: the variant that contributed the item")
 
 
 class Recommendation(BaseModel):
@@ -70,6 +73,11 @@ class Recommendation(BaseModel):
     index_version: str | None = None
     took_ms: float = 0.0
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage, for operators")
+    request_id: str | None = Field(
+        default=None, description="this list's id: send it with POST /events so clicks and ratings count for it"
+    )
+    experiment: str | None = Field(default=None, description="the experiment the user is in, if any")
+    variant: str | None = Field(default=None, description="the user's variant, or 'interleaved' (see items[].team)")
 
 
 class SimilarItem(Movie):

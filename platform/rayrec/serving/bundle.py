@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rayrec import uri
+from rayrec.experiments.config import Experiment, Variant, check_disjoint
 from rayrec.realtime import ColdStart
 from rayrec.rerank import RerankConfig
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
@@ -29,7 +30,7 @@ from rayrec.retrieval.similar import SimilarItems
 from rayrec.serving.history import RatingHistory
 from rayrec.serving.scoring import RankModel, UserTower, load_models
 
-__all__ = ["ServingConfig", "Bundle", "load_bundle", "resolve_versions", "FALLBACK_SIZE"]
+__all__ = ["ServingConfig", "Bundle", "load_bundle", "resolve_versions", "check_versions", "FALLBACK_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,70 @@ class ServingConfig(BaseModel):
         "read every candidate's row on every request",
     )
     generation: int = Field(default=0, description="bump to re-resolve 'latest' with no other change")
+    impressions: bool = Field(default=True, description="log every served list to the store's impressions log")
+    experiments: list[Experiment] = Field(
+        default_factory=list, description="A/B tests and interleaving experiments (rayrec.experiments.config)"
+    )
+
+    @model_validator(mode="after")
+    def _check_experiments(self) -> ServingConfig:
+        """Refuse overlapping experiments and variant settings the config would refuse, naming the field."""
+        check_disjoint(self.experiments)
+        for i, e in enumerate(self.experiments):
+            for j, v in enumerate(e.variants):
+                self._variant(v, f"experiments[{i}].variants[{j}].overrides")
+        return self
+
+    def _variant(self, v: Variant, where: str) -> ServingConfig:
+        base = self.model_dump(exclude={"experiments"})
+        merged = dict(base)
+        for key, value in v.overrides.items():
+            if key in ("recall", "rerank") and isinstance(value, dict):
+                merged[key] = {**base[key], **value}
+            else:
+                merged[key] = value
+        try:
+            return ServingConfig.model_validate(merged)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}.{loc}: {first['msg']}") from None
+
+    def variant(self, experiment: str, name: str) -> ServingConfig:
+        """The serving config of one arm: this config with the variant's overrides (no experiments)."""
+        for e in self.experiments:
+            if e.name == experiment:
+                for v in e.variants:
+                    if v.name == name:
+                        return self._variant(v, f"{experiment}/{name}")
+        raise KeyError(f"no variant {name!r} in experiment {experiment!r}")
 
     def artifact_key(self) -> tuple[Any, ...]:
         """What decides whether a reconfigure must load a new bundle (rerank settings do not)."""
         return (self.features_version, self.index_version, self.ranker_version, self.retriever_version,
                 self.recall, self.generation)  # fmt: skip
+
+
+_VERSION_FIELDS = {"features_version": "features", "index_version": "index", "ranker_version": "models/ranker",
+                   "retriever_version": "models/retriever"}  # fmt: skip
+
+
+def check_versions(artifacts: str, cfg: ServingConfig) -> None:
+    """Refuse a config whose experiments name model versions that are not in the artifacts (a
+    variant must serve what it says), naming the field."""
+    for i, e in enumerate(cfg.experiments):
+        for j, v in enumerate(e.variants):
+            for key, root in _VERSION_FIELDS.items():
+                version = v.overrides.get(key)
+                if version is None:
+                    continue
+                try:
+                    uri.resolve_version(uri.join(artifacts, *root.split("/")), str(version))
+                except (FileNotFoundError, ValueError):
+                    raise ValueError(
+                        f"experiments[{i}].variants[{j}].overrides.{key}: no {root} version {version!r} "
+                        "under the artifacts: publish it first, or name one that is there"
+                    ) from None
 
 
 def resolve_versions(artifacts: str, cfg: ServingConfig) -> dict[str, str | None]:

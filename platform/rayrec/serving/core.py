@@ -65,6 +65,7 @@ class Recalled:
     user_inputs: dict[str, np.ndarray] | None = None
     user_inputs_spec: str | None = None
     versions: dict[str, str | None] = field(default_factory=dict)  # of the bundle that recalled
+    arm: str | None = None  # the experiment arm (``<experiment>/<variant>``) whose settings serve it
 
     def for_ranker(self) -> Recalled:
         """What the rank stage needs, without the seen set and paths (smaller to send to a Ranker

@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
 from rayrec.config import configured_store_url
+from rayrec.experiments.config import Assignment, assign
+from rayrec.experiments.impressions import IMPRESSIONS_LOG, ImpressionLog, impression_record
+from rayrec.experiments.interleave import seed_of, team_draft
 from rayrec.realtime import ColdContext
 from rayrec.serving.api import Health, Movie, Recommendation, SimilarMovies, UserProfile
-from rayrec.serving.bundle import Bundle, ServingConfig, load_bundle, resolve_versions
+from rayrec.serving.bundle import Bundle, ServingConfig, check_versions, load_bundle, resolve_versions
 from rayrec.serving.core import Ranked, Recalled, Recommender
 from rayrec.serving.events import EventSink, ServiceUnavailable, guarded_write
 from rayrec.serving.guard import StoreDown, StoreGuard
@@ -36,14 +41,21 @@ from rayrec.serving.metrics import ServingMetrics
 from rayrec.store import open_store
 from rayrec.store.base import NotDurable, OnlineStore, StoreError, check_durability
 
-__all__ = ["RecommenderService", "RankFn", "store_for"]
+__all__ = ["RecommenderService", "RankFn", "store_for", "current_arm"]
 
 log = logging.getLogger(__name__)
 
 RankFn = Callable[[Recalled], Awaitable[Ranked]]
 
-#: the (service, core) a request in this context was pinned to: one bundle for all its stages
-_pinned: ContextVar[tuple[Any, Recommender] | None] = ContextVar("rayrec_pinned_core", default=None)
+#: the (service, core, arm) a request in this context was pinned to: one bundle for all its stages,
+#: that of its experiment arm (``<experiment>/<variant>``; None outside experiments)
+_pinned: ContextVar[tuple[Any, Recommender, str | None] | None] = ContextVar("rayrec_pinned_core", default=None)
+
+
+def current_arm() -> str | None:
+    """The experiment arm of the request running in this context (None: none, or not in a request)."""
+    pinned = _pinned.get()
+    return pinned[2] if pinned is not None else None
 
 
 def store_for(artifacts: str) -> str:
@@ -74,13 +86,20 @@ class RecommenderService:
         self.events = EventSink(store, bundle)
         self.composition = composition
         self.rank_fn: RankFn = self.rank_local
-        self.recall_fn: Callable[[int, int, ColdContext | None], Awaitable[Recalled]] = self.recall_local
+        #: (user, k, context, arm): the arm names the experiment variant whose settings recall uses
+        self.recall_fn: Callable[[int, int, ColdContext | None, str | None], Awaitable[Recalled]] = self.recall_local
         self.finish_fn: Callable[[Recalled, Ranked], Awaitable[Recommendation]] | None = None
         #: exceptions passed through to the caller instead of degrading (e.g. Serve's BackPressureError,
         #: which the ingress turns into a fast 503)
         self.passthrough: tuple[type[BaseException], ...] = ()
         self._swap_lock = asyncio.Lock()
         self._resolved = resolve_versions(artifacts, cfg)
+        check_versions(artifacts, cfg)
+        #: one core per experiment arm (``<experiment>/<variant>``), and the bundles they share
+        self._arms: dict[str, Recommender] = {}
+        self._arm_bundles: dict[str, Bundle] = {}
+        self._arms = self._build_arms(cfg, bundle)
+        self.impressions = ImpressionLog(self._append_impressions)
         try:
             check_durability(store, log)  # durability=require: refuse to serve (NotDurable)
         except NotDurable:
@@ -98,9 +117,47 @@ class RecommenderService:
     @property
     def core(self) -> Recommender:
         """The recall / rank / rerank stages over the live bundle, or, inside a request, over the
-        bundle it started with (a hot swap during the request does not reach it)."""
+        bundle it started with (a hot swap during the request does not reach it) and its
+        experiment arm's settings."""
         pinned = _pinned.get()
         return pinned[1] if pinned is not None and pinned[0] is self else self._core
+
+    def core_for(self, arm: str | None) -> Recommender:
+        """The core of an experiment arm (None: the default settings): the request's pinned one when
+        the request is on that arm, else the live one (e.g. a batch assembled from several requests)."""
+        pinned = _pinned.get()
+        if pinned is not None and pinned[0] is self and pinned[2] == arm:
+            return pinned[1]
+        if arm is None:
+            return self._core
+        return self._arms.get(arm, self._core)
+
+    # -- experiments --------------------------------------------------------------------------------
+    def _build_arms(self, cfg: ServingConfig, base: Bundle) -> dict[str, Recommender]:
+        """A core per experiment arm. Arms that change only request-time settings (rerank weights,
+        ``rank_weight``) share the base bundle's artifacts; arms that name other model versions or
+        recall settings load theirs, once per distinct set (kept across reconfigures while in use)."""
+        arms: dict[str, Recommender] = {}
+        keep: dict[str, Bundle] = {}
+        for e in cfg.experiments:
+            for v in e.variants:
+                vcfg = cfg.variant(e.name, v.name)
+                if vcfg.artifact_key() == cfg.artifact_key():
+                    bundle = base.with_config(vcfg)
+                else:
+                    fields = {"features_version", "index_version", "ranker_version", "retriever_version", "recall", "generation"}
+                    key = json.dumps([vcfg.model_dump(mode="json", include=fields), resolve_versions(self.artifacts, vcfg)],
+                                     sort_keys=True)  # fmt: skip
+                    loaded = self._arm_bundles.get(key) or keep.get(key)
+                    if loaded is None:
+                        loaded = load_bundle(self.artifacts, vcfg)
+                    keep[key] = loaded
+                    bundle = loaded.with_config(vcfg)
+                core = Recommender(bundle)
+                core.items = self._core.items  # one item-row cache per replica
+                arms[f"{e.name}/{v.name}"] = core
+        self._arm_bundles = keep
+        return arms
 
     @property
     def bundle(self) -> Bundle:
@@ -109,22 +166,36 @@ class RecommenderService:
     # -- stages -----------------------------------------------------------------------------------
     # Store reads run on the guard's threads (deadline, breaker); the compute between them runs on
     # the event loop: a thread hop per stage cost more than it saved (the GIL serialises the work).
-    async def recall_local(self, user_id: int, k: int, context: ColdContext | None = None) -> Recalled:
+    async def recall_local(self, user_id: int, k: int, context: ColdContext | None = None, arm: str | None = None) -> Recalled:
+        arm = arm if arm is not None else current_arm()
+        core = self.core_for(arm)
         t = time.perf_counter()
-        row, events = await self.guard.run(self.core.read_user, self.store, user_id)
+        row, events = await self.guard.run(core.read_user, self.store, user_id)
         store_ms = (time.perf_counter() - t) * 1e3
-        out = self.core.recall_from(user_id, k, row, events, context)
+        out = core.recall_from(user_id, k, row, events, context)
         out.timings["store_user_ms"] = store_ms
+        out.arm = arm
         return out
 
     async def rank_local(self, request: Recalled) -> Ranked:
         return (await self.rank_batch([request]))[0]
 
     async def rank_batch(self, batch: list[Recalled]) -> list[Ranked]:
-        """Item rows and ranker scores for several requests: one store call, one forward pass."""
+        """Item rows and ranker scores for several requests: one store call, one forward pass (per
+        experiment arm in the batch: each arm ranks with its own model)."""
         t = time.perf_counter()
-        fetched = await self.guard.run(self.core.fetch, self.store, batch)
-        return self.core.rank_fetched(batch, fetched, store_ms=(time.perf_counter() - t) * 1e3)
+        fetched = await self.guard.run(self.core_for(batch[0].arm if batch else None).fetch, self.store, batch)
+        store_ms = (time.perf_counter() - t) * 1e3
+        arms = list(dict.fromkeys(r.arm for r in batch))
+        if len(arms) == 1:
+            return self.core_for(arms[0]).rank_fetched(batch, fetched, store_ms=store_ms)
+        out: list[Ranked | None] = [None] * len(batch)
+        for arm in arms:
+            where = [i for i, r in enumerate(batch) if r.arm == arm]
+            ranked = self.core_for(arm).rank_fetched([batch[i] for i in where], [fetched[i] for i in where], store_ms=store_ms)
+            for i, r in zip(where, ranked):
+                out[i] = r
+        return [r for r in out if r is not None]
 
     async def _rows_only(self, r: Recalled, why: str) -> Ranked:
         """Item rows without scores, when the ranker stage failed: the recall order is served."""
@@ -133,18 +204,88 @@ class RecommenderService:
 
     # -- Backend ----------------------------------------------------------------------------------
     async def recommend(self, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
+        """The user's list: the default settings, their A/B variant's, or two variants' lists
+        interleaved; logged to the impressions log under a new request id."""
+        cfg = self._core.bundle.config
+        assigned = assign(cfg.experiments, user_id)
+        request_id = uuid.uuid4().hex
+        if assigned is None or assigned.mode == "ab":
+            arm = assigned.key(assigned.arms[0]) if assigned is not None else None
+            out = await self._on_arm(arm, user_id, k, context)
+        else:
+            out = await self._interleaved(assigned, request_id, user_id, k, context)
+        out.request_id = request_id
+        if assigned is not None:
+            out.experiment, out.variant = assigned.experiment, assigned.variant
+        if cfg.impressions:
+            self._log_impression(out, assigned)
+        return out
+
+    async def recommend_as(self, arm: str | None, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
+        """The list experiment arm ``arm`` (``<experiment>/<variant>``; None: the default settings)
+        would serve this user, whatever the user's assignment; not logged (simulators, debugging)."""
+        if arm is not None and arm not in self._arms:
+            raise KeyError(f"no experiment arm {arm!r}; the arms are {sorted(self._arms)}")
+        return await self._on_arm(arm, user_id, k, context)
+
+    async def _on_arm(self, arm: str | None, user_id: int, k: int, context: ColdContext | None) -> Recommendation:
         # one bundle snapshot for the whole request: a shallow copy shares the caches, and a swap
         # (which replaces the live core's bundle) does not reach it
-        token = _pinned.set((self, copy.copy(self._core)))
+        token = _pinned.set((self, copy.copy(self.core_for(arm)), arm))
         try:
-            return await self._recommend(user_id, k, context)
+            return await self._recommend(user_id, k, context, arm)
         finally:
             _pinned.reset(token)
 
-    async def _recommend(self, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
+    async def _interleaved(
+        self, assigned: Assignment, request_id: str, user_id: int, k: int, context: ColdContext | None
+    ) -> Recommendation:
+        """Both arms' lists (concurrently, each on its own bundle), merged by team draft."""
+        a_name, b_name = assigned.arms
+        t = time.perf_counter()
+        a, b = await asyncio.gather(
+            self._on_arm(assigned.key(a_name), user_id, k, context),
+            self._on_arm(assigned.key(b_name), user_id, k, context),
+        )
+        by_id = {it.movie_id: it for it in b.items} | {it.movie_id: it for it in a.items}
+        ids, teams = team_draft([it.movie_id for it in a.items], [it.movie_id for it in b.items], k, seed_of(request_id))
+        names = (a_name, b_name)
+        # the list is sorted by score, as every list is: an interleaved list's score is its position's
+        items = [by_id[m].model_copy(update={"team": names[team], "score": round(1.0 - i / len(ids), 6)})
+                 for i, (m, team) in enumerate(zip(ids, teams))]  # fmt: skip
+        timings = {f"{name}.{key}": v for name, r in zip(names, (a, b)) for key, v in r.timings.items()}
+        return a.model_copy(update={
+            "items": items, "degraded": a.degraded or b.degraded,
+            "degraded_reason": a.degraded_reason or b.degraded_reason, "cold_start": a.cold_start or b.cold_start,
+            "model_version": None if a.model_version != b.model_version else a.model_version,
+            "took_ms": round((time.perf_counter() - t) * 1e3, 3), "timings": timings,
+        })  # fmt: skip
+
+    def _log_impression(self, out: Recommendation, assigned: Assignment | None) -> None:
+        interleaved = assigned is not None and assigned.mode == "interleave"
+        rec = impression_record(
+            out.request_id or "", out.user_id, [it.movie_id for it in out.items],
+            experiment=assigned.experiment if assigned else None, mode=assigned.mode if assigned else None,
+            variant=assigned.arms[0] if assigned is not None and not interleaved else None,
+            variants=list(assigned.arms) if interleaved and assigned is not None else None,
+            teams=[it.team or "" for it in out.items] if interleaved else None, degraded=out.degraded,
+        )  # fmt: skip
+        self.impressions.record(rec)
+
+    async def _append_impressions(self, records: list[dict[str, Any]]) -> None:
+        await self.guard.write(self._append_log, records)
+
+    def _append_log(self, records: list[dict[str, Any]]) -> list[str]:
+        return self.store.append_log(IMPRESSIONS_LOG, records)
+
+    async def flush_impressions(self, timeout_s: float = 10.0) -> bool:
+        """Write the queued impression records now; True when none is left queued."""
+        return await self.impressions.flush(timeout_s)
+
+    async def _recommend(self, user_id: int, k: int, context: ColdContext | None = None, arm: str | None = None) -> Recommendation:
         t = time.perf_counter()
         try:
-            recalled = await self.recall_fn(user_id, k, context)
+            recalled = await self.recall_fn(user_id, k, context, arm)
             t_recall = time.perf_counter()
         except self.passthrough:
             raise
@@ -268,11 +409,16 @@ class RecommenderService:
             self.guard.configure(cfg.store_timeout_s, cfg.store_cooldown_s, cfg.store_write_timeout_s)
             live = self.bundle
             resolved = await asyncio.to_thread(resolve_versions, self.artifacts, cfg)
+            await asyncio.to_thread(check_versions, self.artifacts, cfg)  # refused here: the live config stays
             if cfg.artifact_key() == live.config.artifact_key() and resolved == self._resolved:
-                self._core.bundle = live.with_config(cfg)
+                bundle = live.with_config(cfg)
+                self._arms = await asyncio.to_thread(self._build_arms, cfg, bundle)
+                self._core.bundle = bundle
                 return False
             bundle = await asyncio.to_thread(load_bundle, self.artifacts, cfg)
+            arms = await asyncio.to_thread(self._build_arms, cfg, bundle)
             self._core.bundle = bundle
+            self._arms = arms
             self.events.rebind(bundle)
             self._resolved = resolved
             log.info("hot swap: now serving %s", bundle.versions)

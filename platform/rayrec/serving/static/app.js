@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 let currentUser = null;
 let currentMovie = null;
+let lastList = null; // {request_id, ids}: the list on screen, so a click or a rating counts for it
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -37,12 +38,35 @@ function renderItem(item, i) {
   li.appendChild(el("span", "rank", String(i + 1)));
   const title = el("span", "title", item.title || `movie ${item.movie_id}`);
   for (const p of item.paths || []) title.appendChild(el("span", "path", p));
+  if (item.team) title.appendChild(el("span", "team", item.team));
   li.appendChild(title);
   li.appendChild(el("span", "score", item.score.toFixed(3)));
   li.appendChild(el("span", "genres", movieLine(item)));
   if (item.reason) li.appendChild(el("span", "reason", item.reason));
   li.addEventListener("click", () => showMovie(item.movie_id));
   return li;
+}
+
+// The list's request id, when the movie was on it: the event then counts for that list.
+function requestIdFor(movieId) {
+  return lastList && lastList.ids.includes(movieId) ? lastList.request_id : undefined;
+}
+
+function postEvent(event) {
+  return getJSON("events", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(event),
+  });
+}
+
+function experimentNote(rec) {
+  if (!rec.experiment) return null;
+  if (rec.variant === "interleaved") {
+    const teams = [...new Set(rec.items.map((it) => it.team).filter(Boolean))];
+    return `experiment ${rec.experiment}: interleaved (${teams.join(" + ")})`;
+  }
+  return `experiment ${rec.experiment}: variant ${rec.variant}`;
 }
 
 async function loadRecs() {
@@ -56,8 +80,19 @@ async function loadRecs() {
   try {
     const rec = await getJSON(`recommend?user_id=${uid}&k=${k}`);
     const list = $("recs");
-    list.replaceChildren(...rec.items.map(renderItem));
+    list.replaceChildren(...rec.items.map((item, i) => {
+      const li = renderItem(item, i);
+      li.addEventListener("click", () => {
+        if (rec.request_id) postEvent({ kind: "click", user_id: uid, movie_id: item.movie_id, request_id: rec.request_id }).catch(() => {});
+      });
+      return li;
+    }));
+    lastList = { request_id: rec.request_id, ids: rec.items.map((it) => it.movie_id) };
     const notes = [`${rec.items.length} items in ${rec.took_ms.toFixed(1)} ms`];
+    const exp = experimentNote(rec);
+    $("variant").textContent = exp || "";
+    $("variant").hidden = !exp;
+    if (exp) notes.push(exp);
     if (rec.cold_start) notes.push("new user: cold-start picks");
     if (rec.degraded) notes.push(`degraded (${rec.degraded_reason})`);
     if (rec.model_version) notes.push(`ranker ${rec.model_version}`);
@@ -92,11 +127,8 @@ async function showMovie(movieId) {
 async function rate(rating) {
   if (currentUser === null || currentMovie === null) return;
   try {
-    await getJSON("events", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ kind: "rating", user_id: currentUser, movie_id: currentMovie, value: rating }),
-    });
+    await postEvent({ kind: "rating", user_id: currentUser, movie_id: currentMovie, value: rating,
+                      request_id: requestIdFor(currentMovie) });
     $("rate-status").textContent = `Rated ${rating}★, refreshing your list…`;
     await loadRecs();
   } catch (e) {

@@ -1,0 +1,106 @@
+"""The impression log: every served list, appended to the store's durable ``impressions`` log.
+
+A record holds the request id, the user, the experiment and variant (or the interleaving teams), the
+items in list order, and the time. Clicks and ratings posted with the request id are attributed to it
+by the analysis job (:mod:`rayrec.experiments.analysis`).
+
+Writing is off the request path and batched (group commit): a request queues its record and returns;
+one writer appends everything queued in one store call, and whatever queued meanwhile goes in the
+next call. A store outage keeps records queued (up to ``capacity``; beyond it the oldest are
+dropped and counted) and they are written once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+__all__ = ["IMPRESSIONS_LOG", "ImpressionLog", "impression_record"]
+
+log = logging.getLogger(__name__)
+
+IMPRESSIONS_LOG = "impressions"
+
+Writer = Callable[[list[dict[str, Any]]], Awaitable[Any]]
+
+
+def impression_record(
+    request_id: str,
+    user_id: int,
+    items: list[int],
+    *,
+    experiment: str | None = None,
+    mode: str | None = None,
+    variant: str | None = None,
+    variants: list[str] | None = None,
+    teams: list[str] | None = None,
+    degraded: bool = False,
+    ts: float | None = None,
+) -> dict[str, Any]:
+    """One served list as the impressions log stores it."""
+    return {
+        "request_id": request_id, "user_id": int(user_id), "ts": round(time.time() if ts is None else ts, 3),
+        "experiment": experiment, "mode": mode, "variant": variant, "variants": variants,
+        "items": [int(m) for m in items], "teams": teams, "degraded": bool(degraded),
+    }  # fmt: skip
+
+
+class ImpressionLog:
+    """Queue impression records and append them in batches through ``write`` (an async callable
+    that appends a list of records, e.g. the store guard's write path)."""
+
+    def __init__(self, write: Writer, *, capacity: int = 20_000, batch: int = 500) -> None:
+        self._write = write
+        self.capacity, self.batch = capacity, batch
+        self._queue: deque[dict[str, Any]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def record(self, rec: Mapping[str, Any]) -> None:
+        """Queue one record and make sure a writer runs (call on the event loop)."""
+        if len(self._queue) >= self.capacity:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("impression log: %d record(s) dropped, the store has not taken them", self.dropped)
+        self._queue.append(dict(rec))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queue:
+            chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+            try:
+                await self._write(chunk)
+                self.written += len(chunk)
+            except Exception as e:  # the store is down or slow: keep them, retry with the next record
+                self.failures += 1
+                self._queue.extendleft(reversed(chunk))
+                while len(self._queue) > self.capacity:
+                    self._queue.popleft()
+                    self.dropped += 1
+                log.warning("impression log: %d record(s) not written yet: %s", len(self._queue), e)
+                return
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Write everything queued; True when the queue is empty afterwards."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue and time.monotonic() < deadline:
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._drain())
+            await asyncio.wait({self._task}, timeout=max(0.0, deadline - time.monotonic()))
+            if self._queue and self._task.done():
+                await asyncio.sleep(0.05)  # the store refused: try again shortly
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=max(0.0, deadline - time.monotonic()))
+        return not self._queue

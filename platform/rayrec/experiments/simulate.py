@@ -1,0 +1,218 @@
+"""How many users does an A/B test need, and how many does interleaving, to find the better of two
+variants? Measured on simulated users whose true preferences are known.
+
+The users are those of a synthetic dataset (:func:`rayrec.data.synthetic.truth`): the factors and
+biases their ratings were drawn from say how much each of them would like any movie. They look at a
+served list through a position-based click model: position ``p`` (0 first) is examined with
+probability ``(1 + p) ** -eta``, and an examined item is clicked with probability
+``max_attraction · sigmoid((expected rating − threshold) / scale)``, times the user's engagement
+(``engagement > 0``: ``(activity / median activity) ** engagement``, from how many ratings the generator
+gave them, so heavy users click more, as they do in real traffic; 0: every user alike). A variant's
+true quality is then exact: the expected clicks on its list, averaged over users.
+
+The lists come from the serving code itself (:meth:`RecommenderService.recommend_as`, each arm's own
+bundle and settings; team draft for the interleaved ones). A trial draws ``n`` users (with
+replacement from the dataset's users, each draw a new visitor with that user's tastes), shows each one
+list (its A/B arm's, or an interleaving of both) and draws clicks; the test is the analysis job's
+(:func:`rayrec.experiments.stats.compare` on per-user CTR, delta method; the sign test on
+interleaving preferences). A method finds the better variant in a trial when its test is significant
+at ``alpha`` and points at the variant with the higher true quality; the users it needs is the
+smallest ``n`` whose success rate over the trials reaches ``power``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rayrec.data.synthetic import Truth
+from rayrec.experiments.interleave import seed_of, team_draft
+from rayrec.experiments.stats import compare, interleaving_preference, ratio_metric
+
+if TYPE_CHECKING:
+    from rayrec.serving.service import RecommenderService
+
+__all__ = [
+    "ClickModel", "ServedLists", "power_ab", "power_interleaving", "users_needed", "true_quality", "interleavings",
+    "collect_lists", "served_lists", "run_online",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClickModel:
+    """Position-based clicks (see the module docstring)."""
+
+    eta: float = 1.0
+    threshold: float = 3.5
+    scale: float = 0.5
+    max_attraction: float = 0.5
+    engagement: float = 0.0
+
+    def probabilities(self, truth: Truth, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(U, k) click probability of each listed item (padding ``-1`` and unknown movies: 0)."""
+        users = np.asarray(users, dtype=np.int64)
+        expected = truth.expected_rating(users[:, None], items)  # (U, k)
+        attraction = self.max_attraction / (1.0 + np.exp(-(expected - self.threshold) / self.scale))
+        if self.engagement > 0:
+            activity = truth.user_activity.astype(np.float64)
+            level = (activity[np.clip(users - 1, 0, len(activity) - 1)] / np.median(activity)) ** self.engagement
+            attraction = attraction * level[:, None]
+        attraction = np.where(np.isfinite(attraction) & (items > 0), np.clip(attraction, 0.0, 1.0), 0.0)
+        exam = (1.0 + np.arange(items.shape[1])) ** -self.eta  # (k,)
+        return np.asarray(attraction * exam)
+
+
+@dataclass
+class ServedLists:
+    """Per user of the pool: each arm's click probabilities by position, and ``draws`` team-draft
+    interleavings of the two lists (item click probabilities and teams, 0: arm a, 1: arm b)."""
+
+    users: np.ndarray  # (U,)
+    p_a: np.ndarray  # (U, k)
+    p_b: np.ndarray  # (U, k)
+    p_inter: np.ndarray  # (U, D, k)
+    team_inter: np.ndarray  # (U, D, k) 0/1, -1 where the list is shorter
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+def interleavings(a: np.ndarray, b: np.ndarray, draws: int, salt: str = "sim") -> tuple[np.ndarray, np.ndarray]:
+    """``draws`` team-draft interleavings of each row of ``a`` and ``b`` ((U, k) movie ids, -1 pad):
+    (U, D, k) items and teams (-1 pad)."""
+    u_n, k = a.shape
+    items = np.full((u_n, draws, k), -1, dtype=np.int64)
+    teams = np.full((u_n, draws, k), -1, dtype=np.int8)
+    for u in range(u_n):
+        la, lb = [int(m) for m in a[u] if m > 0], [int(m) for m in b[u] if m > 0]
+        for d in range(draws):
+            ids, tm = team_draft(la, lb, k, seed_of(f"{salt}:{u}:{d}"))
+            items[u, d, : len(ids)] = ids
+            teams[u, d, : len(tm)] = tm
+    return items, teams
+
+
+def true_quality(p: np.ndarray) -> float:
+    """Expected clicks per impression: the mean over users of the summed click probabilities."""
+    return float(p.sum(axis=-1).mean())
+
+
+def power_ab(lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.05, seed: int = 0) -> float:
+    """Share of trials in which an A/B test on ``n_users`` (half per arm, by a fair coin) finds the
+    truly better arm (significant at ``alpha``, right direction)."""
+    rng = np.random.default_rng([seed, n_users, 1])
+    better_b = true_quality(lists.p_b) > true_quality(lists.p_a)
+    wins = 0
+    for _ in range(trials):
+        idx = rng.integers(0, len(lists.users), n_users)
+        to_b = rng.random(n_users) < 0.5
+        p = np.where(to_b[:, None], lists.p_b[idx], lists.p_a[idx])  # (n, k)
+        clicks = (rng.random(p.shape) < p).sum(axis=1).astype(np.float64)  # one impression per user
+        ones = np.ones(n_users)
+        if to_b.sum() < 2 or (~to_b).sum() < 2:
+            continue
+        c = compare(ratio_metric(clicks[to_b], ones[to_b]), ratio_metric(clicks[~to_b], ones[~to_b]), alpha=alpha)
+        if c.p_value < alpha and (c.difference > 0) == better_b:
+            wins += 1
+    return wins / trials
+
+
+def power_interleaving(lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.05, seed: int = 0) -> float:
+    """Share of trials in which interleaving on ``n_users`` (one interleaved list each) finds the
+    truly better arm (sign test significant at ``alpha``, the better arm's team wins more)."""
+    rng = np.random.default_rng([seed, n_users, 2])
+    better_b = true_quality(lists.p_b) > true_quality(lists.p_a)
+    u_n, draws, _ = lists.p_inter.shape
+    wins = 0
+    for _ in range(trials):
+        idx = rng.integers(0, u_n, n_users)
+        d = rng.integers(0, draws, n_users)
+        p = lists.p_inter[idx, d]  # (n, k)
+        team = lists.team_inter[idx, d]
+        clicks = rng.random(p.shape) < p
+        pref = interleaving_preference((clicks & (team == 0)).sum(axis=1), (clicks & (team == 1)).sum(axis=1))
+        if pref.p_value < alpha and (pref.wins_b > pref.wins_a) == better_b:
+            wins += 1
+    return wins / trials
+
+
+def users_needed(
+    power_at: Callable[[int], float], *, target: float = 0.8, start: int = 16, limit: int = 2_000_000, tolerance: float = 0.1
+) -> tuple[int | None, dict[int, float]]:
+    """The smallest ``n`` with ``power_at(n) >= target``: doubling from ``start``, then bisection on a
+    log scale to within ``tolerance`` (relative). None when even ``limit`` users fall short. Returns
+    it with every ``n`` tried and its power."""
+    tried: dict[int, float] = {}
+
+    def at(n: int) -> float:
+        if n not in tried:
+            tried[n] = power_at(n)
+        return tried[n]
+
+    lo, hi = 0, start
+    while at(hi) < target:
+        lo, hi = hi, hi * 2
+        if hi > limit:
+            return None, tried
+    while lo and hi / lo > 1 + tolerance:
+        mid = int(round(math.sqrt(lo * hi)))
+        if mid in (lo, hi):
+            break
+        if at(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, tried
+
+
+async def collect_lists(
+    service: RecommenderService, arms: tuple[str, str], users: np.ndarray, *, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each arm's list for every user of ``users`` from the serving code (``recommend_as``): two
+    (U, k) arrays of movie ids, -1 where a list is shorter."""
+    a = np.full((len(users), k), -1, dtype=np.int64)
+    b = np.full((len(users), k), -1, dtype=np.int64)
+    for row, u in enumerate(users.tolist()):
+        for out, arm in ((a, arms[0]), (b, arms[1])):
+            rec = await service.recommend_as(arm, int(u), k)
+            ids = [it.movie_id for it in rec.items][:k]
+            out[row, : len(ids)] = ids
+    return a, b
+
+
+def served_lists(users: np.ndarray, a: np.ndarray, b: np.ndarray, truth: Truth, click: ClickModel, *, draws: int = 4) -> ServedLists:
+    """Click probabilities of both arms' lists and of ``draws`` interleavings of them per user."""
+    u_n, k = a.shape
+    inter_items, inter_teams = interleavings(a, b, draws)
+    p_inter = click.probabilities(truth, np.repeat(users, draws), inter_items.reshape(u_n * draws, k)).reshape(u_n, draws, k)
+    return ServedLists(
+        users=users, p_a=click.probabilities(truth, users, a), p_b=click.probabilities(truth, users, b),
+        p_inter=p_inter, team_inter=inter_teams,
+        meta={"overlap_at_k": float(np.mean([len(set(x) & set(y) - {-1}) / k for x, y in zip(a.tolist(), b.tolist())]))},
+    )  # fmt: skip
+
+
+async def run_online(
+    service: RecommenderService, users: np.ndarray, truth: Truth, click: ClickModel, *, k: int = 10, seed: int = 0
+) -> dict[str, int]:
+    """Serve ``users`` through ``service.recommend`` (their experiment assignment, impressions
+    logged), draw each one's clicks on the list they got and post them to ``service.event`` with the
+    list's request id, as a client would. Returns how many lists were served and clicks posted."""
+    rng = np.random.default_rng([seed, 3])
+    served = clicks = 0
+    for u in users.tolist():
+        rec = await service.recommend(int(u), k)
+        served += 1
+        ids = np.asarray([it.movie_id for it in rec.items], dtype=np.int64)
+        if not len(ids):
+            continue
+        p = click.probabilities(truth, np.asarray([u]), ids[None, :])[0]
+        hit = ids[rng.random(len(ids)) < p]
+        if len(hit):
+            events = [{"kind": "click", "user_id": int(u), "movie_id": int(m), "request_id": rec.request_id} for m in hit]
+            await service.event(events)
+            clicks += len(hit)
+    await service.flush_impressions()
+    return {"lists": served, "clicks": clicks}

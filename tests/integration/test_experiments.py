@@ -1,0 +1,202 @@
+"""Experiments in serving, end to end in one process: two model versions side by side, A/B
+assignment and team-draft interleaving through ``/recommend``, impressions logged, clicks posted with
+the request id through ``/events``, and the analysis job's numbers read back from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from pipelines import experiment as experiment_job
+from rayrec import uri
+from rayrec.experiments.analysis import analyze
+from rayrec.experiments.config import Experiment
+from rayrec.experiments.impressions import IMPRESSIONS_LOG
+from rayrec.serving import ServingConfig, create_app
+from rayrec.serving.bundle import load_bundle
+from rayrec.serving.service import RecommenderService
+from rayrec.store import open_store
+
+N_USERS = 80
+
+
+@pytest.fixture(scope="module")
+def scratch(serving_artifacts, tmp_path_factory) -> tuple[str, str, str]:
+    """A copy of the session's artifacts with a second ranker version, and a copy of its store (the
+    clicks posted here change users' state: other tests must not see them)."""
+    tmp = tmp_path_factory.mktemp("experiments")
+    arts = tmp / "artifacts"
+    shutil.copytree(serving_artifacts.artifacts, arts, ignore=shutil.ignore_patterns("logs"))
+    root = arts / "models" / "ranker"
+    live = uri.latest(str(root))
+    assert live is not None
+    second = f"{live}-b"
+    shutil.copytree(root / live, root / second)
+    src = serving_artifacts.store.removeprefix("sqlite://")
+    with sqlite3.connect(src) as a, sqlite3.connect(tmp / "store.db") as b:
+        a.backup(b)
+    return str(arts), f"sqlite://{tmp}/store.db", second
+
+
+def config(second: str) -> ServingConfig:
+    return ServingConfig.model_validate({"experiments": [
+        {"name": "ab1", "users": [0.0, 0.5], "variants": [
+            {"name": "control"}, {"name": "treat", "overrides": {"ranker_version": second, "rank_weight": 1.0}}]},
+        {"name": "il1", "mode": "interleave", "users": [0.5, 1.0], "variants": [
+            {"name": "a"}, {"name": "b", "overrides": {"rank_weight": 1.0, "rerank": {"diversity": 0.0}}}]},
+    ]})  # fmt: skip
+
+
+def test_experiment_config_naming_a_missing_version_is_refused(scratch) -> None:
+    arts, store, _ = scratch
+    cfg = config("no-such-version")
+    with pytest.raises(ValueError, match=r"experiments\[0\]\.variants\[1\]\.overrides\.ranker_version: no models/ranker version 'no-such-version'"):
+        RecommenderService(arts, open_store(store), load_bundle(arts, cfg))
+
+
+def test_two_variants_are_served_logged_clicked_and_analysed(scratch, tmp_path) -> None:
+    arts, store_url, second = scratch
+    cfg = config(second)
+    svc = RecommenderService(arts, open_store(store_url), load_bundle(arts, cfg))
+    ab, il = cfg.experiments
+    try:
+        # both ranker versions are loaded side by side, once, and the arms that change only
+        # request-time settings share the live bundle's artifacts
+        assert svc._arms["ab1/treat"].bundle.versions["ranker"] == second
+        assert svc._arms["ab1/control"].bundle.ranker is svc.bundle.ranker
+        assert svc._arms["il1/b"].bundle.index is svc.bundle.index
+        answers, posted, own_lists = asyncio.run(_traffic(svc, ab))
+    finally:
+        svc.close()
+
+    by_exp: dict[str | None, list[dict[str, Any]]] = {}
+    for rec in answers:
+        assert rec["request_id"] and len(rec["items"]) == 10
+        by_exp.setdefault(rec["experiment"], []).append(rec)
+    assert set(by_exp) == {"ab1", "il1"}, "every user is in one of the two experiments (they cover all users)"
+    assert len(by_exp["ab1"]) > 20 and len(by_exp["il1"]) > 20
+    for rec in by_exp["ab1"]:
+        assert rec["variant"] == ab.variant_of(rec["user_id"]).name, "the variant follows the stable hash"
+        assert all(it["team"] is None for it in rec["items"])
+    for rec in by_exp["il1"]:
+        assert rec["variant"] == "interleaved"
+        a_list, b_list = own_lists[rec["user_id"]]
+        for team, own in (("a", a_list), ("b", b_list)):
+            picked = [it["movie_id"] for it in rec["items"] if it["team"] == team]
+            assert picked == [m for m in own if m in picked], "a team's items come from its arm's list, in its order"
+        counts = [sum(it["team"] == t for it in rec["items"]) for t in ("a", "b")]
+        assert abs(counts[0] - counts[1]) <= 1, counts
+        scores = [it["score"] for it in rec["items"]]
+        assert scores == sorted(scores, reverse=True)
+    assert len({r["variant"] for r in by_exp["ab1"]}) == 2
+
+    store = open_store(store_url)
+    try:
+        logged = store.read_log(IMPRESSIONS_LOG)
+        assert len(logged) == len(answers) + 1, "every served list is logged (and the one asked twice)"
+        got_ab = analyze(store, "ab1")
+        got_il = analyze(store, "il1")
+    finally:
+        store.close()
+    # A/B: each variant's impressions and clicks are exactly what was served and posted
+    for variant in ("control", "treat"):
+        row = got_ab["ab"]["variants"][variant]
+        assert row["impressions"] == sum(r["variant"] == variant for r in by_exp["ab1"]) + (variant == posted["repeat_variant"])
+        assert row["clicks"] == posted["ab"][variant], (variant, row)
+        assert 0 < row["ctr"]["value"] < 1 and row["ctr"]["se"] > 0
+    assert set(got_ab["ab"]["comparisons"]) == {"treat"} and 0 <= got_ab["ab"]["comparisons"]["treat"]["ctr"]["p_value"] <= 1
+    assert got_ab["ab"]["srm"]["mismatch"] is False
+    events = got_ab["totals"]["events"]
+    assert events["attributed"]["request"] == sum(posted["ab"].values())
+    assert events["unattributed"]["unknown_request"] == 1, "an event naming an unknown request id is stored and counted"
+    # interleaving: every click went to team b, so b wins every impression with a click
+    pref = got_il["interleave"]["clicks"]["per_impression"]
+    assert pref["wins_b"] == posted["il_clicked"] and pref["wins_a"] == 0, pref
+    assert pref["p_value"] < 0.05
+
+    # the analysis job writes its report where the app serves it
+    rc = experiment_job.main(["--name", "il1", "--store", store_url, "--artifacts", arts])
+    assert rc == 0
+    assert (Path(arts) / "reports" / "experiments" / "il1.html").exists()
+    svc2 = RecommenderService(arts, open_store(store_url), load_bundle(arts, ServingConfig()))
+    try:
+        page, missing = asyncio.run(_get_reports(svc2))
+    finally:
+        svc2.close()
+    assert page.status_code == 200 and "il1" in page.text
+    assert missing.status_code == 404 and "pipelines.experiment" in missing.json()["error"]
+
+
+async def _traffic(svc: RecommenderService, ab: Experiment) -> tuple[list[dict[str, Any]], dict[str, Any], dict[int, tuple[list[int], list[int]]]]:
+    """Ask every user's list through the HTTP app, click the top item of treat's lists (and of every
+    other control list), click team b's first item in interleaved lists."""
+    answers: list[dict[str, Any]] = []
+    posted: dict[str, Any] = {"ab": {"control": 0, "treat": 0}, "il_clicked": 0}
+    own: dict[int, tuple[list[int], list[int]]] = {}
+    transport = httpx.ASGITransport(app=create_app(svc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        for u in range(1, N_USERS + 1):
+            rec = (await c.get(f"/recommend?user_id={u}&k=10")).json()
+            answers.append(rec)
+            click = None
+            if rec["experiment"] == "ab1":
+                if rec["variant"] == "treat" or u % 2 == 0:
+                    click = rec["items"][0]["movie_id"]
+                    posted["ab"][rec["variant"]] += 1
+            else:
+                a = await svc.recommend_as("il1/a", u, 10)
+                b = await svc.recommend_as("il1/b", u, 10)
+                own[u] = ([it.movie_id for it in a.items], [it.movie_id for it in b.items])
+                first_b = [it["movie_id"] for it in rec["items"] if it["team"] == "b"]
+                if first_b:
+                    click = first_b[0]
+                    posted["il_clicked"] += 1
+            if click is not None:
+                r = await c.post("/events", json={"kind": "click", "user_id": u, "movie_id": click, "request_id": rec["request_id"]})
+                assert r.status_code == 200, r.text
+        # an event naming a request id no list had: stored, counted as unattributed
+        user = next(r["user_id"] for r in answers if r["experiment"] == "ab1")
+        r = await c.post("/events", json={"kind": "click", "user_id": user, "movie_id": answers[0]["items"][0]["movie_id"],
+                                          "request_id": "no-such-request"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        r = await c.post("/events", json={"kind": "click", "user_id": 1, "movie_id": 1, "request_id": "bad id!"})
+        assert r.status_code == 422 and r.json()["field"] == "request_id"
+        # one more list for an A/B user, not clicked
+        again = (await c.get(f"/recommend?user_id={user}&k=10")).json()
+        posted["repeat_variant"] = again["variant"]
+    assert await svc.flush_impressions()
+    return answers, posted, own
+
+
+async def _get_reports(svc: RecommenderService) -> tuple[httpx.Response, httpx.Response]:
+    from rayrec.reports import add_report_route
+
+    app = create_app(svc)
+    add_report_route(app, svc.artifacts)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        return await c.get("/report/experiments/il1"), await c.get("/report/experiments/nope")
+
+
+def test_bad_experiment_config_is_refused_by_a_live_service(scratch) -> None:
+    """A reconfigure with a bad experiment is refused and the live config keeps serving."""
+    arts, store_url, second = scratch
+    svc = RecommenderService(arts, open_store(store_url), load_bundle(arts, ServingConfig()))
+    try:
+        bad = config("gone")
+        with pytest.raises(ValueError, match="ranker_version"):
+            asyncio.run(svc.reconfigure(bad))
+        assert svc.bundle.config.experiments == []
+        with pytest.raises(ValidationError, match="sum to 1"):
+            ServingConfig.model_validate({"experiments": [{"name": "x", "variants": [
+                {"name": "a", "weight": 0.7}, {"name": "b", "weight": 0.7}]}]})  # fmt: skip
+        asyncio.run(svc.reconfigure(config(second)))
+        assert sorted(svc._arms) == ["ab1/control", "ab1/treat", "il1/a", "il1/b"]
+    finally:
+        svc.close()
