@@ -1,7 +1,7 @@
 """The ``rayrec`` command: one entry point for the jobs.
 
     rayrec run [--dataset auto] [--port 8000] …       # = python -m pipelines.main
-    rayrec features|train|index|serve|evaluate|replay|synthetic [options]
+    rayrec features|train|index|serve|evaluate|experiment|simulate|replay|synthetic [options]
     rayrec <command> --help                           # that job's options, with their defaults
 
 Each command is the job of the same name (``python -m pipelines.<job>`` keeps working); arguments
@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("pipelines.index", "item embeddings → faiss index; --evaluate for per-path recall"),
     "serve": ("pipelines.serve", "deploy the recommender on Ray Serve (--blocking: until Ctrl-C)"),
     "evaluate": ("pipelines.evaluate", "end-to-end evaluation of the published models and index"),
+    "experiment": ("pipelines.experiment", "analyse an online experiment (A/B or interleaving) from the logged impressions and events"),
+    "simulate": ("pipelines.simulate", "users needed by A/B testing vs interleaving, on simulated users with known tastes"),
     "replay": ("pipelines.replay", "merge the online event log into a MovieLens folder for the next training"),
     "synthetic": ("pipelines.synthetic", "generate a synthetic MovieLens-like dataset"),
 }

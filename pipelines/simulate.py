@@ -22,6 +22,7 @@ import json
 import sqlite3
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from pipelines._common import HelpFormatter, artifacts_arg, setup_logging
 
-DEFAULT_PAIRS = {
+DEFAULT_PAIRS: dict[str, dict[str, Any]] = {
     "rank-only": {"rank_weight": 1.0},
     "no-ranker": {"ranker_version": None},
 }
@@ -137,8 +138,8 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
             for click in models:
                 lists = served_lists(pool, ids_a, ids_b, truth, click, draws=args.draws)
                 qa, qb = true_quality(lists.p_a), true_quality(lists.p_b)
-                n_ab, tried_ab = users_needed(lambda n, s=lists: power_ab(s, n, args.trials, seed=args.seed))
-                n_il, tried_il = users_needed(lambda n, s=lists: power_interleaving(s, n, args.trials, seed=args.seed))
+                n_ab, tried_ab = users_needed(partial(_power, power_ab, lists, args.trials, args.seed))
+                n_il, tried_il = users_needed(partial(_power, power_interleaving, lists, args.trials, args.seed))
                 rows.append({
                     "pair": name, "engagement": click.engagement, "overrides_b": pairs[name], "quality_a": qa,
                     "quality_b": qb, "gap_relative": (qb - qa) / qa if qa else None,
@@ -183,6 +184,10 @@ async def _online(args: argparse.Namespace, pair: tuple[str, dict[str, Any]], tr
                 "ab": analyze(svc.store, f"online-ab-{name}"), "interleave": analyze(svc.store, f"online-il-{name}")}  # fmt: skip
     finally:
         svc.close()
+
+
+def _power(fn: Any, lists: Any, trials: int, seed: int, n: int) -> float:
+    return float(fn(lists, n, trials, seed=seed))
 
 
 def _table(result: dict[str, Any]) -> str:
