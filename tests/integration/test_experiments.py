@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,67 @@ def test_bad_experiment_config_is_refused_by_a_live_service(scratch) -> None:
         assert sorted(svc._arms) == ["ab1/control", "ab1/treat", "il1/a", "il1/b"]
     finally:
         svc.close()
+
+
+def test_page_shows_the_variant_and_counts_a_click_for_its_list(scratch, tmp_path) -> None:
+    """The "guess you like" page under an interleaving experiment: it says so, marks each item's team,
+    and a click on an item is posted with the list's request id."""
+    from test_web_page import CHROMIUM, Page
+
+    if CHROMIUM is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    import threading
+
+    import uvicorn
+
+    from rayrec.realtime import EVENTS_LOG
+
+    arts, store_url, _ = scratch
+    cfg = ServingConfig.model_validate({"experiments": [{"name": "page-il", "mode": "interleave", "variants": [
+        {"name": "a"}, {"name": "b", "overrides": {"rank_weight": 1.0}}]}]})  # fmt: skip
+    svc = RecommenderService(arts, open_store(store_url), load_bundle(arts, cfg))
+    server = uvicorn.Server(uvicorn.Config(create_app(svc), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    page = None
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        page = Page(tmp_path / "chromium")
+        page.send("Page.navigate", url=f"http://127.0.0.1:{port}/?user_id=7")
+        page.wait("document.querySelectorAll('#recs li.item').length >= 10")
+        assert page.js("document.getElementById('variant').textContent").startswith("experiment page-il: interleaved (")
+        teams = page.js("[...document.querySelectorAll('#recs li.item .team')].map(e => e.textContent)")
+        assert len(teams) == 10 and set(teams) <= {"a", "b"}
+        movie = int(page.js("document.querySelector('#recs li.item').dataset.movieId"))
+        page.js("document.querySelector('#recs li.item').click()")
+        page.wait("document.querySelectorAll('#similar li.item').length > 0")
+        store = open_store(store_url)
+        try:
+            deadline = time.monotonic() + 10
+            clicks: list[dict[str, Any]] = []
+            while not clicks and time.monotonic() < deadline:
+                clicks = [r for _, r in store.read_log(EVENTS_LOG) if r.get("user_id") == 7 and r.get("movie_id") == movie
+                          and r.get("kind") == "click" and r.get("request_id")]  # fmt: skip
+                time.sleep(0.1)
+        finally:
+            store.close()
+        assert clicks, "the click on the list was posted with its request id"
+        shown = [r for _, r in store_read(store_url, IMPRESSIONS_LOG) if r["request_id"] == clicks[-1]["request_id"]]
+        assert shown and movie in shown[0]["items"] and shown[0]["experiment"] == "page-il"
+    finally:
+        if page is not None:
+            page.close()
+        server.should_exit = True
+        thread.join(10)
+        svc.close()
+
+
+def store_read(url: str, log: str) -> list[tuple[str, dict[str, Any]]]:
+    store = open_store(url)
+    try:
+        return store.read_log(log)
+    finally:
+        store.close()
