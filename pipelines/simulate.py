@@ -21,6 +21,7 @@ import asyncio
 import json
 import sqlite3
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engagement", type=float, action="append",
                    help="click models to run: 0 = every user alike, e > 0 = users click in proportion to "
                         "(activity / median) ** e (repeatable; default: 0 and 0.5)")  # fmt: skip
+    p.add_argument("--sessions", type=int, action="append",
+                   help="lists each user sees during the experiment (repeatable; default: 1 and 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -124,7 +127,8 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
     rng = np.random.default_rng(args.seed)
     n_pool = len(truth.user_bias)
     pool = np.sort(rng.choice(np.arange(1, n_pool + 1), size=min(args.users, n_pool), replace=False))
-    store = out / "simulation-store.sqlite"
+    scratch = tempfile.TemporaryDirectory(prefix="rayrec-simulation-")
+    store = Path(scratch.name) / "store.sqlite"
     _copy_store(Path(artifacts) / "online" / "store.sqlite", store)
     experiments = [{"name": f"sim-{name}", "mode": "interleave", "users": [i / len(pairs), (i + 1) / len(pairs)],
                     "variants": [{"name": "a"}, {"name": "b", "overrides": o}]} for i, (name, o) in enumerate(pairs.items())]  # fmt: skip
@@ -135,13 +139,13 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
             t = time.perf_counter()
             ids_a, ids_b = await collect_lists(svc, (f"sim-{name}/a", f"sim-{name}/b"), pool, k=args.k)
             served_s = time.perf_counter() - t
-            for click in models:
+            for click, sessions in ((c, s) for c in models for s in (args.sessions or [1, 5])):
                 lists = served_lists(pool, ids_a, ids_b, truth, click, draws=args.draws)
                 qa, qb = true_quality(lists.p_a), true_quality(lists.p_b)
-                n_ab, tried_ab = users_needed(partial(_power, power_ab, lists, args.trials, args.seed))
-                n_il, tried_il = users_needed(partial(_power, power_interleaving, lists, args.trials, args.seed))
+                n_ab, tried_ab = users_needed(partial(_power, power_ab, lists, args.trials, args.seed, sessions))
+                n_il, tried_il = users_needed(partial(_power, power_interleaving, lists, args.trials, args.seed, sessions))
                 rows.append({
-                    "pair": name, "engagement": click.engagement, "overrides_b": pairs[name], "quality_a": qa,
+                    "pair": name, "engagement": click.engagement, "sessions": sessions, "overrides_b": pairs[name], "quality_a": qa,
                     "quality_b": qb, "gap_relative": (qb - qa) / qa if qa else None,
                     "overlap_at_k": lists.meta["overlap_at_k"], "users_ab": n_ab, "users_interleaving": n_il,
                     "ratio": (n_ab / n_il) if n_ab and n_il else None,
@@ -149,13 +153,16 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
                     "power_interleaving": {str(k): v for k, v in sorted(tried_il.items())},
                     "lists_served_s": round(served_s, 1),
                 })  # fmt: skip
-                print(f"{name} (engagement {click.engagement:g}): true clicks/list a {qa:.4f} b {qb:.4f}; "
+                print(f"{name} (engagement {click.engagement:g}, {sessions} session(s)): true clicks/list a {qa:.4f} b {qb:.4f}; "
                       f"users needed A/B {n_ab}, interleaving {n_il}", flush=True)  # fmt: skip
     finally:
         svc.close()
     online = None
-    if args.online_users > 0:
-        online = await _online(args, next(iter(pairs.items())), truth, artifacts, store, models[-1])
+    try:
+        if args.online_users > 0:
+            online = await _online(args, next(iter(pairs.items())), truth, artifacts, store, models[-1])
+    finally:
+        scratch.cleanup()
     return {"click_model": {k: v for k, v in vars(models[0]).items() if k != "engagement"}, "trials": args.trials, "users_simulated": len(pool), "k": args.k,
             "alpha": 0.05, "power": 0.8, "pairs": rows, "online": online}  # fmt: skip
 
@@ -186,17 +193,17 @@ async def _online(args: argparse.Namespace, pair: tuple[str, dict[str, Any]], tr
         svc.close()
 
 
-def _power(fn: Any, lists: Any, trials: int, seed: int, n: int) -> float:
-    return float(fn(lists, n, trials, seed=seed))
+def _power(fn: Any, lists: Any, trials: int, seed: int, sessions: int, n: int) -> float:
+    return float(fn(lists, n, trials, seed=seed, sessions=sessions))
 
 
 def _table(result: dict[str, Any]) -> str:
-    lines = ["| pair (b vs defaults) | engagement | true clicks/list a | b | gap | users A/B | users interleaving | ratio |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| pair (b vs defaults) | engagement | sessions | true clicks/list a | b | gap | users A/B | users interleaving | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["pairs"]:
         gap = f"{r['gap_relative']:+.1%}" if r["gap_relative"] is not None else "-"
         ratio = f"{r['ratio']:.0f}×" if r["ratio"] else "-"
-        lines.append(f"| {r['pair']} | {r['engagement']:g} | {r['quality_a']:.4f} | {r['quality_b']:.4f} | {gap} | {r['users_ab'] or '> 2M'} | "
+        lines.append(f"| {r['pair']} | {r['engagement']:g} | {r['sessions']} | {r['quality_a']:.4f} | {r['quality_b']:.4f} | {gap} | {r['users_ab'] or '> 2M'} | "
                      f"{r['users_interleaving'] or '> 2M'} | {ratio} |")  # fmt: skip
     return "\n".join(lines)
 

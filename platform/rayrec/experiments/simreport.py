@@ -14,7 +14,7 @@ __all__ = ["write_simulation"]
 
 
 def _power_plot(row: dict[str, Any]) -> str:
-    fig, ax = _figure(f"power: {row['pair']}, engagement {row['engagement']:g}")
+    fig, ax = _figure(f"power: {row['pair']}, engagement {row['engagement']:g}, {row['sessions']} session(s)")
     for key, label in (("power_ab", "A/B test"), ("power_interleaving", "interleaving")):
         pts = sorted((int(n), p) for n, p in row[key].items())
         if pts:
@@ -24,7 +24,7 @@ def _power_plot(row: dict[str, Any]) -> str:
     ax.set_xlabel("users")
     ax.set_ylabel("share of trials that found the better variant")
     gap = f"true gap {row['gap_relative']:+.1%}" if row["gap_relative"] is not None else ""
-    ax.set_title(f"{row['pair']} (engagement {row['engagement']:g}) {gap}")
+    ax.set_title(f"{row['pair']} (engagement {row['engagement']:g}, {row['sessions']} session(s)) {gap}", fontsize=9)
     ax.legend()
     return _png(fig)
 
@@ -47,10 +47,10 @@ def write_simulation(result: dict[str, Any], out_dir: str) -> dict[str, str]:
     paths = {"json": os.path.join(out_dir, "simulation.json"), "html": os.path.join(out_dir, "simulation.html")}
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=str)
-    rows = [[r["pair"], r["engagement"], r["quality_a"], r["quality_b"], f"{r['gap_relative']:+.2%}" if r["gap_relative"] is not None else "-",
+    rows = [[r["pair"], r["engagement"], r["sessions"], r["quality_a"], r["quality_b"], f"{r['gap_relative']:+.2%}" if r["gap_relative"] is not None else "-",
              r["users_ab"] or "> 2M", r["users_interleaving"] or "> 2M", f"{r['ratio']:.1f}×" if r["ratio"] else "-"]
             for r in result["pairs"]]  # fmt: skip
-    table = _table(rows, ["pair (b vs defaults)", "engagement", "true clicks/list a", "b", "gap", "users A/B", "users interleaving", "ratio"])
+    table = _table(rows, ["pair (b vs defaults)", "engagement", "sessions", "true clicks/list a", "b", "gap", "users A/B", "users interleaving", "ratio"])
     cm = result["click_model"]
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rayrec: A/B vs interleaving</title><style>{_CSS}</style>"

@@ -99,40 +99,52 @@ def true_quality(p: np.ndarray) -> float:
     return float(p.sum(axis=-1).mean())
 
 
-def power_ab(lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.05, seed: int = 0) -> float:
-    """Share of trials in which an A/B test on ``n_users`` (half per arm, by a fair coin) finds the
-    truly better arm (significant at ``alpha``, right direction)."""
-    rng = np.random.default_rng([seed, n_users, 1])
+def power_ab(lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.05, seed: int = 0, sessions: int = 1) -> float:
+    """Share of trials in which an A/B test on ``n_users`` (half per arm, by a fair coin; each user
+    sees their arm's list ``sessions`` times) finds the truly better arm (significant at ``alpha``,
+    right direction). The metric is CTR per list, clustered by user (the analysis job's)."""
+    rng = np.random.default_rng([seed, n_users, sessions, 1])
     better_b = true_quality(lists.p_b) > true_quality(lists.p_a)
     wins = 0
     for _ in range(trials):
         idx = rng.integers(0, len(lists.users), n_users)
         to_b = rng.random(n_users) < 0.5
         p = np.where(to_b[:, None], lists.p_b[idx], lists.p_a[idx])  # (n, k)
-        clicks = (rng.random(p.shape) < p).sum(axis=1).astype(np.float64)  # one impression per user
-        ones = np.ones(n_users)
+        clicks = np.zeros(n_users)
+        for _ in range(sessions):
+            clicks += (rng.random(p.shape) < p).sum(axis=1)
+        shown = np.full(n_users, float(sessions))
         if to_b.sum() < 2 or (~to_b).sum() < 2:
             continue
-        c = compare(ratio_metric(clicks[to_b], ones[to_b]), ratio_metric(clicks[~to_b], ones[~to_b]), alpha=alpha)
+        c = compare(ratio_metric(clicks[to_b], shown[to_b]), ratio_metric(clicks[~to_b], shown[~to_b]), alpha=alpha)
         if c.p_value < alpha and (c.difference > 0) == better_b:
             wins += 1
     return wins / trials
 
 
-def power_interleaving(lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.05, seed: int = 0) -> float:
-    """Share of trials in which interleaving on ``n_users`` (one interleaved list each) finds the
-    truly better arm (sign test significant at ``alpha``, the better arm's team wins more)."""
-    rng = np.random.default_rng([seed, n_users, 2])
+def power_interleaving(
+    lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.05, seed: int = 0, sessions: int = 1
+) -> float:
+    """Share of trials in which interleaving on ``n_users`` (an interleaved list per session, a new
+    team draft each time) finds the truly better arm: the sign test over users, each user's
+    preference the sign of their summed credit difference (per impression when ``sessions`` is 1),
+    significant at ``alpha`` with the better arm's team ahead."""
+    rng = np.random.default_rng([seed, n_users, sessions, 2])
     better_b = true_quality(lists.p_b) > true_quality(lists.p_a)
     u_n, draws, _ = lists.p_inter.shape
     wins = 0
     for _ in range(trials):
         idx = rng.integers(0, u_n, n_users)
-        d = rng.integers(0, draws, n_users)
-        p = lists.p_inter[idx, d]  # (n, k)
-        team = lists.team_inter[idx, d]
-        clicks = rng.random(p.shape) < p
-        pref = interleaving_preference((clicks & (team == 0)).sum(axis=1), (clicks & (team == 1)).sum(axis=1))
+        credit_a = np.zeros(n_users)
+        credit_b = np.zeros(n_users)
+        for _ in range(sessions):
+            d = rng.integers(0, draws, n_users)
+            p = lists.p_inter[idx, d]  # (n, k)
+            team = lists.team_inter[idx, d]
+            clicks = rng.random(p.shape) < p
+            credit_a += (clicks & (team == 0)).sum(axis=1)
+            credit_b += (clicks & (team == 1)).sum(axis=1)
+        pref = interleaving_preference(credit_a, credit_b)
         if pref.p_value < alpha and (pref.wins_b > pref.wins_a) == better_b:
             wins += 1
     return wins / trials

@@ -78,6 +78,9 @@ class ServingConfig(BaseModel):
     )
     generation: int = Field(default=0, description="bump to re-resolve 'latest' with no other change")
     impressions: bool = Field(default=True, description="log every served list to the store's impressions log")
+    impressions_maxlen: int | None = Field(
+        default=None, ge=1000, description="keep about this many of the newest impressions in the log (None: all)"
+    )
     experiments: list[Experiment] = Field(
         default_factory=list, description="A/B tests and interleaving experiments (rayrec.experiments.config)"
     )

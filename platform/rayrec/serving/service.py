@@ -276,7 +276,7 @@ class RecommenderService:
         await self.guard.write(self._append_log, records)
 
     def _append_log(self, records: list[dict[str, Any]]) -> list[str]:
-        return self.store.append_log(IMPRESSIONS_LOG, records)
+        return self.store.append_log(IMPRESSIONS_LOG, records, maxlen=self._core.bundle.config.impressions_maxlen)
 
     async def flush_impressions(self, timeout_s: float = 10.0) -> bool:
         """Write the queued impression records now; True when none is left queued."""
