@@ -47,7 +47,7 @@ async def measure(artifacts: str, store: str, requests: int, rounds: int, users:
                for name, svc in services.items()}  # fmt: skip
     took: dict[str, list[float]] = {name: [] for name in CONFIGS}
     try:
-        for name, c in clients.items():  # warm up: caches, traced forwards
+        for c in clients.values():  # warm up: caches, traced forwards
             for u in users[:20]:
                 (await c.get(f"/recommend?user_id={u}&k=10")).raise_for_status()
         for r in range(rounds):
