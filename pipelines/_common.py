@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from rayrec.config import default_artifacts
+from rayrec.runtime import init_ray
+
+__all__ = ["HelpFormatter", "add_common_args", "artifacts_arg", "setup_logging", "init_ray", "load_data"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -35,24 +37,6 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-
-
-def init_ray(address: str | None = None, ingress: str | None = None, **kwargs) -> None:
-    """Join the cluster a job was submitted to (``ray job submit`` sets RAY_ADDRESS) or ``--address``,
-    else start a local Ray for this job, whose Serve uses the ``ingress`` front door
-    (:mod:`rayrec.serving.ingress`; None: ``RAYREC_INGRESS``, else ``auto``)."""
-    import ray
-
-    from rayrec.serving.ingress import apply_ingress
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kwargs)
-    else:  # a Ray of this job's own: never attach to whatever cluster happens to run on this machine
-        apply_ingress(ingress)  # read by Serve's controller from the environment it inherits
-        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 def load_data(name: str):  # noqa: ANN201

@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, load_data, setup_logging
 from rayrec import uri
 from rayrec.config import configured_store_url
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--online-store", default=None,
                         help="load the latest features into this store URL ('default': RAYREC_STORE_URL, else the embedded "
                         "SQLite; when the flag is absent and RAYREC_STORE_URL is set, the features load there)")
-    parser.add_argument("--threshold", type=float, default=3.5, help="label = rating >= threshold")
+    parser.add_argument("--threshold", type=float, default=LABEL_THRESHOLD, help="label = rating >= threshold")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="each user's last fraction of ratings is test")
     parser.add_argument("--min-ratings", type=int, default=5, help="users with fewer ratings stay in train")
     parser.add_argument("--num-blocks", type=int, default=None, help="hash partitions (default: by data size)")

@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.evaluate or args.evaluate_only:
             emb_source = index.meta.get("embeddings") or {}
             version = emb_source.get("features_version") or args.features_version
-            from rayrec import uri
+            from rayrec.features.spec import features_path
 
-            features = uri.resolve_version(uri.join(artifacts, "features"), version)
+            features = features_path(artifacts, version)
             report = run_offline(artifacts, index, rcfg, features_path=features, k=args.k, use_tower=not args.no_tower)
             print(format_report(report), flush=True)
     except (FileNotFoundError, ValueError) as e:

@@ -230,8 +230,8 @@ class Ranker(_Stage):
 class Reranker(_Stage):
     """Rerank stage: MMR, freshness, popularity, business rules, reasons."""
 
-    async def finish(self, recalled: Recalled, ranked: Ranked) -> Recommendation:
-        return self.service.core_for(recalled.arm).finish(recalled, ranked)
+    async def rerank(self, recalled: Recalled, ranked: Ranked) -> Recommendation:
+        return self.service.core_for(recalled.arm).rerank(recalled, ranked)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10, health_check_timeout_s=30)
@@ -262,7 +262,7 @@ class Ingress(_Stage):
         if recall is not None:
             svc.recall_fn = lambda uid, k, ctx, arm: recall.recall.remote(uid, k, ctx, arm)  # type: ignore[assignment,return-value]
         if reranker is not None:
-            svc.finish_fn = lambda r, ranked: reranker.finish.remote(r, ranked)  # type: ignore[assignment,return-value]
+            svc.rerank_fn = lambda r, ranked: reranker.rerank.remote(r, ranked)  # type: ignore[assignment,return-value]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def rank(self, batch: list[Recalled]) -> list[Ranked]:

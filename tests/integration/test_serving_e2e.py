@@ -339,7 +339,7 @@ def test_hot_swap_to_other_weights_fails_no_request(serving_app, users) -> None:
 def test_overload_is_refused_with_503_and_retry_after(redis_serving) -> None:
     """More concurrent requests than the replica admits (the Redis app admits 2 and queues 1): the
     rest are refused at once with 503 and ``Retry-After``, not left to time out."""
-    from rayrec.serving.loadgen import load
+    from loadgen import load
 
     url = redis_serving.app.url
     result: dict[str, Any] = {}

@@ -129,9 +129,9 @@ def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
     found, cand = b.index.vectors(r.ids)
     emb = np.where(found, (cand @ b.index.vectors(list(fresh))[1].T).max(axis=1), -1.0)
     want = 0.5 * pct(ranked.scores) + 0.5 * pct((pct(gcos) + pct(emb)) / 2)
-    got = core.finish(replace(r, fresh=fresh, seen=frozenset()), ranked)
+    got = core.rerank(replace(r, fresh=fresh, seen=frozenset()), ranked)
     assert [i.movie_id for i in got.items] == r.ids[np.argsort(-want, kind="stable")][:30].tolist()
-    plain = core.finish(replace(r, seen=frozenset()), ranked)  # no fresh likes: the ranker's order
+    plain = core.rerank(replace(r, seen=frozenset()), ranked)  # no fresh likes: the ranker's order
     assert [i.movie_id for i in plain.items] == r.ids[np.argsort(-ranked.scores, kind="stable")][:30].tolist()
     # the ranker's last pick, made unknown to the catalog (an item added live), takes the recall
     # order's place instead: first when it is first in the recall order
@@ -139,7 +139,7 @@ def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
     order = np.r_[worst, np.delete(np.arange(n), worst)]
     live = r.ids[order].copy()
     live[0] = int(cat.movie_ids.max()) + 1
-    moved = core.finish(replace(r, ids=live, paths=[r.paths[i] for i in order], seen=frozenset()),
+    moved = core.rerank(replace(r, ids=live, paths=[r.paths[i] for i in order], seen=frozenset()),
                         replace(ranked, rows=[ranked.rows[i] for i in order], scores=ranked.scores[order]))  # fmt: skip
     ids = [i.movie_id for i in moved.items]
     assert live[0] in ids[:2], (live[0], ids[:5])  # from last to (tied) first

@@ -8,7 +8,7 @@ with the ratios (a)/(b) and (a)/(c). Every app is deployed at once on one local 
 its own route prefix, and the measurements are interleaved (round by round, concurrency by
 concurrency, target by target, the in-process floor included), so background load on a shared
 machine hits all targets alike; each row is the median over ``--rounds``. The load generator is a
-closed loop over keep-alive connections on 127.0.0.1 (rayrec.serving.loadgen); a 503 is counted, not
+closed loop over keep-alive connections on 127.0.0.1 (tests/loadgen.py); a 503 is counted, not
 retried early. Last, ``--overload`` connections hit the first app, with clients that retry a 503 at
 once and with clients that wait 100 ms first: excess load must be refused with 503s, not time out.
 
@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: serve_apps, pipelines
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the load generator
 
-from rayrec.serving.loadgen import LoadResult, load  # noqa: E402
+from loadgen import LoadResult, load  # noqa: E402
 
 
 def free_port() -> int:
@@ -77,7 +78,7 @@ class InProcess:
         self.batch = batch
 
     def load(self, concurrency: int, seconds: float, warmup: float) -> LoadResult:
-        from rayrec.serving.batching import MicroBatcher
+        from batching import MicroBatcher
 
         svc, ids = self.svc, self.ids
         # as the fused ingress ranks: each request directly, or batched across callers (bound to this run's loop)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rayrec.realtime import EventAck
 from rayrec.serving import ServingConfig, create_app
 from rayrec.serving.api import Health, Movie, Recommendation, RecommendedItem, SimilarMovies, UserProfile
-from rayrec.serving.batching import MicroBatcher
+from batching import MicroBatcher
 from rayrec.serving.events import InvalidEvent, ServiceUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -99,7 +99,7 @@ class _Collector:
             t = time.perf_counter()
             recalled = await svc.recall_local(int(u), k)
             ranked = await svc.rank_local(recalled)
-            final = core.finish(recalled, ranked)
+            final = core.rerank(recalled, ranked)
             self.took_ms.append((time.perf_counter() - t) * 1e3)
             long = await svc.recommend(int(u), kl)
             self.degraded += int(long.degraded or ranked.scores is None)
@@ -136,7 +136,7 @@ class _Collector:
             cfg = cfg.model_copy(update=change)
         core.bundle = live.with_config(cfg)
         try:
-            lists = [[it.movie_id for it in core.finish(r, rk).items] for r, rk in self.requests]
+            lists = [[it.movie_id for it in core.rerank(r, rk).items] for r, rk in self.requests]
         finally:
             core.bundle = live
         return metrics(pack_lists(lists, self.cfg.k))

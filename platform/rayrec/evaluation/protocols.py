@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 import numpy as np
 import pandas as pd
 
@@ -32,7 +33,7 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "temporal": Protocol("temporal", 0.2, 3.5),
+    "temporal": Protocol("temporal", 0.2, LABEL_THRESHOLD),
     "random": Protocol("random", 0.25, None),
 }
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec import uri
 from rayrec.experiments.impressions import IMPRESSIONS_LOG  # one record per served list, written by serving
 from rayrec.experiments.stats import RatioEstimate, compare, interleaving_preference, ratio_metric, srm_test
@@ -52,7 +53,7 @@ __all__ = ["IMPRESSIONS_LOG", "CLOCK_SKEW_S", "LIKE_THRESHOLD", "analyze", "writ
 CLOCK_SKEW_S = 5.0
 #: a rating at or above this is a like: the features job's default label threshold (pass the
 #: FeatureSpec's ``label_threshold`` when the features were built with another)
-LIKE_THRESHOLD = 3.5
+LIKE_THRESHOLD = LABEL_THRESHOLD
 _PAGE = 10_000
 _COUNTS = ("impressions", "clicks", "ratings", "likes", "degraded")  # per variant and user
 _EVENT_COLUMNS = ["kind", "user_id", "movie_id", "value", "timestamp", "event_id", "request_id"]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec.data.synthetic import Truth
 from rayrec.experiments.interleave import seed_of, team_draft
 from rayrec.experiments.stats import compare, interleaving_preference, ratio_metric
@@ -47,7 +48,7 @@ class ClickModel:
     """Position-based clicks (see the module docstring)."""
 
     eta: float = 1.0
-    threshold: float = 3.5
+    threshold: float = LABEL_THRESHOLD  # the expected rating at which an item is half as attractive as it can be
     scale: float = 0.5
     max_attraction: float = 0.5
     engagement: float = 0.0

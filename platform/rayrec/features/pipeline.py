@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec import uri
 from rayrec.config import default_artifacts
 from rayrec.data.movielens import MovieLens
@@ -47,7 +48,7 @@ class FeaturesConfig:
     """Knobs of the feature job; every default runs on one laptop."""
 
     artifacts: str = field(default_factory=default_artifacts)
-    threshold: float = 3.5  # label = rating ≥ threshold
+    threshold: float = LABEL_THRESHOLD  # label = rating ≥ threshold
     test_fraction: float = 0.2  # each user's last fraction of ratings (by time) is test
     min_ratings: int = 5  # users with fewer ratings stay entirely in train
     num_blocks: int | None = None  # hash partitions; None → about ROWS_PER_BLOCK rows each

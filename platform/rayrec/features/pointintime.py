@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 SENTINEL_TS = np.iinfo(np.int64).max  # "after every rating": a sentinel sees a key's whole history
+LABEL_THRESHOLD = 3.5  # the default label: a rating at or above it is a positive (the spec records the one used)
 N_USER_GENRES = 5
 N_RECENT_ITEMS = 5
 N_ITEM_GENRES = 3
@@ -151,7 +152,7 @@ def user_pass(
     batch: pd.DataFrame,
     movies: pd.DataFrame,
     *,
-    threshold: float = 3.5,
+    threshold: float = LABEL_THRESHOLD,
     test_fraction: float = 0.2,
     min_ratings: int = 5,
     sentinels: bool = True,

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayrec import uri
-from rayrec.features.pointintime import N_ITEM_GENRES, N_RECENT_ITEMS, N_USER_GENRES
+from rayrec.features.pointintime import LABEL_THRESHOLD, N_ITEM_GENRES, N_RECENT_ITEMS, N_USER_GENRES
 
 __all__ = [
     "PAD",
@@ -36,6 +36,9 @@ __all__ = [
     "USER_NUMERIC",
     "ITEM_NUMERIC",
     "BUCKETED",
+    "LABEL_THRESHOLD",
+    "features_path",
+    "load_spec",
 ]
 
 PAD, OOV = 0, 1  # index 0: padding / missing value; index 1: a value not seen in training
@@ -358,3 +361,21 @@ def _col(df: pd.DataFrame | Mapping[str, Any], name: str) -> Any:
     except KeyError:
         raise KeyError(f"feature {name!r} missing from the rows to encode") from None
     return col.to_numpy() if isinstance(col, pd.Series) else col
+
+
+def features_path(artifacts: str, version: str | None = "latest") -> str:
+    """``<artifacts>/features/<version>`` ("latest" or None: the LATEST pointer): the one place a
+    features version is resolved; a clear error when it is absent."""
+    root = uri.join(artifacts, "features")
+    try:
+        return uri.resolve_version(root, version)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no features version {version!r} under {root}: run `python -m pipelines.features "
+            f"--artifacts {artifacts}` first"
+        ) from None
+
+
+def load_spec(artifacts: str, version: str | None = "latest") -> FeatureSpec:
+    """The FeatureSpec of a features version (what training and serving encode with)."""
+    return FeatureSpec.load(uri.join(features_path(artifacts, version), "spec.json"))

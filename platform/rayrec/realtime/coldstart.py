@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec.realtime.stats import STATE_KEY, as_list, seen_items
 
 __all__ = ["ColdStart", "ColdContext", "is_cold", "hour_bucket"]
@@ -72,7 +73,7 @@ class ColdStart:
         *,
         smoothing: float = 1.0,
         prior_events: float = 3.0,
-        threshold: float = 3.5,
+        threshold: float = LABEL_THRESHOLD,
     ) -> None:
         self.movie_ids = np.asarray(movie_ids, dtype=np.int64)  # (N,)
         self.genre_names = list(genre_names)
@@ -94,7 +95,7 @@ class ColdStart:
         ratings: pd.DataFrame,
         catalog: Any,
         *,
-        threshold: float = 3.5,
+        threshold: float = LABEL_THRESHOLD,
         buckets: int = 4,
         tz_offset_hours: int = 0,
         **kwargs: Any,

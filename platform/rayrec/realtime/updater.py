@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayrec.features.pointintime import USER_FEATURES
+from rayrec.features.pointintime import LABEL_THRESHOLD, USER_FEATURES
 from rayrec.realtime.events import AddedItem, Event, EventAck, EventError, NewItem, UnknownMovie, parse_events
 from rayrec.realtime.stats import STATE_KEY, UserStats, as_list, item_with_rating, stats_from_ratings, user_features
 from rayrec.store.base import OnlineStore, Row, offset_order
@@ -88,9 +88,10 @@ class RealtimeConfig(BaseModel):
         default=None, description="a rating at or above it is a positive; None: the FeatureSpec's label threshold"
     )
     user_embedding: Literal["tower", "mean", "none"] = Field(
-        default="tower",
-        description="tower: the user tower over the updated features; mean: mean of the recent positives' "
-        "item vectors; none: leave the stored vector",
+        default="none",
+        description="store a user vector after each event for readers outside serving (serving computes it per "
+        "request): tower: the user tower over the updated features; mean: mean of the recent positives' item "
+        "vectors; none: store none",
     )
     mean_items: int = Field(default=5, ge=1, le=50, description="recent positives averaged by user_embedding=mean")
     item_embedding: Literal["tower", "genre_mean", "blend"] = Field(
@@ -127,7 +128,7 @@ def _threshold(config: RealtimeConfig, spec: Any) -> float:
         return float(config.threshold)
     if spec is not None:
         return float(spec.label_threshold)
-    return 3.5
+    return LABEL_THRESHOLD
 
 
 class Realtime:
@@ -462,7 +463,7 @@ def _seq(row: Mapping[str, Any]) -> int:
     return int((row.get(STATE_KEY) or {}).get("seq", 0))
 
 
-def seed_stats(store: OnlineStore, ratings: pd.DataFrame, movies: pd.DataFrame, threshold: float = 3.5) -> int:
+def seed_stats(store: OnlineStore, ratings: pd.DataFrame, movies: pd.DataFrame, threshold: float = LABEL_THRESHOLD) -> int:
     """Give every user in ``ratings`` the exact realtime statistics (run after a features load, e.g.
     with the ratings and movies of that features version). Atomic per user: a user who already has
     events applied since the load keeps them, re-applied on top of the exact statistics. Returns the

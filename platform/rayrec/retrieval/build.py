@@ -16,6 +16,7 @@ import numpy as np
 
 from rayrec import uri
 from rayrec.config import default_artifacts
+from rayrec.features.spec import features_path
 from rayrec.retrieval.catalog import read_parquet
 from rayrec.retrieval.ease import FILE as EASE_FILE
 from rayrec.retrieval.ease import ItemWeights, fit_item_weights
@@ -70,7 +71,7 @@ def features_path_for(artifacts: str, embeddings: ItemEmbeddings | None, default
     """The features version that goes with ``embeddings`` (the one its model was trained on, when it
     says), else ``default``."""
     version = (embeddings.source.get("features_version") if embeddings is not None else None) or default
-    return uri.resolve_version(uri.join(artifacts, "features"), version)
+    return features_path(artifacts, version)
 
 
 def load_embeddings(cfg: IndexConfig) -> ItemEmbeddings:

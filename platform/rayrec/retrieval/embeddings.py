@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec import uri
 from rayrec.retrieval.index import normalize
 
@@ -125,7 +126,7 @@ def svd_item_embeddings(
     ratings: pd.DataFrame,
     dim: int = 64,
     *,
-    threshold: float = 3.5,
+    threshold: float = LABEL_THRESHOLD,
     seed: int = 0,
     source: dict[str, Any] | None = None,
 ) -> ItemEmbeddings:

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
 from rayrec.retrieval.ease import EaseRecall, ItemWeights
 from rayrec.retrieval.index import ItemIndex
@@ -77,7 +78,7 @@ class RecallConfig(BaseModel):
     recent_window_days: float = Field(30.0, gt=0.0)  # window of the popular_recent path
     # popularity counts positives only (ratings ≥ 3.5, what relevance means too); on ml-latest-small
     # this lifted the genre and popular paths' Recall@200 by about 0.02-0.03 over counting every rating
-    popular_min_rating: float = 3.5
+    popular_min_rating: float = LABEL_THRESHOLD
     # the order of the merged candidates (the recall order the ranker's scores are fused with):
     # "paths" = path by path in quota order; "rrf" = reciprocal-rank fusion, Σ over the paths that
     # found an item of quota / largest quota / (rrf_k + its rank in that path), so items several
@@ -282,13 +283,13 @@ def load_merger(
 ) -> Merger:
     """A ready :class:`Merger` from published artifacts: the index, and the catalog plus ratings (for
     popularity and the recent window) of a features version."""
-    from rayrec import uri
+    from rayrec.features.spec import features_path
     from rayrec.retrieval.versions import load_index
 
     config = config or RecallConfig()
     needs_index = any(n in (*INDEX_PATHS, "ease") for n in config.quotas)
     index = load_index(artifacts, index_version) if needs_index else None
-    features = uri.resolve_version(uri.join(artifacts, "features"), features_version)
+    features = features_path(artifacts, features_version)
     catalog = ItemCatalog.load(features)
     popularity = Popularity(catalog, read_ratings(features), min_rating=config.popular_min_rating)
     return Merger.from_config(config, index=index, popularity=popularity, ease=ease_of(artifacts, index))

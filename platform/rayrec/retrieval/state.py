@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec.retrieval.catalog import ItemCatalog
 
 __all__ = ["UserState", "user_states_as_of", "THRESHOLD", "N_GENRES"]
 
-THRESHOLD = 3.5  # a rating at or above it is a positive
+THRESHOLD = LABEL_THRESHOLD  # a rating at or above it is a positive (the default label)
 N_GENRES = 5  # favourite genres kept, as in the features' user_genres
 
 

@@ -7,7 +7,6 @@ the compute-floor benchmark use them directly.
 - :class:`Recommender`: the recall / rank / rerank stages over a bundle;
 - :class:`RecommenderService`: the async backend (store deadlines, degrade paths, hot swap, events);
 - :func:`create_app`: the FastAPI app (API + web page) over a backend;
-- :mod:`rayrec.serving.loadgen`: the closed-loop HTTP load generator of the benchmarks;
 - :mod:`rayrec.serving.testing`: a store double that fails or hangs on demand.
 """
 

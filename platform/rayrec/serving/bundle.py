@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rayrec import uri
 from rayrec.experiments.config import Experiment, Variant, check_disjoint
+from rayrec.features.spec import FeatureSpec
 from rayrec.realtime import ColdStart
 from rayrec.rerank import RerankConfig
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
@@ -247,8 +248,10 @@ def load_bundle(artifacts: str, cfg: ServingConfig = ServingConfig()) -> Bundle:
     catalog = ItemCatalog.load(features)
     ratings = read_ratings(features)
     popularity = Popularity(catalog, ratings, min_rating=cfg.recall.popular_min_rating)
-    history = RatingHistory(ratings)
-    cold = ColdStart.build(ratings, catalog)
+    # what counts as a like is what the features labelled positive (the spec records the threshold)
+    threshold = FeatureSpec.load(uri.join(features, "spec.json")).label_threshold
+    history = RatingHistory(ratings, threshold=threshold)
+    cold = ColdStart.build(ratings, catalog, threshold=threshold)
     del ratings
     index = ease = None
     if versions["index"] is not None:

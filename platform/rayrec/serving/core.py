@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from rayrec.realtime import STATE_KEY, ColdContext, is_cold
-from rayrec.rerank import Candidates, rerank
+from rayrec.rerank import Candidates
+from rayrec.rerank import rerank as rerank_candidates
 from rayrec.retrieval.state import UserState
 from rayrec.serving.api import Movie, Recommendation, RecommendedItem, SimilarItem, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle
@@ -146,7 +147,7 @@ class Recommender:
         hour, weighted by the genres ``context`` declares and those of the first likes."""
         b = self.bundle
         t1 = time.perf_counter()
-        hist = merge_events(b.history.user(user_id), events)
+        hist = merge_events(b.history.user(user_id), events, threshold=b.history.threshold)
         genres: tuple[str, ...] = tuple(row.get("user_genres") or ()) if row else self._genres_of(hist.liked)
         if not genres and context is not None:
             genres = tuple(context.genres)
@@ -306,14 +307,14 @@ class Recommender:
         )  # fmt: skip
         return cands, cfg, vecs
 
-    def finish(self, r: Recalled, ranked: Ranked) -> Recommendation:
+    def rerank(self, r: Recalled, ranked: Ranked) -> Recommendation:
         """Rerank the scored candidates into the final list, with reasons."""
         b = self.bundle
         t0 = time.perf_counter()
         rows = ranked.rows
         cands, cfg, vecs = self._start(r, ranked)
         genres = cands.genres
-        out = rerank(cands, r.k, cfg, seen=r.seen, now_year=b.now_year)
+        out = rerank_candidates(cands, r.k, cfg, seen=r.seen, now_year=b.now_year)
         reasons = _Reasons(self, r, ranked, vecs)
         items = []
         for pos, score in zip(out.index.tolist(), out.scores.tolist()):
@@ -411,7 +412,7 @@ class Recommender:
         except StoreError as e:
             log.warning("store unavailable, answering from popularity: %s", e)
             return self.popular(user_id, k, "store_unavailable")
-        out = self.finish(recalled, ranked)
+        out = self.rerank(recalled, ranked)
         out.took_ms = round((time.perf_counter() - t) * 1e3, 3)
         return out
 
@@ -456,7 +457,7 @@ class Recommender:
         b = self.bundle
         row = store.get("user", [user_id])[0]
         events = store.get_history(user_id, 20)
-        hist = merge_events(b.history.user(user_id), events)
+        hist = merge_events(b.history.user(user_id), events, threshold=b.history.threshold)
         if row is None and hist.empty:
             return None
         recent_ids = list(hist.liked[:10])

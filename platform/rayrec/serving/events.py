@@ -63,9 +63,11 @@ class EventSink:
 
     def _build(self, bundle: Bundle) -> Realtime:
         tower = bundle.tower
-        cfg = RealtimeConfig(
-            user_embedding="tower" if tower is not None else ("mean" if bundle.index is not None else "none"),
-        )  # new items: the default blend, which is the genre mean alone without the tower
+        # No stored user vector: /recommend computes the user's vector on every request from the inputs
+        # an event changes (the user row and the online events), so it is current by construction and
+        # a stored copy would be one more write per event that nothing reads. New items: the default
+        # blend, which is the genre mean alone without the tower.
+        cfg = RealtimeConfig(user_embedding="none")
         spec = bundle.ranker.spec if bundle.ranker is not None else (tower.spec if tower is not None else None)
         return Realtime(self.store, cfg, spec=spec, encoder=tower, index=bundle.index, catalog=bundle.catalog)
 

@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rayrec.features.pointintime import LABEL_THRESHOLD
 import numpy as np
 import pandas as pd
 
 __all__ = ["RatingHistory", "UserHistory", "merge_events", "THRESHOLD"]
 
-THRESHOLD = 3.5  # a rating at or above it is a like (as in the features' labels)
+THRESHOLD = LABEL_THRESHOLD  # the default; the bundle passes its features spec's label threshold
 
 
 @dataclass(frozen=True)

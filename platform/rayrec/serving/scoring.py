@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rayrec.features.spec import FeatureSpec
+from rayrec.features.spec import FeatureSpec, load_spec
 from rayrec.models.inputs import HISTORY, encode_users, to_tensors
 
 __all__ = ["ITEM_COLUMNS", "item_columns", "user_columns", "RankModel", "UserTower", "load_models"]
@@ -258,9 +258,6 @@ def load_models(
 
 def _spec_of(artifacts: str, loaded: Any) -> FeatureSpec:
     """The FeatureSpec the model was trained with: the one of its features version."""
-    from rayrec import uri
-
     meta = getattr(loaded, "meta", {}) or {}
     version = meta.get("features_version") or "latest"
-    path = uri.resolve_version(uri.join(artifacts, "features"), version)
-    return FeatureSpec.load(uri.join(path, "spec.json"))
+    return load_spec(artifacts, version)

@@ -6,7 +6,7 @@ path. It implements :class:`rayrec.serving.http.Backend`.
 
 How the stages run is injected, so one service serves every composition: ``rank_fn`` scores a
 :class:`Recalled` request (in this process by default; the Serve ingress passes its ``@serve.batch``
-method, or a Ranker DeploymentHandle), and ``recall_fn`` / ``finish_fn`` may be handles too.
+method, or a Ranker DeploymentHandle), and ``recall_fn`` / ``rerank_fn`` may be handles too.
 
 Degrade, don't fail: a store outage answers ``/recommend`` from in-memory popularity (``degraded``,
 ``store_unavailable``) within the store deadline; a ranker failure answers in recall order
@@ -88,7 +88,7 @@ class RecommenderService:
         self.rank_fn: RankFn = self.rank_local
         #: (user, k, context, arm): the arm names the experiment variant whose settings recall uses
         self.recall_fn: Callable[[int, int, ColdContext | None, str | None], Awaitable[Recalled]] = self.recall_local
-        self.finish_fn: Callable[[Recalled, Ranked], Awaitable[Recommendation]] | None = None
+        self.rerank_fn: Callable[[Recalled, Ranked], Awaitable[Recommendation]] | None = None
         #: exceptions passed through to the caller instead of degrading (e.g. Serve's BackPressureError,
         #: which the ingress turns into a fast 503)
         self.passthrough: tuple[type[BaseException], ...] = ()
@@ -308,10 +308,10 @@ class RecommenderService:
             except StoreDown:
                 return self._timed(self.core.popular(user_id, k, "store_unavailable"), t)
             t_rank = time.perf_counter()
-        if self.finish_fn is not None:
-            out = await self.finish_fn(recalled, ranked)
+        if self.rerank_fn is not None:
+            out = await self.rerank_fn(recalled, ranked)
         else:
-            out = self.core.finish(recalled, ranked)
+            out = self.core.rerank(recalled, ranked)
         out.timings.update({"recall_stage_ms": round((t_recall - t) * 1e3, 3),
                             "rank_stage_ms": round((t_rank - t_recall) * 1e3, 3),
                             "rerank_stage_ms": round((time.perf_counter() - t_rank) * 1e3, 3)})  # fmt: skip

@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 
 from rayrec import uri
 from rayrec.features.pointintime import attach_movie_attributes, item_pass, prior_sums, user_pass
-from rayrec.features.spec import FeatureSpec
+from rayrec.features.spec import FeatureSpec, features_path
 from rayrec.models.inputs import HISTORY
 
 __all__ = [
@@ -60,18 +60,6 @@ def read_table(target: str, columns: list[str] | None = None) -> pd.DataFrame:
     fs, path = uri.filesystem(target)
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
     return table.to_pandas(ignore_metadata=True)  # numpy dtypes, NaN for missing numbers
-
-
-def features_path(artifacts: str, version: str = "latest") -> str:
-    """``<artifacts>/features/<version>`` ("latest": the LATEST pointer); a clear error when absent."""
-    root = uri.join(artifacts, "features")
-    try:
-        return uri.resolve_version(root, version)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no features version {version!r} under {root}: run `python -m pipelines.features "
-            f"--artifacts {artifacts}` first"
-        ) from None
 
 
 def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
