@@ -265,3 +265,42 @@ def store_read(url: str, log: str) -> list[tuple[str, dict[str, Any]]]:
         return store.read_log(log)
     finally:
         store.close()
+
+
+def test_arms_cross_stage_boundaries_in_the_split_compositions(scratch) -> None:
+    """In the ranker and chain compositions the stages run in other replicas: the request's arm
+    travels with it (``Recalled.arm``), so every stage uses that arm's models and settings. Here the
+    'replicas' are a second service with the same config, called as the Serve handles would be."""
+    arts, store_url, second = scratch
+    cfg = config(second)
+    ingress = RecommenderService(arts, open_store(store_url), load_bundle(arts, cfg))
+    stages = RecommenderService(arts, open_store(store_url), load_bundle(arts, cfg))
+    fused = RecommenderService(arts, open_store(store_url), load_bundle(arts, cfg))
+
+    async def rank(r: Any) -> Any:
+        return (await stages.rank_batch([r.for_ranker()]))[0]
+
+    async def rerank(r: Any, ranked: Any) -> Any:
+        return stages.core_for(r.arm).rerank(r, ranked)
+
+    ingress.recall_fn = stages.recall_local  # type: ignore[assignment]
+    ingress.rank_fn = rank
+    ingress.rerank_fn = rerank
+
+    async def run() -> list[tuple[list[int], list[int]]]:
+        out = []
+        for u in range(1, 41):
+            for arm in ("ab1/control", "ab1/treat", "il1/b"):
+                a = await ingress.recommend_as(arm, u, 10)
+                b = await fused.recommend_as(arm, u, 10)
+                out.append(([it.movie_id for it in a.items], [it.movie_id for it in b.items]))
+        return out
+
+    try:
+        pairs = asyncio.run(run())
+    finally:
+        for s in (ingress, stages, fused):
+            s.close()
+    assert all(split == whole for split, whole in pairs), "the split stages serve each arm's own list"
+    differs = sum(a != b for a, b in zip(pairs[0::3], pairs[1::3]))
+    assert differs > 10, "control and treat (another ranker version, rank_weight 1) serve different lists"
