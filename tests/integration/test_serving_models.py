@@ -13,7 +13,8 @@ from rayrec.features.spec import FeatureSpec
 from rayrec.models.ranker import Ranker, RankerConfig
 from rayrec.models.two_tower import TwoTower, TwoTowerConfig
 from rayrec.serving import Recommender, ServingConfig, load_bundle
-from rayrec.serving.scoring import RankModel, UserTower, item_columns, user_columns
+from rayrec.models.inference import RankerScorer, TowerEncoder
+from rayrec.models.inputs import item_columns, user_columns
 from rayrec.store import open_store
 
 
@@ -58,8 +59,8 @@ def test_untrained_models_plug_in_too(serving_artifacts) -> None:
     torch.manual_seed(0)
     spec = FeatureSpec.load(f"{serving_artifacts.features_path}/spec.json")
     bundle = load_bundle(serving_artifacts.artifacts)
-    bundle.ranker = RankModel(Ranker(RankerConfig(), spec.sizes).eval(), spec, "untrained")
-    bundle.tower = UserTower(TwoTower(TwoTowerConfig(id_dim=bundle.index.dim), spec.sizes).eval(), spec, "untrained")
+    bundle.ranker = RankerScorer(Ranker(RankerConfig(), spec.sizes).eval(), spec, "untrained")
+    bundle.tower = TowerEncoder(TwoTower(TwoTowerConfig(id_dim=bundle.index.dim), spec.sizes).eval(), spec, "untrained")
     rec = Recommender(bundle).recommend(open_store(serving_artifacts.store), 4, 10)
     assert len(rec.items) == 10 and all(i.rank_score is not None for i in rec.items)
 

@@ -10,7 +10,8 @@ import pytest
 
 from rayrec.features.spec import FeatureSpec
 from rayrec.serving.items import ItemRows
-from rayrec.serving.scoring import _ItemInputs, item_columns
+from rayrec.models.inference import _ItemInputs
+from rayrec.models.inputs import item_columns
 from rayrec.serving.testing import FaultyStore
 from rayrec.store import open_store
 

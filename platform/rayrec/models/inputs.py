@@ -8,16 +8,17 @@ reads ``history_items`` (liked movieIds, most recent first) when the rows carry 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 import torch
 
+from rayrec.features.pointintime import ITEM_FEATURES, N_RECENT_ITEMS, USER_FEATURES
 from rayrec.features.spec import FeatureSpec
 
-__all__ = ["HISTORY", "encode_users", "encode_items", "encode_pairs", "to_tensors"]
+__all__ = ["HISTORY", "encode_users", "encode_items", "encode_pairs", "to_tensors", "item_columns", "user_columns"]
 
 HISTORY = "history_items"  # optional column: the user's liked movieIds, most recent first
 
@@ -57,3 +58,27 @@ def to_tensors(arrays: Mapping[str, np.ndarray], device: torch.device | str = "c
     cpu = str(device) == "cpu"  # no .to() call per tensor on the CPU (the serving path)
     out = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in arrays.items()}
     return out if cpu else {k: t.to(device) for k, t in out.items()}
+
+
+def item_columns(movie_ids: Sequence[int], rows: Sequence[Mapping[str, Any] | None]) -> dict[str, list[Any]]:
+    """Columns of online-store item rows for the encoders (dicts of lists: cheaper per request than a
+    DataFrame); an item the store lacks encodes as all-missing."""
+    out: dict[str, list[Any]] = {"movieId": list(movie_ids)}
+    for c in ITEM_FEATURES:
+        out[c] = [r.get(c) if r is not None else None for r in rows]
+    return out
+
+
+def user_columns(user_id: int, row: Mapping[str, Any] | None, liked: Sequence[int] = (), genres: Sequence[str] = ()) -> dict[str, list[Any]]:
+    """One user's columns from their online-store row, with the likes posted since (newest first),
+    which are newer than the row's recent items. Without a row (a new user) the features are missing
+    except what the online events tell: recent likes and their genres."""
+    if row is None:
+        row = {"user_genres": list(genres), "user_recent_items": list(liked[:N_RECENT_ITEMS]), "user_rating_count": len(liked)}
+    out: dict[str, list[Any]] = {"userId": [int(user_id)]}
+    for c in USER_FEATURES:
+        out[c] = [row.get(c)]
+    if liked:
+        out["user_recent_items"] = [list(liked[:N_RECENT_ITEMS])]
+    out[HISTORY] = [list(liked)]
+    return out

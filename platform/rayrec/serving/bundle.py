@@ -29,7 +29,8 @@ from rayrec.retrieval.index import ItemIndex
 from rayrec.retrieval.merge import INDEX_PATHS, Merger, RecallConfig, ease_of
 from rayrec.retrieval.similar import SimilarItems
 from rayrec.serving.history import RatingHistory
-from rayrec.serving.scoring import RankModel, UserTower, load_models
+from rayrec.models.inference import RankerScorer, TowerEncoder
+from rayrec.serving.scoring import load_models
 
 __all__ = ["ServingConfig", "Bundle", "load_bundle", "resolve_versions", "check_versions", "FALLBACK_SIZE"]
 
@@ -176,8 +177,8 @@ class Bundle:
     merger: Merger
     similar: SimilarItems
     index: ItemIndex | None
-    ranker: RankModel | None
-    tower: UserTower | None
+    ranker: RankerScorer | None
+    tower: TowerEncoder | None
     fallback: list[dict[str, Any]]  # the most popular items as Movie dicts, best first
     cold: ColdStart  # the cold-start path: popularity per hour of day and genre
     notes: list[str] = field(default_factory=list)
@@ -221,7 +222,7 @@ def _fallback(features: str, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _index_matches_tower(index: ItemIndex | None, tower: UserTower | None) -> bool:
+def _index_matches_tower(index: ItemIndex | None, tower: TowerEncoder | None) -> bool:
     """The user tower's vectors live in the index's space only if the index holds that retriever's
     item embeddings (not the PureSVD baseline, not another retriever version)."""
     if index is None or tower is None:

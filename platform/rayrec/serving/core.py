@@ -28,7 +28,7 @@ from rayrec.serving.api import Movie, Recommendation, RecommendedItem, SimilarIt
 from rayrec.serving.bundle import Bundle
 from rayrec.serving.history import merge_events
 from rayrec.serving.items import ItemRows
-from rayrec.serving.scoring import user_columns
+from rayrec.models.inputs import user_columns
 from rayrec.store.base import OnlineStore
 
 __all__ = ["Recalled", "Ranked", "Recommender", "REASON_SEEDS", "HISTORY_LIMIT"]

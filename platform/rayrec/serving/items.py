@@ -9,7 +9,7 @@ call. The price is that an item's statistics in the ranker's input and in the an
 store by up to ``ttl_s``, on each replica; ``ttl_s = 0`` reads every row every time.
 
 A row is handed out as the same dict object until it is re-read and found changed, so what is derived
-from it (the ranker's encoded item inputs, :class:`rayrec.serving.scoring.RankModel`) can be kept
+from it (the ranker's encoded item inputs, :class:`rayrec.models.inference.RankerScorer`) can be kept
 until then too.
 Rows the store lacks are not kept: an item added meanwhile is found on the next request.
 """
