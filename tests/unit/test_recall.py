@@ -323,6 +323,17 @@ def test_rrf_order_puts_items_several_paths_rank_high_first():
     # a path's vote weighs as its quota: with a small genre quota its first place falls behind
     weighted = [c.movie_id for c in Merger([a, b], {"embedding": 4, "genre": 2}, order="rrf").recall(user)]
     assert weighted.index(2) < weighted.index(9)
+    # unless the fusion weights say otherwise: genre's vote 3× embedding's puts its list first
+    voted = [c.movie_id for c in Merger([a, b], {"embedding": 4, "genre": 2}, order="rrf", weights={"genre": 3.0}).recall(user)]
+    assert voted[:2] == [3, 9] and voted.index(9) < voted.index(1)
+
+
+def test_fusion_weights_come_from_the_config_and_are_checked():
+    cfg = RecallConfig.model_validate({"weights": {"ease": 2.5}})
+    assert cfg.weights == {"ease": 2.5}
+    for bad in ({"nope": 1.0}, {"ease": -1.0}, {"ease": float("inf")}):
+        with pytest.raises(ValidationError):
+            RecallConfig.model_validate({"weights": bad})
 
 
 def test_rrf_keeps_items_added_live_first():

@@ -85,6 +85,8 @@ class RecallConfig(BaseModel):
     # (large-quota) paths rank high lead; items added live (the new_items path) stay first
     order: Literal["paths", "rrf"] = "rrf"
     rrf_k: int = Field(60, ge=1)
+    # a path's vote in the fusion, where it should differ from its quota's share (quota / largest quota)
+    weights: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("quotas")
     @classmethod
@@ -96,6 +98,16 @@ class RecallConfig(BaseModel):
             raise ValueError(f"quotas must be ≥ 0, got {v}")
         if sum(v.values()) <= 0:
             raise ValueError("quotas must add up to at least 1 candidate")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(PATH_NAMES))
+        if unknown:
+            raise ValueError(f"unknown recall path(s) {unknown}; known: {list(PATH_NAMES)}")
+        if any(not (w >= 0 and w < float("inf")) for w in v.values()):
+            raise ValueError(f"weights must be finite and ≥ 0, got {v}")
         return v
 
     @property
@@ -145,6 +157,7 @@ class Merger:
         backfill: bool = True,
         order: str = "paths",
         rrf_k: int = 60,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         names = [p.name for p in paths]
         if len(set(names)) != len(names):
@@ -156,6 +169,9 @@ class Merger:
         self.quotas = {p.name: int(quotas.get(p.name, 0)) for p in self.paths}
         self.backfill = backfill
         self.order, self.rrf_k = order, rrf_k
+        top = max(self.quotas.values(), default=1) or 1
+        # a path's vote weighs as its quota, unless given
+        self.weights = {name: float((weights or {}).get(name, q / top)) for name, q in self.quotas.items()}
 
     @classmethod
     def from_config(
@@ -164,7 +180,7 @@ class Merger:
         if ease is None and "ease" in config.quotas:  # an index built without ease weights: the path is off
             config = config.model_copy(update={"quotas": {n: q for n, q in config.quotas.items() if n != "ease"}})
         return cls(build_paths(config, index=index, popularity=popularity, ease=ease), config.quotas,
-                   backfill=config.backfill, order=config.order, rrf_k=config.rrf_k)  # fmt: skip
+                   backfill=config.backfill, order=config.order, rrf_k=config.rrf_k, weights=config.weights)  # fmt: skip
 
     @property
     def total(self) -> int:
@@ -193,8 +209,7 @@ class Merger:
         fused: dict[int, float] = {}  # movie id -> reciprocal-rank fusion over the paths that found it
         seen = user.seen
         rrf_k = self.rrf_k
-        top = max(self.quotas.values(), default=1) or 1
-        weight = {name: q / top for name, q in self.quotas.items()}  # a path's vote weighs as its quota
+        weight = self.weights
 
         def walk(path: RecallPath, res: PathResult, new: int) -> int:
             """Add up to ``new`` unseen, not yet found items of ``res`` in order; credit ``path`` for
