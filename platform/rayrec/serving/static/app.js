@@ -90,7 +90,13 @@ async function loadRecs() {
     lastList = { request_id: rec.request_id, ids: rec.items.map((it) => it.movie_id) };
     const notes = [`${rec.items.length} items in ${rec.took_ms.toFixed(1)} ms`];
     const exp = experimentNote(rec);
-    $("variant").textContent = exp || "";
+    $("variant").replaceChildren();
+    if (exp) {
+      $("variant").append(exp, " · ");
+      const link = el("a", null, "analysis");
+      link.href = `report/experiments/${encodeURIComponent(rec.experiment)}`;
+      $("variant").append(link);
+    }
     $("variant").hidden = !exp;
     if (exp) notes.push(exp);
     if (rec.cold_start) notes.push("new user: cold-start picks");
