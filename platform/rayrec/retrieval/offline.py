@@ -184,11 +184,9 @@ def evaluate(
 def tower_vectors(artifacts: str, model_version: str, features_path: str, user_rows: pd.DataFrame) -> tuple[dict[int, np.ndarray] | None, str]:
     """User vectors from the retriever's user tower for ``user_rows`` (user features as of t), or
     ``(None, why)`` when the tower cannot be used."""
-    try:
-        from rayrec.features import FeatureSpec
-        from rayrec.models.inference import TowerEncoder, load_model  # type: ignore[import-not-found]
-    except ImportError as e:
-        return None, f"user tower unavailable ({e})"
+    from rayrec.features import FeatureSpec
+    from rayrec.models.inference import TowerEncoder, load_model
+
     try:
         spec = FeatureSpec.load(uri.join(features_path, "spec.json"))
         loaded = load_model(artifacts, "retriever", model_version, spec=spec)
