@@ -1,7 +1,7 @@
 """The ``rayrec`` command: one entry point for the jobs.
 
     rayrec run [--dataset auto] [--port 8000] …       # = python -m pipelines.main
-    rayrec features|train|index|serve|evaluate|experiment|simulate|replay|synthetic [options]
+    rayrec features|train|index|serve|evaluate|experiment|simulate|gc|replay|synthetic [options]
     rayrec <command> --help                           # that job's options, with their defaults
 
 Each command is the job of the same name (``python -m pipelines.<job>`` keeps working); arguments
@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipelines.evaluate", "end-to-end evaluation of the published models and index"),
     "experiment": ("pipelines.experiment", "analyse an online experiment (A/B or interleaving) from the logged impressions and events"),
     "simulate": ("pipelines.simulate", "users needed by A/B testing vs interleaving, on simulated users with known tastes"),
+    "gc": ("pipelines.gc", "delete old features/models/index versions, never LATEST or one a replica serves"),
     "replay": ("pipelines.replay", "merge the online event log into a MovieLens folder for the next training"),
     "synthetic": ("pipelines.synthetic", "generate a synthetic MovieLens-like dataset"),
 }

@@ -191,11 +191,13 @@ class _Stage:
         self.service.metrics = ServingMetrics(type(self).__name__)
         self._sync: asyncio.Task[None] | None = None
         self._report: asyncio.Task[None] | None = None
+        self._lease: asyncio.Task[None] | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         if self._sync is None:  # the replica's event loop runs by now: start syncing live items
             self._sync = asyncio.get_running_loop().create_task(self.service.sync_items_forever())
             self._report = asyncio.get_running_loop().create_task(self.service.report_forever())
+            self._lease = asyncio.get_running_loop().create_task(self.service.lease_forever())
         if await self.service.reconfigure(ServingConfig.model_validate(user_config or {})):
             log.info("reloaded: %s", self.service.bundle.versions)
 

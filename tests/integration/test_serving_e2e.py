@@ -368,3 +368,20 @@ def test_overload_is_refused_with_503_and_retry_after(redis_serving) -> None:
         # with a bare 503; serve_apps/README.md says the 503 carries Retry-After
         pytest.xfail(f"behind HAProxy the overload 503 has no Retry-After header: {headers}")
     assert int(headers["retry-after"]) >= 1, (status, headers)
+
+
+def test_replicas_lease_the_versions_they_serve(serving_app) -> None:
+    """Each replica holds a lease on its bundle's versions, so the garbage collector keeps them."""
+    from rayrec import gc
+
+    arts = serving_app.artifacts.artifacts
+    deadline = time.monotonic() + 30
+    leases: list = []
+    while not leases and time.monotonic() < deadline:
+        leases = gc.read_leases(arts)
+        time.sleep(0.5)
+    assert leases, "no replica wrote a lease"
+    ranker = uri.latest(uri.join(arts, "models", "ranker"))
+    assert any(ranker in lease.versions.get("models/ranker", ()) for lease in leases), leases
+    kept = {(d.kind, d.version) for d in gc.collect(arts, keep=1, min_age_s=0, dry_run=True) if d.keep}
+    assert ("models/ranker", ranker) in kept

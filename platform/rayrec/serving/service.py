@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+from rayrec import gc as artifacts_gc
 from rayrec.config import configured_store_url
 from rayrec.experiments.config import Assignment, assign
 from rayrec.experiments.impressions import IMPRESSIONS_LOG, ImpressionLog, impression_record
@@ -108,6 +109,8 @@ class RecommenderService:
             log.warning("could not check the online store's durability: %s", e)
         #: Prometheus metrics (set by the Serve deployments; None: nothing is recorded)
         self.metrics: ServingMetrics | None = None
+        self.replica = artifacts_gc.replica_id()
+        self._leased = False
 
     @classmethod
     def create(cls, artifacts: str, store_url: str | None, config: ServingConfig | None = None, **kwargs: Any) -> RecommenderService:
@@ -391,6 +394,22 @@ class RecommenderService:
             except Exception as e:  # metrics must never take serving down
                 log.debug("metrics flush failed: %s", e)
 
+    def served_versions(self) -> list[dict[str, str | None]]:
+        """The versions of every bundle this replica serves (the live one and the experiment arms')."""
+        return [dict(self._core.bundle.versions), *(dict(c.bundle.versions) for c in self._arms.values())]
+
+    async def lease_forever(self, every_s: float = artifacts_gc.LEASE_EVERY_S) -> None:
+        """Hold a lease on the versions this replica serves, renewed every ``every_s`` seconds, so the
+        artifacts' garbage collector (:mod:`rayrec.gc`) never deletes them. Failures are logged and
+        retried (a lapsed lease only makes those versions collectable once they are old)."""
+        while not self.guard.closed:
+            try:
+                await asyncio.to_thread(artifacts_gc.write_lease, self.artifacts, self.replica, self.served_versions())
+                self._leased = True
+            except Exception as e:
+                log.warning("could not renew the artifacts lease: %s", e)
+            await asyncio.sleep(every_s)
+
     def check_local(self) -> None:
         """Raise if this replica itself is broken (for Serve's health check). A store outage is not a
         local fault: every replica shares the store, and restarting them would not bring it back."""
@@ -427,4 +446,6 @@ class RecommenderService:
     def close(self) -> None:
         self.guard.close()
         self.store.close()
+        if self._leased:
+            artifacts_gc.drop_lease(self.artifacts, self.replica)
 
