@@ -578,3 +578,20 @@ def test_replay_of_a_store_loaded_from_other_data_is_refused(
     write_movielens(src, random_ratings(movies, 10, users=2, seed=1), movies)
     with pytest.raises(ValueError, match="movie 999999"):
         replay(loaded, read_movielens(src), tmp_path / "out")
+
+
+def test_item_vectors_are_kept_per_vector_space(loaded: OnlineStore, movies: pd.DataFrame) -> None:
+    """An item added on one retriever's space is embedded again, not copied, by a replica on another:
+    vectors of two models' spaces never mix (the store keeps one kind per space)."""
+    old = make_realtime(loaded, movies, item_kind="item.v1")
+    new = make_realtime(loaded, movies, item_kind="item.v2", item_embedding="genre_mean")
+    added = old.add_item({"title": "Night Shift", "genres": ["Horror", "Comedy"]})
+    assert new.sync_items() == [added.movie_id] and added.movie_id in new.index  # type: ignore[operator]
+    v1 = loaded.get_embeddings("item.v1", [added.movie_id])[0][0]
+    v2, found = loaded.get_embeddings("item.v2", [added.movie_id])
+    assert found.all()
+    row = loaded.get("item", [added.movie_id])[0]
+    np.testing.assert_allclose(v2[0], new._item_vector(row)[0], atol=1e-6)  # made in v2's own way
+    assert not np.allclose(v1, v2[0]), "v1's vector was not reused"
+    _, stored = new.index.vectors([added.movie_id])  # type: ignore[union-attr]
+    np.testing.assert_allclose(stored[0], v2[0], atol=1e-6)

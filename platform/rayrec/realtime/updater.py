@@ -100,7 +100,11 @@ class RealtimeConfig(BaseModel):
         "or the normalised sum of both",
     )
     user_kind: str = Field(default="user", description="embedding kind of user vectors in the store")
-    item_kind: str = Field(default="item", description="embedding kind of new items' vectors in the store")
+    item_kind: str = Field(
+        default="item",
+        description="embedding kind of new items' vectors in the store: name the vector space (e.g. item.<retriever "
+        "version>) so a vector is never read into another model's index",
+    )
     history_len: int = Field(default=200, ge=1, description="events kept per user in the store history")
     update_items: bool = Field(default=True, description="move the rated item's count/mean/std too")
     require_known_items: bool = Field(default=True, description="refuse events for movies the store does not hold")
@@ -435,7 +439,9 @@ class Realtime:
 
     def sync_items(self) -> list[int]:
         """Insert into this process's index the items other replicas added since the last call (their
-        vectors come from the store); returns their ids. Cheap when nothing is new: one log read."""
+        vectors come from the store, under this space's ``item_kind``; an item with no vector in this
+        space, e.g. added before a new retriever went live, gets one made here and stored); returns
+        their ids. Cheap when nothing is new: one log read."""
         with self._lock:
             after = self._items_offset
         records = self.store.read_log(ITEMS_LOG, after=after)
@@ -447,10 +453,25 @@ class Realtime:
             vectors, found = self.store.get_embeddings(self.config.item_kind, new)
             if found.any():
                 self.index.add([i for i, f in zip(new, found) if f], vectors[found])
+            self._embed_missing([i for i, f in zip(new, found) if not f])
         with self._lock:
             self._items_offset = records[-1][0]
             self._next_id = max(self._next_id, max(ids) + 1)
         return new
+
+    def _embed_missing(self, movie_ids: list[int]) -> None:
+        """Vectors in this space for live-added items that have none here (their rows are in the store)."""
+        if not movie_ids or self.index is None:
+            return
+        made: list[tuple[int, np.ndarray]] = []
+        for m, row in zip(movie_ids, self.store.get("item", movie_ids)):
+            vector = self._item_vector(row)[0] if row is not None else None
+            if vector is not None:
+                made.append((m, vector))
+        if made:
+            ids, vecs = [m for m, _ in made], np.stack([v for _, v in made])
+            self.store.put_embeddings(self.config.item_kind, ids, vecs)
+            self.index.add(ids, vecs)
 
 
 def _unit(vec: np.ndarray) -> np.ndarray:

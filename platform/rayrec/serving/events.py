@@ -17,7 +17,7 @@ from rayrec.serving.bundle import Bundle
 from rayrec.serving.guard import StoreDown, StoreGuard, WriteUnconfirmed
 from rayrec.store.base import OnlineStore
 
-__all__ = ["EventSink", "InvalidEvent", "ServiceUnavailable", "guarded_write"]
+__all__ = ["EventSink", "InvalidEvent", "ServiceUnavailable", "guarded_write", "item_space"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,16 @@ async def guarded_write(guard: StoreGuard, fn: Callable[[Any], Any], payload: An
         raise ServiceUnavailable(f"{e}: it may still be applied; {advice}") from None
 
 
+def item_space(bundle: Bundle) -> str:
+    """The store's embedding kind for live-added items' vectors in this bundle's index space: the
+    retriever version its vectors come from (or the index version, for the PureSVD baseline), so a
+    replica on another retriever never reads them into its index."""
+    meta = bundle.index.meta if bundle.index is not None else {}
+    source = meta.get("embeddings") or {}
+    space = meta.get("model_version") or source.get("model_version") or meta.get("version")
+    return f"item.{space}" if space else "item"
+
+
 class EventSink:
     """One :class:`Realtime` per replica, rebuilt on hot swap (new index, new tower)."""
 
@@ -67,7 +77,7 @@ class EventSink:
         # an event changes (the user row and the online events), so it is current by construction and
         # a stored copy would be one more write per event that nothing reads. New items: the default
         # blend, which is the genre mean alone without the tower.
-        cfg = RealtimeConfig(user_embedding="none")
+        cfg = RealtimeConfig(user_embedding="none", item_kind=item_space(bundle))
         spec = bundle.ranker.spec if bundle.ranker is not None else (tower.spec if tower is not None else None)
         return Realtime(self.store, cfg, spec=spec, encoder=tower, index=bundle.index, catalog=bundle.catalog)
 
