@@ -350,7 +350,7 @@ def test_concurrent_updates_from_processes_lose_nothing(store: OnlineStore, stor
     assert store.get("user", [42]) == [{"count": 200}]
 
 
-# -- embeddings and history --------------------------------------------------------------------
+# -- embeddings --------------------------------------------------------------------------------
 
 
 def test_embeddings_round_trip_with_missing_mask(store: OnlineStore) -> None:
@@ -372,19 +372,6 @@ def test_embeddings_round_trip_with_missing_mask(store: OnlineStore) -> None:
         store.put_embeddings("item", [1], np.zeros((1, 4)))
     with pytest.raises(ValueError, match="shape"):
         store.put_embeddings("item", [1, 2], np.zeros((3, 8)))
-
-
-def test_history_keeps_the_newest_in_order(store: OnlineStore) -> None:
-    assert store.get_history(1) == []
-    store.append_history(1, [{"movieId": i, "rating": 4.0} for i in range(5)], max_len=8)
-    store.append_history(1, [{"movieId": i, "rating": 4.0} for i in range(5, 12)], max_len=8)
-    store.append_history(2, [{"movieId": 99}], max_len=8)
-    assert [e["movieId"] for e in store.get_history(1)] == list(range(4, 12))
-    assert [e["movieId"] for e in store.get_history(1, limit=3)] == [9, 10, 11]
-    assert store.get_history(1, limit=0) == []
-    assert store.get_history(2) == [{"movieId": 99}]
-    with pytest.raises(ValueError, match="max_len"):
-        store.append_history(1, [{}], max_len=0)
 
 
 # -- concurrency across processes --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Contract of the durable append-only logs (the event log) over every online store backend: SQLite (a
+"""Contract of the event-log face (per-user history and the durable append-only logs) over every online store backend: SQLite (a
 file in tmp_path) and Redis (a unique key prefix in database 9 unless ``RAYREC_TEST_REDIS_URL`` says
 otherwise, removed afterwards; skipped when no server answers)."""
 
@@ -133,3 +133,16 @@ def test_concurrent_appends_from_processes_keep_every_record_in_order(store: Onl
     assert sorted(o for per in offsets for o in per) == sorted(o for o, _ in got)  # every ack is in the log
     for w in range(workers):  # each writer's records keep its order
         assert [r["i"] for _, r in got if r["worker"] == w] == list(range(n))
+
+
+def test_history_keeps_the_newest_in_order(store: OnlineStore) -> None:
+    assert store.get_history(1) == []
+    store.append_history(1, [{"movieId": i, "rating": 4.0} for i in range(5)], max_len=8)
+    store.append_history(1, [{"movieId": i, "rating": 4.0} for i in range(5, 12)], max_len=8)
+    store.append_history(2, [{"movieId": 99}], max_len=8)
+    assert [e["movieId"] for e in store.get_history(1)] == list(range(4, 12))
+    assert [e["movieId"] for e in store.get_history(1, limit=3)] == [9, 10, 11]
+    assert store.get_history(1, limit=0) == []
+    assert store.get_history(2) == [{"movieId": 99}]
+    with pytest.raises(ValueError, match="max_len"):
+        store.append_history(1, [{}], max_len=0)

@@ -45,7 +45,7 @@ from rayrec.experiments.impressions import IMPRESSIONS_LOG  # one record per ser
 from rayrec.experiments.stats import RatioEstimate, compare, interleaving_preference, ratio_metric, srm_test
 from rayrec.realtime.updater import EVENTS_LOG
 from rayrec.reports import _CSS, _figure, _png, _table
-from rayrec.store.base import OnlineStore
+from rayrec.store.base import EventLog
 
 __all__ = ["IMPRESSIONS_LOG", "CLOCK_SKEW_S", "LIKE_THRESHOLD", "analyze", "write_report", "summary"]
 
@@ -59,7 +59,7 @@ _COUNTS = ("impressions", "clicks", "ratings", "likes", "degraded")  # per varia
 _EVENT_COLUMNS = ["kind", "user_id", "movie_id", "value", "timestamp", "event_id", "request_id"]
 
 
-def _pages(store: OnlineStore, name: str, after: str | None) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+def _pages(store: EventLog, name: str, after: str | None) -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """A log after ``after`` in pages of :data:`_PAGE` records, oldest first."""
     while True:
         page = store.read_log(name, after=after, limit=_PAGE)
@@ -73,7 +73,7 @@ def _pages(store: OnlineStore, name: str, after: str | None) -> Iterator[list[tu
 # -- reading the logs ------------------------------------------------------------------------------
 
 
-def _read_impressions(store: OnlineStore, name: str, after: str | None) -> dict[str, Any]:
+def _read_impressions(store: EventLog, name: str, after: str | None) -> dict[str, Any]:
     """The experiment's impressions (one row each, ``imp`` = row number), the lists they showed (one
     row per item: imp, movie_id, team), the request ids of other impressions with their users, the
     experiments found and the last offset read."""
@@ -129,7 +129,7 @@ def _read_impressions(store: OnlineStore, name: str, after: str | None) -> dict[
             "duplicates": int(dup.sum()), "last": last}  # fmt: skip
 
 
-def _read_events(store: OnlineStore, after: str | None, users: np.ndarray) -> dict[str, Any]:
+def _read_events(store: EventLog, after: str | None, users: np.ndarray) -> dict[str, Any]:
     """The clicks and ratings of ``users`` (sorted), one per event id, and how many others were seen."""
     kept: list[pd.DataFrame] = []
     other_users, last = 0, None
@@ -298,7 +298,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def analyze(
-    store: OnlineStore,
+    store: EventLog,
     name: str,
     *,
     control: str | None = None,

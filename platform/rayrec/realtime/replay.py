@@ -23,7 +23,7 @@ import pandas as pd
 
 from rayrec.data.movielens import NO_GENRES, MovieLens
 from rayrec.realtime.updater import EVENTS_LOG, ITEMS_LOG
-from rayrec.store.base import OnlineStore
+from rayrec.store.base import EventLog
 
 __all__ = ["ReplayResult", "read_log", "log_ratings", "log_items", "merge_ratings", "write_movielens", "replay"]
 
@@ -43,7 +43,7 @@ class ReplayResult:
     seconds: float
 
 
-def read_log(store: OnlineStore, name: str, after: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_log(store: EventLog, name: str, after: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every ``(offset, record)`` of a log after ``after``, page by page."""
     while True:
         page = store.read_log(name, after=after, limit=_PAGE)
@@ -53,7 +53,7 @@ def read_log(store: OnlineStore, name: str, after: str | None = None) -> Iterato
         after = page[-1][0]
 
 
-def log_ratings(store: OnlineStore, after: str | None = None) -> tuple[pd.DataFrame, str | None]:
+def log_ratings(store: EventLog, after: str | None = None) -> tuple[pd.DataFrame, str | None]:
     """The rating events of the event log as MovieLens ratings (userId, movieId, rating, timestamp) in
     log order, and the last offset read (any kind)."""
     users: list[int] = []
@@ -80,7 +80,7 @@ def log_ratings(store: OnlineStore, after: str | None = None) -> tuple[pd.DataFr
     return frame, last
 
 
-def log_items(store: OnlineStore) -> pd.DataFrame:
+def log_items(store: EventLog) -> pd.DataFrame:
     """Movies added online (the items log) as catalog rows: movieId, title, year, genres."""
     rows = [r for _, r in read_log(store, ITEMS_LOG) if r.get("kind") == "item"]
     return pd.DataFrame(
@@ -149,7 +149,7 @@ def write_movielens(
 
 
 def replay(
-    store: OnlineStore, source: MovieLens, out: str | os.PathLike[str], *, after: str | None = None
+    store: EventLog, source: MovieLens, out: str | os.PathLike[str], *, after: str | None = None
 ) -> ReplayResult:
     """Merge the event log (ratings after ``after``) and the items log into ``source`` and write the
     result as a MovieLens folder at ``out`` with a ``replay.json`` summary."""

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from rayrec.store.base import OnlineStore, Row
+from rayrec.store.base import FeatureStore, Row
 
 __all__ = ["ItemRows"]
 
@@ -38,7 +38,7 @@ class ItemRows:
         self.hits = 0  # rows answered from memory, and read from the store (for the hit-rate metric)
         self.misses = 0
 
-    def get(self, store: OnlineStore, ids: Sequence[int]) -> list[Row | None]:
+    def get(self, store: FeatureStore, ids: Sequence[int]) -> list[Row | None]:
         """Rows of ``ids`` (None where the store has none); one store call for the rows not kept.
         Store errors propagate."""
         ids = [int(m) for m in ids]

@@ -21,11 +21,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from rayrec.config import configured_store_url, default_artifacts
-from rayrec.store.base import ENTITIES, OnlineStore, StoreError, StoreUnavailable, mask_url
+from rayrec.store.base import ENTITIES, EventLog, FeatureStore, OnlineStore, StoreError, StoreUnavailable, mask_url
 
 __all__ = [
     "ENTITIES",
     "OnlineStore",
+    "FeatureStore",
+    "EventLog",
     "StoreError",
     "StoreUnavailable",
     "BACKENDS",

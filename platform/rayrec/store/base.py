@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ENTITIES",
     "OnlineStore",
+    "FeatureStore",
+    "EventLog",
     "StoreError",
     "StoreUnavailable",
     "NotDurable",
@@ -199,8 +201,9 @@ def batched(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-class OnlineStore(ABC):
-    """Low-latency reads of user and item features, embeddings and per-user history.
+class FeatureStore(ABC):
+    """The feature-store face: low-latency reads of user and item features and embeddings, versioned
+    bulk loads and real-time row updates.
 
     Entities are ``"user"`` and ``"item"``, keyed by int64 id; a row is a dict of JSON-like values
     (int, float, str, bool, None, lists and dicts of them). Missing values read back as ``None``:
@@ -295,7 +298,7 @@ class OnlineStore(ABC):
         stored row. Concurrent updates of one id from several processes never lose an update.
         ``fn`` may run more than once (a backend retries on conflict): keep it free of side effects."""
 
-    # -- embeddings and history -----------------------------------------------------------------
+    # -- embeddings -------------------------------------------------------------------------------
 
     @abstractmethod
     def get_embeddings(self, kind: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -307,6 +310,32 @@ class OnlineStore(ABC):
     def put_embeddings(self, kind: str, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Insert or replace embeddings (``vectors`` is ``(N, D)``). Every vector of a kind has the
         dimension of the first one written: a model with another dimension writes a new kind."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Check that the store answers; raises :class:`StoreUnavailable` saying why and what to do."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release this process's connections."""
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class EventLog(ABC):
+    """The event-log face: each user's recent history and the durable, append-only, named logs
+    (events, new items, impressions) with consumers' marks."""
+
+    # -- history ----------------------------------------------------------------------------------
 
     @abstractmethod
     def append_history(self, user_id: int, events: Sequence[Mapping[str, Any]], max_len: int = 200) -> None:
@@ -367,27 +396,16 @@ class OnlineStore(ABC):
         run has replayed them); returns how many were deleted."""
         raise NotImplementedError(f"{type(self).__name__} keeps no logs")
 
-    # -- lifecycle ------------------------------------------------------------------------------
-
     def durability(self) -> str | None:
         """Why an acknowledged write could be lost on a crash or restart of the store (None: it
         cannot, as far as the store can tell). Checked when serving starts (see each backend's
         ``durability`` setting)."""
         return None
 
-    @abstractmethod
-    def ping(self) -> None:
-        """Check that the store answers; raises :class:`StoreUnavailable` saying why and what to do."""
 
-    @abstractmethod
-    def close(self) -> None:
-        """Release this process's connections."""
+class OnlineStore(FeatureStore, EventLog):
+    """Both faces in one store, what every backend implements (one module per face per backend:
+    ``sqlite``/``sqlite_logs``, ``redis_store``/``redis_logs``). Code that needs one face takes it."""
 
     def __enter__(self) -> OnlineStore:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"
