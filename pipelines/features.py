@@ -21,39 +21,15 @@ import time
 
 from rayrec.features.pointintime import LABEL_THRESHOLD
 from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, init_ray, load_data, setup_logging
-from rayrec import uri
 from rayrec.config import configured_store_url
 from rayrec.data.source import DATASET_CHOICES
 from rayrec.features import FeaturesConfig, run_features
 from rayrec.features.pipeline import summary
 from rayrec.shared import ArtifactsNotShared, check_shared
 from rayrec.store import default_store_url
+from rayrec.store.loader import load_online, seed_realtime
 
 log = logging.getLogger("pipelines.features")
-
-
-def load_online(store_url: str | None, features_path: str, *, use_ray: bool = True) -> dict[str, tuple[str, int, float]]:
-    """Load ``online/users.parquet`` and ``online/items.parquet`` of one features version into a store."""
-    from rayrec.store.loader import load_table
-
-    out = {}
-    for entity, table, key in (("user", "users", "userId"), ("item", "items", "movieId")):
-        version, rows, secs = load_table(
-            store_url, entity, uri.join(features_path, "online", f"{table}.parquet"), key, use_ray=use_ray
-        )
-        log.info("online store: %s table version %s, %d rows in %.2fs", entity, version, rows, secs)
-        out[entity] = (version, rows, secs)
-    return out
-
-
-def seed_realtime(store_url: str | None, data, threshold: float) -> int:
-    """Exact per-user statistics for incremental updates from events (``POST /events``), from the
-    same ratings the features were computed on."""
-    from rayrec.realtime.updater import seed_stats
-    from rayrec.store import open_store
-
-    with open_store(store_url) as store:
-        return seed_stats(store, data.ratings, data.movies, threshold)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         url = default_store_url(cfg.artifacts) if args.online_store == "default" else args.online_store
         loaded = load_online(url, result.path)
         rows = sum(r for _, r, _ in loaded.values())
-        seeded = seed_realtime(url, data, result.spec.label_threshold)
+        seeded = seed_realtime(url, data.ratings, data.movies, result.spec.label_threshold)
         log.info("online store: real-time statistics seeded for %d users", seeded)
         print(f"online store   {rows:,} rows loaded in {time.perf_counter() - t:.1f}s "
               f"(users v{loaded['user'][0]}, items v{loaded['item'][0]})", flush=True)

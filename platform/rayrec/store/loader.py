@@ -3,6 +3,10 @@
 One versioned load: ``begin_load`` in the driver, ``write_rows`` per block (in parallel Ray Data tasks
 with ``use_ray``, each opening the store itself), then one ``commit_load`` that swaps the new table in
 and deletes the old one. Readers see the old table until the swap, the new one after it.
+
+:func:`load_online` loads a features version's online tables (``online/users.parquet``,
+``online/items.parquet``) this way, and :func:`seed_realtime` gives every user the exact statistics the
+real-time path updates from: what the feature job does after computing a version.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from pydantic import BaseModel
 
 from rayrec.store import open_store
 from rayrec.store.base import OnlineStore, iter_rows
+from rayrec import uri
 from rayrec.uri import filesystem
 
-__all__ = ["load_table"]
+__all__ = ["load_table", "load_online", "seed_realtime"]
+
+log = logging.getLogger(__name__)
 
 
 def load_table(
@@ -140,3 +147,26 @@ def _write_block(batch: pa.Table, config: BaseModel, entity: str, version: str, 
     finally:
         store.close()
     return {"rows": np.array([rows], dtype=np.int64)}
+
+
+def load_online(store_url: str | None, features_path: str, *, use_ray: bool = True) -> dict[str, tuple[str, int, float]]:
+    """Load ``online/users.parquet`` and ``online/items.parquet`` of one features version into a store:
+    ``{entity: (version, rows, seconds)}``."""
+    out: dict[str, tuple[str, int, float]] = {}
+    for entity, table, key in (("user", "users", "userId"), ("item", "items", "movieId")):
+        version, rows, secs = load_table(
+            store_url, entity, uri.join(features_path, "online", f"{table}.parquet"), key, use_ray=use_ray
+        )
+        log.info("online store: %s table version %s, %d rows in %.2fs", entity, version, rows, secs)
+        out[entity] = (version, rows, secs)
+    return out
+
+
+def seed_realtime(store_url: str | None, ratings: pd.DataFrame, movies: pd.DataFrame, threshold: float) -> int:
+    """Exact per-user statistics for incremental updates from events (``POST /events``), from the
+    same ratings the features were computed on."""
+    from rayrec.realtime.updater import seed_stats
+    from rayrec.store import open_store
+
+    with open_store(store_url) as store:
+        return seed_stats(store, ratings, movies, threshold)
