@@ -55,8 +55,8 @@ class ServingConfig(BaseModel):
     retriever_version: str | None = Field(default="latest", description="None: query the index with recent likes")
     candidates: int = Field(default=100, ge=10, le=2000, description="candidates recalled per request (at least 3 × k)")
     rank_weight: float = Field(
-        # pipelines.evaluate on ml-latest-small: 0.25 served the best lists (temporal NDCG@10 0.137 against
-        # 0.092 for the ranker's order alone; random 0.282 against 0.124)
+        # pipelines.evaluate on ml-latest-small: 0.25 served the best lists (temporal NDCG@10 0.134 against
+        # 0.086 for the ranker's order alone; random 0.318 against 0.139)
         default=0.25, ge=0.0, le=1.0,
         description="final order = rank_weight × ranker percentile + (1 − rank_weight) × recall percentile; "
         "cold-start users keep the cold-start order",
