@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from rayrec.data.movielens import NO_GENRES
+from rayrec.data.synthetic_text import _TagVocab, _titles
 
 __all__ = ["SyntheticConfig", "generate", "GENRES", "Truth", "truth"]
 
@@ -85,31 +86,6 @@ _GENRE_COUNTS = {
 }  # fmt: skip
 GENRES: tuple[str, ...] = tuple(_GENRE_COUNTS)
 _GENRE_WEIGHTS = np.array(list(_GENRE_COUNTS.values()), dtype=np.float64)
-# Tags by genre (same order as GENRES), then tags that fit any movie.
-_GENRE_TAGS: tuple[tuple[str, ...], ...] = (
-    ("action packed", "explosions", "car chase"), ("epic", "quest", "journey"), ("pixar", "cute", "hand drawn"),
-    ("family", "kids", "coming of age"), ("funny", "hilarious", "witty", "dark comedy"), ("heist", "mafia", "gritty"),
-    ("true story", "informative"), ("emotional", "character study", "slow paced"), ("magic", "fairy tale"),
-    ("noir", "femme fatale"), ("scary", "gore", "creepy"), ("imax", "spectacle"), ("music", "singing"),
-    ("twist ending", "whodunit"), ("love story", "romantic", "bittersweet"), ("space", "dystopia", "time travel"),
-    ("suspense", "tense", "plot twist"), ("world war ii", "anti-war"), ("cowboys", "frontier"),
-)
-_GENERIC_TAGS = (
-    "classic", "atmospheric", "great acting", "visually appealing", "based on a book", "overrated",
-    "thought-provoking", "good soundtrack", "predictable", "funny, but sad",
-)
-_TITLE_ADJECTIVES = (
-    "Silent", "Broken", "Golden", "Last", "Dark", "Hidden", "Lost", "Wild", "Crimson", "Quiet", "Burning", "Frozen",
-    "Secret", "Endless", "Little", "Midnight", "Savage", "Electric", "Distant", "Hollow", "Bright", "Final",
-    "Forgotten", "Iron", "Velvet", "Stolen", "Restless", "Empty", "Perfect", "Sweet",
-)
-_TITLE_NOUNS = (
-    "River", "City", "Night", "Summer", "Stranger", "Garden", "Horizon", "Kingdom", "Promise", "Road", "Storm", "Heart",
-    "Mirror", "Island", "Shadow", "Dream", "Winter", "Harbor", "Empire", "Secret", "Voyage", "Echo", "Frontier",
-    "Machine", "Letter", "Affair", "Escape", "Witness", "Journey", "Game", "Ghost", "Season", "Legend", "Station",
-)
-
-
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Size, seed and time span of a synthetic dataset; the defaults make a laptop-sized one.
@@ -429,34 +405,6 @@ def _make_block(
     return _Chunk(u + 1, items.ids[i], code, ts, tags)
 
 
-class _TagVocab:
-    """Tags by genre laid end to end (the generic ones last), so one draw picks one per rating."""
-
-    def __init__(self, rate: float) -> None:
-        groups = [*_GENRE_TAGS, _GENERIC_TAGS]
-        self.words = np.array([w for grp in groups for w in grp], dtype=object)
-        self.offset = np.cumsum([0] + [len(grp) for grp in groups])[:-1]
-        self.size = np.array([len(grp) for grp in groups])
-        self.rate = rate
-
-    def draw(
-        self, rng: np.random.Generator, u: np.ndarray, i: np.ndarray, ts: np.ndarray, items: _Items
-    ) -> list[tuple[int, int, str, int]]:
-        """Tag about ``rate`` per 1,000 of the ratings (u, i) at times ``ts``."""
-        chosen = np.flatnonzero(rng.random(len(u)) < self.rate / 1000)
-        genres = items.genres[i[chosen]]  # (T, G)
-        # One of the item's genres at random, or the generic tags.
-        keys = np.where(genres, rng.random(genres.shape), -1.0)
-        group = np.where(genres.any(axis=1), keys.argmax(axis=1), len(self.size) - 1)
-        group[rng.random(len(chosen)) < _GENERIC_TAG_SHARE] = len(self.size) - 1
-        word = self.words[self.offset[group] + np.floor(rng.random(len(chosen)) * self.size[group]).astype(np.int64)]
-        return list(zip((u[chosen] + 1).tolist(), items.ids[i[chosen]].tolist(), word.tolist(), ts[chosen].tolist()))
-
-
-# ------------------------------------------------------------------------------------------- writing
-
-
-# The rating column is a dictionary over "0.5" … "5.0", so it is written as MovieLens writes it.
 _RATINGS_SCHEMA = pa.schema(
     [("userId", pa.int64()), ("movieId", pa.int64()), ("rating", pa.dictionary(pa.int8(), pa.string())),
      ("timestamp", pa.int64())]
@@ -468,21 +416,6 @@ def _ratings_table(chunks: list[_Chunk]) -> pa.Table:
     columns = [np.concatenate([getattr(c, name) for c in chunks]) for name in ("user", "movie", "ts")]
     rating = pa.DictionaryArray.from_arrays(code, pa.array(_RATING_TEXT))
     return pa.Table.from_arrays([columns[0], columns[1], rating, columns[2]], schema=_RATINGS_SCHEMA)
-
-
-def _titles(rng: np.random.Generator, n: int) -> list[str]:
-    """Made-up titles in MovieLens's style, including the trailing article ("Harbor, The") that puts a
-    comma, and so CSV quoting, into many titles."""
-    pattern = rng.choice(6, size=n, p=[0.35, 0.15, 0.2, 0.1, 0.08, 0.12]).tolist()
-    adj = rng.integers(0, len(_TITLE_ADJECTIVES), n).tolist()
-    noun = rng.integers(0, len(_TITLE_NOUNS), n).tolist()
-    other = rng.integers(0, len(_TITLE_NOUNS), n).tolist()
-    sequel = rng.integers(2, 5, n).tolist()
-    forms = ("{a} {b}", "{b} of the {c}", "{a} {b}, The", "{b}", "{a} {b} {k}", "{b} and {c}")
-    return [
-        forms[p].format(a=_TITLE_ADJECTIVES[a], b=_TITLE_NOUNS[b], c=_TITLE_NOUNS[c], k=k)
-        for p, a, b, c, k in zip(pattern, adj, noun, other, sequel)
-    ]
 
 
 def _write_movies(path: Path, config: SyntheticConfig, items: _Items) -> None:
@@ -533,40 +466,6 @@ def _is_cached(out: Path, config: SyntheticConfig) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-
-
-@dataclass(frozen=True)
-class Truth:
-    """The generator's hidden preferences for a config: what a simulated user truly thinks of an item
-    (the same factors and biases the ratings were drawn from)."""
-
-    item_ids: np.ndarray  # (I,) movieId
-    user_factors: np.ndarray  # (U, F); user u is row u - 1
-    user_bias: np.ndarray  # (U,)
-    item_factors: np.ndarray  # (I, F)
-    item_bias: np.ndarray  # (I,)
-    user_activity: np.ndarray  # (U,) ratings each user was given: how engaged they are
-
-    def expected_rating(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
-        """The rating before noise and rounding (not clipped) for pairs ``(user_ids[n], movie_ids[n])``
-        (broadcast); NaN for a movie the generator never made or a user outside the config."""
-        users = np.asarray(user_ids, dtype=np.int64)
-        movies = np.asarray(movie_ids, dtype=np.int64)
-        users, movies = np.broadcast_arrays(users, movies)
-        pos = np.clip(np.searchsorted(self.item_ids, movies), 0, len(self.item_ids) - 1)
-        ok = (self.item_ids[pos] == movies) & (users >= 1) & (users <= len(self.user_bias))
-        u = np.where(ok, users - 1, 0)
-        i = np.where(ok, pos, 0)
-        affinity = np.einsum("...f,...f->...", self.user_factors[u], self.item_factors[i])
-        x = _GLOBAL_MEAN + self.user_bias[u] + self.item_bias[i] + _INTERACTION_SCALE * affinity
-        return np.where(ok, x, np.nan)
-
-
-def truth(config: SyntheticConfig = SyntheticConfig()) -> Truth:
-    """The hidden preferences behind :func:`generate`'s data for ``config`` (no files needed)."""
-    items = _make_items(config)
-    users = _make_users(config, _Sampler(items).sizes)
-    return Truth(items.ids, users.factors, users.bias, items.factors, items.bias, users.counts)
 
 
 def generate(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), *, progress: bool = False) -> Path:
@@ -652,3 +551,7 @@ def _write_all(paths: dict[str, Path], config: SyntheticConfig, progress: bool, 
                 _say(f"synthetic: {n_ratings:,}/{config.n_ratings:,} ratings ({share:.0%}), {rate:,.0f} ratings/s")
         writer.close()
     return n_ratings, n_tags
+
+
+# the hidden preferences, for simulators (defined beside the generator's internals they rebuild)
+from rayrec.data.synthetic_truth import Truth, truth  # noqa: E402
