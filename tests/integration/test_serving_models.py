@@ -5,6 +5,9 @@ hold for any model, not recommendation quality."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ import torch
 from rayrec.features.spec import FeatureSpec
 from rayrec.models.ranker import Ranker, RankerConfig
 from rayrec.models.two_tower import TwoTower, TwoTowerConfig
-from rayrec.serving import Recommender, ServingConfig, load_bundle
+from rayrec.serving import Ranked, Recalled, RecommenderService, ServingConfig, load_bundle
 from rayrec.models.inference import RankerScorer, TowerEncoder
 from rayrec.models.inputs import item_columns, user_columns
 from rayrec.store import open_store
@@ -22,12 +25,28 @@ from rayrec.store import open_store
 PLAIN = {"diversity": 0.0, "freshness_weight": 0.0, "popularity_weight": 0.0, "max_per_genre": None}
 
 
+def service(serving_artifacts: Any, bundle: Any) -> RecommenderService:
+    """The one way in to the stages (its store reads under the deadline), logging no impressions."""
+    return RecommenderService(serving_artifacts.artifacts, open_store(serving_artifacts.store), bundle)
+
+
+def recall(svc: RecommenderService, user: int, k: int) -> Recalled:
+    return asyncio.run(svc.recall_local(user, k))
+
+
+def rank(svc: RecommenderService, batch: list[Recalled]) -> list[Ranked]:
+    return asyncio.run(svc.rank_batch(batch))
+
+
 @pytest.fixture(scope="module")
 def wired(serving_artifacts):
     torch.manual_seed(0)
-    bundle = load_bundle(serving_artifacts.artifacts, ServingConfig(fresh_weight=0.0, rank_weight=1.0, rerank=PLAIN))
+    cfg = ServingConfig(fresh_weight=0.0, rank_weight=1.0, rerank=PLAIN, impressions=False)
+    bundle = load_bundle(serving_artifacts.artifacts, cfg)
     assert bundle.ranker is not None and bundle.tower is not None, bundle.notes
-    return Recommender(bundle), open_store(serving_artifacts.store)
+    svc = service(serving_artifacts, bundle)
+    yield svc, svc.store
+    svc.close()
 
 
 def test_registered_models_load_and_match_the_spec(serving_artifacts) -> None:
@@ -39,10 +58,10 @@ def test_registered_models_load_and_match_the_spec(serving_artifacts) -> None:
     assert bundle.versions["ranker"] == uri.latest(uri.join(serving_artifacts.artifacts, "models", "ranker"))
     assert bundle.versions["retriever"] == uri.latest(uri.join(serving_artifacts.artifacts, "models", "retriever"))
     # the serving adapter scores exactly as the registry's own scorer
-    store = open_store(serving_artifacts.store)
-    core = Recommender(bundle)
-    r = core.recall(store, 3, 10)
-    ranked = core.rank(store, [r])[0]
+    svc = service(serving_artifacts, bundle)
+    store = svc.store
+    r = recall(svc, 3, 10)
+    ranked = rank(svc, [r])[0]
     import pandas as pd
 
     rows = store.get("item", r.ids.tolist())
@@ -61,16 +80,21 @@ def test_untrained_models_plug_in_too(serving_artifacts) -> None:
     bundle = load_bundle(serving_artifacts.artifacts)
     bundle.ranker = RankerScorer(Ranker(RankerConfig(), spec.sizes).eval(), spec, "untrained")
     bundle.tower = TowerEncoder(TwoTower(TwoTowerConfig(id_dim=bundle.index.dim), spec.sizes).eval(), spec, "untrained")
-    rec = Recommender(bundle).recommend(open_store(serving_artifacts.store), 4, 10)
-    assert len(rec.items) == 10 and all(i.rank_score is not None for i in rec.items)
+    bundle = bundle.with_config(ServingConfig(impressions=False))
+    svc = service(serving_artifacts, bundle)
+    try:
+        rec = asyncio.run(svc.recommend(4, 10))
+    finally:
+        svc.close()
+    assert not rec.degraded and len(rec.items) == 10 and all(i.rank_score is not None for i in rec.items)
 
 
 def test_batched_scores_equal_one_by_one(wired) -> None:
-    core, store = wired
-    batch = [core.recall(store, u, 10) for u in (1, 2, 3, 987654321)]
-    together = core.rank(store, batch)
+    svc, _ = wired
+    batch = [recall(svc, u, 10) for u in (1, 2, 3, 987654321)]
+    together = rank(svc, batch)
     for r, ranked in zip(batch, together):
-        alone = core.rank(store, [r])[0]
+        alone = rank(svc, [r])[0]
         assert ranked.scores is not None and ranked.scores.shape == (len(r.ids),)
         np.testing.assert_allclose(ranked.scores, alone.scores, rtol=1e-5, atol=1e-6)
         assert ((ranked.scores >= 0) & (ranked.scores <= 1)).all()
@@ -78,25 +102,25 @@ def test_batched_scores_equal_one_by_one(wired) -> None:
 
 
 def test_list_follows_the_ranker(wired) -> None:
-    core, store = wired
-    rec = core.recommend(store, 5, 10)
+    svc, _ = wired
+    rec = asyncio.run(svc.recommend(5, 10))
     assert not rec.degraded and len(rec.items) == 10
     ranks = [i.rank_score for i in rec.items]
     assert ranks == sorted(ranks, reverse=True), "with rerank weights at 0 the list is the ranker's order"
-    r = core.recall(store, 5, 10)
-    ranked = core.rank(store, [r])[0]
+    r = recall(svc, 5, 10)
+    ranked = rank(svc, [r])[0]
     unseen = [s for m, s in zip(r.ids.tolist(), ranked.scores.tolist()) if m not in r.seen]
     assert ranks[0] == pytest.approx(max(unseen), rel=1e-5)
 
 
 def test_user_vector_queries_the_index(wired) -> None:
-    core, store = wired
-    b = core.bundle
+    svc, store = wired
+    b = svc.bundle
     row = store.get("user", [7])[0]
     hist = b.history.user(7)
     v = b.tower.vector(user_columns(7, row, hist.liked, tuple(row["user_genres"])))
     assert v.shape == (b.index.dim,) and abs(float(np.linalg.norm(v)) - 1.0) < 1e-4
-    r = core.recall(store, 7, 10)
+    r = recall(svc, 7, 10)
     assert "embedding" in {p for ps in r.paths for p in ps}
     # the item side of the tower encodes store rows too (used for items added live)
     rows = store.get("item", r.ids[:3].tolist())
@@ -116,11 +140,12 @@ def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
     (added live) takes its place in the recall order instead of the ranker's."""
     from dataclasses import replace
 
-    core0, store = wired
-    b = core0.bundle.with_config(ServingConfig(fresh_weight=0.5, rank_weight=1.0, rerank=PLAIN))
-    core = Recommender(b)
-    r = core.recall(store, 9, 30)
-    ranked = core.rank(store, [r])[0]
+    svc0, store = wired
+    b = svc0.bundle.with_config(ServingConfig(fresh_weight=0.5, rank_weight=1.0, rerank=PLAIN, impressions=False))
+    svc = RecommenderService(svc0.artifacts, store, b)
+    core = svc.core
+    r = recall(svc, 9, 30)
+    ranked = rank(svc, [r])[0]
     cat = b.catalog
     fresh = tuple(int(m) for m in cat.movie_ids[cat.genre_matrix[:, cat.genre_names.index("Horror")] > 0][:3])
     n = len(r.ids)
@@ -149,15 +174,15 @@ def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
 def test_served_models_are_traced_and_score_as_in_eager_mode(wired) -> None:
     from rayrec.models.inputs import to_tensors
 
-    core, store = wired
-    b = core.bundle
+    svc, _ = wired
+    b = svc.bundle
     assert isinstance(b.ranker._predict, torch.jit.ScriptModule), "ranker served eagerly"
     assert isinstance(b.tower._user, torch.jit.ScriptModule), "user tower served eagerly"
-    r = core.recall(store, 5, 10)
+    r = recall(svc, 5, 10)
     x = to_tensors(r.user_inputs)
     with torch.inference_mode():
         np.testing.assert_allclose(b.tower.vector_of(r.user_inputs), b.tower.model.user(x).numpy()[0], rtol=1e-5, atol=1e-6)
-    ranked = core.rank(store, [r])[0]
+    ranked = rank(svc, [r])[0]
     items = b.ranker._items.encode(r.ids.tolist(), ranked.rows)
     batch = {**items, **{k: np.repeat(v, len(r.ids), axis=0) for k, v in b.ranker.encode_user(
         user_columns(r.user_id, r.user_row, r.liked, r.genres)).items()}}

@@ -7,20 +7,20 @@ Serve deployments reach it through :class:`rayrec.serving.service.RecommenderSer
 or spread over Recall / Ranker / Reranker deployments); each stage takes and returns plain, picklable
 data (:class:`Recalled`, :class:`Ranked`), so a stage can run behind a DeploymentHandle unchanged.
 
-Store reads per ``/recommend``: the user row and the user's online events in ``recall``, then one
-batched ``get("item", …)`` for the candidates (and the user's recent likes, for the reasons) in
-``rank``, which reads the rows of every request of a batch in a single call.
+One way in: :class:`RecommenderService` does the store reads (under its deadline and breaker) and
+calls the stages, which are pure compute. Store reads per ``/recommend``: the user row and the user's
+online events before recall, then one batched ``get("item", …)`` for the candidates (and the user's
+recent likes, for the reasons) before ranking, for every request of a batch in a single call.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 
-from rayrec.realtime import STATE_KEY, ColdContext
+from rayrec.realtime import STATE_KEY
 from rayrec.serving.api import Movie, Recommendation, RecommendedItem, SimilarItem, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle
 from rayrec.serving.finalize import RerankStage
@@ -43,22 +43,7 @@ class Recommender(RecallStage, RankStage, RerankStage):
         self.bundle = bundle
         self.items = ItemRows(bundle.config.item_cache_s)  # outlives bundle swaps: it holds store rows
 
-    # -- all stages, in process ---------------------------------------------------------------------
-    def recommend(self, store: OnlineStore, user_id: int, k: int, context: ColdContext | None = None) -> Recommendation:
-        """The whole chain in this thread; store failures give the popularity answer."""
-        from rayrec.store.base import StoreError
-
-        t = time.perf_counter()
-        try:
-            recalled = self.recall(store, user_id, k, context)
-            ranked = self.rank(store, [recalled])[0]
-        except StoreError as e:
-            log.warning("store unavailable, answering from popularity: %s", e)
-            return self.popular(user_id, k, "store_unavailable")
-        out = self.rerank(recalled, ranked)
-        out.took_ms = round((time.perf_counter() - t) * 1e3, 3)
-        return out
-
+    # -- the degraded answer ---------------------------------------------------------------------
     def popular(self, user_id: int, k: int, why: str | None) -> Recommendation:
         """The degraded answer: most popular items the batch history says the user has not seen,
         from memory (no store)."""

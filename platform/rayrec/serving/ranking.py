@@ -81,13 +81,6 @@ class RankStage:
             log.exception("ranker failed on a batch of %d requests; answering in recall order", len(batch))
             return None, "ranker_failed"
 
-    def rank(self, store: OnlineStore, batch: Sequence[Recalled]) -> list[Ranked]:
-        """Fetch item rows (one store call) and score them (one forward pass) for a batch of requests.
-        Store errors propagate (the caller degrades); ranker errors give ``scores=None``."""
-        t0 = time.perf_counter()
-        fetched = self.fetch(store, batch)
-        return self.rank_fetched(batch, fetched, store_ms=(time.perf_counter() - t0) * 1e3)
-
     def rank_fetched(self, batch: Sequence[Recalled], fetched: Sequence[tuple[list[Any], list[Any]]], store_ms: float = 0.0) -> list[Ranked]:
         """Score a batch whose item rows were fetched already (pure compute)."""
         t1 = time.perf_counter()

@@ -62,14 +62,6 @@ class RecallStage:
 
     bundle: Bundle
 
-    def recall(self, store: OnlineStore, user_id: int, k: int, context: ColdContext | None = None) -> Recalled:
-        """Read the user (row and online events, two store calls), then recall candidates."""
-        t0 = time.perf_counter()
-        row, events = self.read_user(store, user_id)
-        out = self.recall_from(user_id, k, row, events, context)
-        out.timings["store_user_ms"] = (time.perf_counter() - t0) * 1e3 - out.timings["recall_ms"]
-        return out
-
     @staticmethod
     def read_user(store: OnlineStore, user_id: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The user's feature row (None when unknown) and online events, oldest first."""
