@@ -340,3 +340,23 @@ def test_rrf_keeps_items_added_live_first():
     live, emb = _Fixed("new_items", [100]), _Fixed("embedding", [1, 2, 3])
     ids = [c.movie_id for c in Merger([live, emb], {"new_items": 1, "embedding": 30}, order="rrf").recall(UserState(user_id=1))]
     assert ids[0] == 100  # its small quota's vote alone would put it last
+
+
+def test_cold_start_path_leads_and_keeps_other_paths_credit():
+    from rayrec.retrieval.coldstart import ColdStartRecall, lead
+    from rayrec.retrieval.merge import Recalls
+
+    class Ranks:
+        def recommend(self, k=10, *, genres=(), hour=None, row=None, exclude=()):
+            self.asked = (k, tuple(genres), hour, row, set(exclude))
+            return [(m, 1.0 / (i + 1)) for i, m in enumerate(m for m in (7, 3, 9, 5) if m not in set(exclude))][:k]
+
+    ranks = Ranks()
+    user = UserState(user_id=1, seen=frozenset({9}), declared_genres=("Comedy",), hour=21, row={"userId": 1})
+    picks = ColdStartRecall(ranks).recall(user, 3)
+    assert picks.movie_ids.tolist() == [7, 3, 5] and ranks.asked == (3, ("Comedy",), 21, {"userId": 1}, {9})
+    found = Recalls(np.array([1, 3, 2], dtype=np.int64), np.array([0.9, 0.8, 0.7]), [("ease",), ("genre", "popular"), ("ease",)])
+    led = lead(picks, found)
+    assert led.movie_ids.tolist() == [7, 3, 5, 1, 2], "picks first, then the rest in their order, each once"
+    assert led.paths == [("cold_start",), ("cold_start", "genre", "popular"), ("cold_start",), ("ease",), ("ease",)]
+    assert led.scores.tolist()[3:] == [0.9, 0.7]

@@ -40,6 +40,10 @@ class UserState:
     genres: tuple[str, ...] = ()
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
     as_of: int | None = None
+    # what the cold-start path reads: the genres a new user declared, the local hour, the store row
+    declared_genres: tuple[str, ...] = ()
+    hour: int | None = None
+    row: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def seen_array(self) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from rayrec.models.inputs import user_columns
 from rayrec.realtime import ColdContext, is_cold
+from rayrec.retrieval.coldstart import ColdStartRecall, lead
 from rayrec.retrieval.state import UserState
 from rayrec.serving.bundle import Bundle
 from rayrec.serving.history import merge_events
@@ -94,8 +95,11 @@ class RecallStage:
         found = b.merger.recall_arrays(state, total=total)
         ids, scores, paths = found.movie_ids, found.scores, found.paths
         cold = is_cold(row) and len(hist.liked) < COLD_LIKES
-        if cold:
-            ids, scores, paths = self._cold_first(ids.tolist(), scores.tolist(), paths, row, k, total, hist.seen, context)
+        if cold:  # the cold-start path's picks lead
+            ctx = context or ColdContext()
+            at = replace(state, declared_genres=tuple(ctx.genres), hour=ctx.hour, row=row)
+            found = lead(ColdStartRecall(b.cold).recall(at, max(2 * k, total // 4)), found)
+            ids, scores, paths = found.movie_ids, found.scores, found.paths
         t2 = time.perf_counter()
         return Recalled(
             user_id=user_id, k=k, known=row is not None, user_row=row, liked=hist.liked, genres=genres,
@@ -105,35 +109,6 @@ class RecallStage:
             user_inputs_spec=b.tower.spec_hash if inputs is not None and b.tower is not None else None,
             versions=dict(b.versions),
         )  # fmt: skip
-
-    def _cold_first(
-        self,
-        ids: list[int],
-        scores: list[float],
-        paths: list[tuple[str, ...]],
-        row: dict[str, Any] | None,
-        k: int,
-        total: int,
-        seen: frozenset[int],
-        context: ColdContext | None,
-    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
-        """The cold-start picks first, then the other candidates; a pick another path found too moves
-        up, crediting both."""
-        ctx = context or ColdContext()
-        picks = self.bundle.cold.recommend(max(2 * k, total // 4), genres=ctx.genres, hour=ctx.hour, row=row, exclude=seen)
-        where = {m: i for i, m in enumerate(ids)}
-        paths = list(paths)
-        head: list[tuple[int, float, tuple[str, ...]]] = []
-        for m, sc in picks:
-            if m in where:
-                i = where[m]
-                head.append((m, float(sc), ("cold_start", *paths[i])))
-                paths[i] = ()
-            else:
-                head.append((m, float(sc), ("cold_start",)))
-        merged = head + [(m, sc, p) for m, sc, p in zip(ids, scores, paths) if p]
-        return (np.asarray([m for m, _, _ in merged], dtype=np.int64), np.asarray([sc for _, sc, _ in merged]),
-                [p for _, _, p in merged])  # fmt: skip
 
     def _recall_genres(self, genres: tuple[str, ...], fresh: Sequence[int]) -> tuple[str, ...]:
         """The genres the genre path recalls from: those of the newest fresh likes lead (the user's
