@@ -60,6 +60,12 @@ class Recalls:
         return len(self.movie_ids)
 
 
+def _known_paths(names: Mapping[str, object]) -> None:
+    unknown = sorted(set(names) - set(PATH_NAMES))
+    if unknown:
+        raise ValueError(f"unknown recall path(s) {unknown}; known: {list(PATH_NAMES)}")
+
+
 class RecallConfig(BaseModel):
     """Which paths run, in which order, with how many candidates each (the quotas sum to the total)."""
 
@@ -93,9 +99,7 @@ class RecallConfig(BaseModel):
     @field_validator("quotas")
     @classmethod
     def _check_quotas(cls, v: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(v) - set(PATH_NAMES))
-        if unknown:
-            raise ValueError(f"unknown recall path(s) {unknown}; known: {list(PATH_NAMES)}")
+        _known_paths(v)
         if any(q < 0 for q in v.values()):
             raise ValueError(f"quotas must be ≥ 0, got {v}")
         if sum(v.values()) <= 0:
@@ -105,9 +109,7 @@ class RecallConfig(BaseModel):
     @field_validator("weights")
     @classmethod
     def _check_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(PATH_NAMES))
-        if unknown:
-            raise ValueError(f"unknown recall path(s) {unknown}; known: {list(PATH_NAMES)}")
+        _known_paths(v)
         if any(not (w >= 0 and w < float("inf")) for w in v.values()):
             raise ValueError(f"weights must be finite and ≥ 0, got {v}")
         return v
