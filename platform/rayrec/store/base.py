@@ -342,9 +342,16 @@ class EventLog(ABC):
         """Append events (dicts, oldest first) to the user's recent history, keeping the newest
         ``max_len``."""
 
-    @abstractmethod
     def get_history(self, user_id: int, limit: int | None = None) -> list[Row]:
         """The user's recent events, oldest first and newest last; the newest ``limit`` if given."""
+        (user_id,) = as_ids([user_id])
+        if limit is not None and limit <= 0:
+            return []
+        return self._read_history(user_id, limit)
+
+    @abstractmethod
+    def _read_history(self, user_id: int, limit: int | None) -> list[Row]:
+        """:meth:`get_history` for a checked id and a positive ``limit`` (or None: all)."""
 
     # -- durable append-only logs ---------------------------------------------------------------
     # The real-time path records every accepted event here before applying it, so that the next

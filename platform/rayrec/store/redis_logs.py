@@ -95,10 +95,7 @@ class RedisEventLog:
         except RedisError as e:
             raise self._error(e, f"append history of user {user_id}") from e
 
-    def get_history(self, user_id: int, limit: int | None = None) -> list[Row]:
-        (user_id,) = as_ids([user_id])
-        if limit is not None and limit <= 0:
-            return []
+    def _read_history(self, user_id: int, limit: int | None) -> list[Row]:
         try:
             values = self._r.lrange(self._history(user_id), 0 if limit is None else -limit, -1)
         except RedisError as e:

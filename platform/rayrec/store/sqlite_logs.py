@@ -65,10 +65,7 @@ class SqliteEventLog:
         except sqlite3.Error as e:
             raise self._error(e, f"append history of user {user_id}") from e
 
-    def get_history(self, user_id: int, limit: int | None = None) -> list[Row]:
-        (user_id,) = as_ids([user_id])
-        if limit is not None and limit <= 0:
-            return []
+    def _read_history(self, user_id: int, limit: int | None) -> list[Row]:
         try:
             rows = (
                 self._conn()
