@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rayrec import uri
 from rayrec.experiments.config import Experiment, Variant, check_disjoint
-from rayrec.features.spec import FeatureSpec
+from rayrec.features.spec import FeatureSpec, features_path
 from rayrec.realtime import ColdStart
 from rayrec.rerank import RerankConfig
 from rayrec.retrieval.catalog import ItemCatalog, Popularity, read_ratings
@@ -151,8 +151,12 @@ def check_versions(artifacts: str, cfg: ServingConfig) -> None:
 def resolve_versions(artifacts: str, cfg: ServingConfig) -> dict[str, str | None]:
     """The concrete version each pointer names now (None for a missing or disabled artifact)."""
     out: dict[str, str | None] = {}
-    pairs = (("features", "features", cfg.features_version), ("index", "index", cfg.index_version),
-             ("ranker", "models/ranker", cfg.ranker_version), ("retriever", "models/retriever", cfg.retriever_version))  # fmt: skip
+    try:
+        out["features"] = features_path(artifacts, cfg.features_version).rstrip("/").rsplit("/", 1)[-1]
+    except FileNotFoundError:
+        out["features"] = None
+    pairs = (("index", "index", cfg.index_version), ("ranker", "models/ranker", cfg.ranker_version),
+             ("retriever", "models/retriever", cfg.retriever_version))  # fmt: skip
     for name, root, version in pairs:
         if version is None:
             out[name] = None
