@@ -66,6 +66,8 @@ class StoreGuard:
         self.last_error: str | None = None
         self.failures = 0
         self._closed = False
+        self._busy = 0  # calls running on the pool's threads now
+        self._idle = threading.Condition()
         self.max_writes = max_writes
         self._writes = 0  # running or queued on the pool, finished or not by their deadline
 
@@ -129,7 +131,7 @@ class StoreGuard:
         loop = asyncio.get_running_loop()
         try:
             with self._bookkeeping():
-                out = await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout_s)
+                out = await asyncio.wait_for(loop.run_in_executor(self._pool, self._tracked(fn), *args), self.timeout_s)
         except asyncio.TimeoutError:
             err = StoreDown(f"online store did not answer within {self.timeout_s:g}s")
             self._record(err)
@@ -153,7 +155,7 @@ class StoreGuard:
                 self._probing = False
             raise StoreDown(f"{self.max_writes} writes are still running (the store is slow): refused, not recorded")
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, fn, *args)
+        future = loop.run_in_executor(self._pool, self._tracked(fn), *args)
         future.add_done_callback(self._write_done)
         try:
             with self._bookkeeping():
@@ -187,6 +189,26 @@ class StoreGuard:
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
+    def _tracked(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` counted while it runs on a pool thread, so :meth:`close` can wait for it."""
+
+        def call(*args: Any) -> T:
+            with self._idle:
+                self._busy += 1
+            try:
+                return fn(*args)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+        return call
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """Refuse new calls, drop queued ones, and wait up to ``wait_s`` for those running to finish:
+        the caller closes the store next, and a connection must not be closed under a running call."""
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout=wait_s):
+                log.warning("closing with %d store call(s) still running after %.1fs", self._busy, wait_s)
