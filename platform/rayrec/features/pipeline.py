@@ -32,7 +32,7 @@ from rayrec import uri
 from rayrec.config import default_artifacts
 from rayrec.data.movielens import MovieLens
 from rayrec.features.pointintime import ITEM_FEATURES, USER_FEATURES, attach_movie_attributes, item_pass, user_pass
-from rayrec.features.spec import FeatureSpec, SpecPartial
+from rayrec.features.spec import SPEC_FILE, FeatureSpec, SpecPartial
 from rayrec.features.stats import StatsPartial, build_report, format_report
 
 __all__ = ["FeaturesConfig", "FeaturesResult", "run_features", "features_root", "SAMPLE_COLUMNS"]
@@ -244,7 +244,7 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
     t = time.perf_counter()
     train = ray.data.read_parquet(uri.join(out, "samples", "train"))
     spec = FeatureSpec.fit(_merge(train, _spec_partial, SpecPartial()), label_threshold=cfg.threshold)
-    spec.save(uri.join(out, "spec.json"))
+    spec.save(uri.join(out, SPEC_FILE))
     stats = _merge(samples, _stats_partial, StatsPartial())
     report = build_report(
         stats,

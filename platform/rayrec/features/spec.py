@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 from rayrec import uri
 from rayrec.features.pointintime import LABEL_THRESHOLD, N_ITEM_GENRES, N_RECENT_ITEMS, N_USER_GENRES
 
+SPEC_FILE = "spec.json"  # in each features version
+
 __all__ = [
     "PAD",
     "OOV",
@@ -39,6 +41,7 @@ __all__ = [
     "LABEL_THRESHOLD",
     "features_path",
     "load_spec",
+    "SPEC_FILE",
 ]
 
 PAD, OOV = 0, 1  # index 0: padding / missing value; index 1: a value not seen in training
@@ -274,6 +277,11 @@ class FeatureSpec:
     def load(cls, source: str) -> FeatureSpec:
         return cls.from_dict(json.loads(uri.read_bytes(source)))
 
+    @classmethod
+    def of(cls, features_version_path: str) -> FeatureSpec:
+        """The spec of the features version at this path (its ``spec.json``)."""
+        return cls.load(uri.join(features_version_path, SPEC_FILE))
+
     # -- encoding ---------------------------------------------------------------------------
     @property
     def sizes(self) -> dict[str, int]:
@@ -378,4 +386,4 @@ def features_path(artifacts: str, version: str | None = "latest") -> str:
 
 def load_spec(artifacts: str, version: str | None = "latest") -> FeatureSpec:
     """The FeatureSpec of a features version (what training and serving encode with)."""
-    return FeatureSpec.load(uri.join(features_path(artifacts, version), "spec.json"))
+    return FeatureSpec.of(features_path(artifacts, version))

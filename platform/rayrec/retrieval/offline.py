@@ -188,7 +188,7 @@ def tower_vectors(artifacts: str, model_version: str, features_path: str, user_r
     from rayrec.models.inference import TowerEncoder, load_model
 
     try:
-        spec = FeatureSpec.load(uri.join(features_path, "spec.json"))
+        spec = FeatureSpec.of(features_path)
         loaded = load_model(artifacts, "retriever", model_version, spec=spec)
         vecs = np.asarray(TowerEncoder(loaded, spec).users(user_rows), dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - any failure means: evaluate without the tower, and say why

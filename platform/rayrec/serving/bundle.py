@@ -254,7 +254,7 @@ def load_bundle(artifacts: str, cfg: ServingConfig = ServingConfig()) -> Bundle:
     ratings = read_ratings(features)
     popularity = Popularity(catalog, ratings, min_rating=cfg.recall.popular_min_rating)
     # what counts as a like is what the features labelled positive (the spec records the threshold)
-    threshold = FeatureSpec.load(uri.join(features, "spec.json")).label_threshold
+    threshold = FeatureSpec.of(features).label_threshold
     history = RatingHistory(ratings, threshold=threshold)
     cold = ColdStart.build(ratings, catalog, threshold=threshold)
     del ratings

@@ -65,7 +65,7 @@ def read_table(target: str, columns: list[str] | None = None) -> pd.DataFrame:
 def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
     """Load a features version's spec, samples and catalog (``version``: a name or "latest")."""
     path = features_path(artifacts, version)
-    spec = FeatureSpec.load(uri.join(path, "spec.json"))
+    spec = FeatureSpec.of(path)
     train = _sorted(read_table(uri.join(path, "samples", "train")))
     test = _sorted(read_table(uri.join(path, "samples", "test")))
     movies = read_table(uri.join(path, "movies.parquet"))
