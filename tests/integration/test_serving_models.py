@@ -128,6 +128,13 @@ def test_user_vector_queries_the_index(wired) -> None:
     assert vecs.shape == (3, b.index.dim)
 
 
+def served_order(x: np.ndarray) -> np.ndarray:
+    """The order rerank (MMR at diversity 0) puts starting scores in: by their min-max scaling, ties
+    by position. The scaling matters: two scores one float step apart can scale to one value."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.argsort(-((x - x.min()) / (x.max() - x.min())), kind="stable")
+
+
 def pct(x: np.ndarray) -> np.ndarray:
     """Rank among the values in [0, 1], 1 = best (ties by position), as serving mixes signals."""
     return np.argsort(np.argsort(x, kind="stable"), kind="stable") / (len(x) - 1)
@@ -156,9 +163,9 @@ def test_fresh_likes_and_live_items_mix_into_the_order(wired) -> None:
     emb = np.where(found, (cand @ b.index.vectors(list(fresh))[1].T).max(axis=1), -1.0)
     want = 0.5 * pct(ranked.scores) + 0.5 * pct((pct(gcos) + pct(emb)) / 2)
     got = core.rerank(replace(r, fresh=fresh, seen=frozenset()), ranked)
-    assert [i.movie_id for i in got.items] == r.ids[np.argsort(-want, kind="stable")][:30].tolist()
+    assert [i.movie_id for i in got.items] == r.ids[served_order(want)][:30].tolist()
     plain = core.rerank(replace(r, seen=frozenset()), ranked)  # no fresh likes: the ranker's order
-    assert [i.movie_id for i in plain.items] == r.ids[np.argsort(-ranked.scores, kind="stable")][:30].tolist()
+    assert [i.movie_id for i in plain.items] == r.ids[served_order(ranked.scores)][:30].tolist()
     # the ranker's last pick, made unknown to the catalog (an item added live), takes the recall
     # order's place instead: first when it is first in the recall order
     worst = int(np.argmin(ranked.scores))
