@@ -37,6 +37,9 @@ def test_concurrent_swaps_give_zero_torn_reads(serving_artifacts) -> None:
             return swaps
 
         async def reader(user: int) -> tuple[str | None, str | None]:
+            # staggered starts (0-6 ms): the requests of one batch begin under either bundle, so
+            # both serve whatever the phase of the swaps against the batches
+            await asyncio.sleep(0.0005 * (user % 13))
             r = await svc.recommend(user, 10)
             assert not r.degraded, r.degraded_reason
             return r.index_version, r.model_version
