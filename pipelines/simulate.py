@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipelines._common import HelpFormatter, artifacts_arg, setup_logging
+from rayrec.store.sqlite import copy_file
 
 DEFAULT_PAIRS: dict[str, dict[str, Any]] = {
     "rank-only": {"rank_weight": 1.0},
@@ -51,14 +51,6 @@ def _pairs(values: list[str] | None) -> dict[str, dict[str, Any]]:
             raise ValueError(f"--pair {v!r}: expected NAME='{{\"rank_weight\": 1.0}}'")
         out[name] = overrides
     return out
-
-
-def _copy_store(src: Path, dst: Path) -> None:
-    """A scratch copy of the SQLite store: simulated clicks change users' state, not the artifacts'."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +121,7 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
     pool = np.sort(rng.choice(np.arange(1, n_pool + 1), size=min(args.users, n_pool), replace=False))
     scratch = tempfile.TemporaryDirectory(prefix="rayrec-simulation-")
     store = Path(scratch.name) / "store.sqlite"
-    _copy_store(Path(artifacts) / "online" / "store.sqlite", store)
+    copy_file(Path(artifacts) / "online" / "store.sqlite", store)  # simulated clicks change users' state
     experiments = [{"name": f"sim-{name}", "mode": "interleave", "users": [i / len(pairs), (i + 1) / len(pairs)],
                     "variants": [{"name": "a"}, {"name": "b", "overrides": o}]} for i, (name, o) in enumerate(pairs.items())]  # fmt: skip
     svc = RecommenderService.create(artifacts, str(store), ServingConfig.model_validate({"experiments": experiments, "impressions": False}))

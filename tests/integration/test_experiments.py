@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from rayrec.serving import ServingConfig, create_app
 from rayrec.serving.bundle import load_bundle
 from rayrec.serving.service import RecommenderService
 from rayrec.store import open_store
+from rayrec.store.sqlite import copy_file
 
 N_USERS = 80
 
@@ -41,8 +41,7 @@ def scratch(serving_artifacts, tmp_path_factory) -> tuple[str, str, str]:
     second = f"{live}-b"
     shutil.copytree(root / live, root / second)
     src = serving_artifacts.store.removeprefix("sqlite://")
-    with sqlite3.connect(src) as a, sqlite3.connect(tmp / "store.db") as b:
-        a.backup(b)
+    copy_file(src, tmp / "store.db")
     return str(arts), f"sqlite://{tmp}/store.db", second
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from rayrec.serving import ServingConfig, create_app  # noqa: E402
 from rayrec.serving.bundle import load_bundle  # noqa: E402
 from rayrec.serving.service import RecommenderService  # noqa: E402
 from rayrec.store import open_store  # noqa: E402
+from rayrec.store.sqlite import copy_file  # noqa: E402
 
 VARIANTS = [{"name": "a"}, {"name": "b", "overrides": {"rank_weight": 1.0}}]
 CONFIGS = {
@@ -75,8 +75,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store.sqlite"
-        with sqlite3.connect(Path(args.artifacts) / "online" / "store.sqlite") as a, sqlite3.connect(store) as b:
-            a.backup(b)
+        copy_file(Path(args.artifacts) / "online" / "store.sqlite", store)
         users = list(range(1, 1001))
         took = asyncio.run(measure(args.artifacts, str(store), args.requests, args.rounds, users))
     base = np.percentile(took["off"], 50)

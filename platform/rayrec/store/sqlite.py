@@ -56,7 +56,7 @@ from rayrec.store.codec import assemble_vectors, check_vectors, dim_mismatch, pa
 from rayrec.store.sqlite_logs import SqliteEventLog
 from rayrec.uri import new_version
 
-__all__ = ["SqliteStoreConfig", "SqliteStore"]
+__all__ = ["SqliteStoreConfig", "SqliteStore", "copy_file"]
 
 _SCHEMA_VERSION = "1"
 _SCHEMA = """
@@ -558,3 +558,13 @@ class SqliteStore(SqliteEventLog, OnlineStore):
         for conn in mine:
             conn.close()
         self._local = threading.local()
+
+
+def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """A consistent copy of the store file ``src`` at ``dst`` (replaced if there), through SQLite's
+    backup API: safe while other processes write, WAL content included (a file copy is neither)."""
+    target = Path(dst)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    with sqlite3.connect(src) as a, sqlite3.connect(target) as b:
+        a.backup(b)
