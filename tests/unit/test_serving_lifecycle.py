@@ -35,6 +35,10 @@ def test_the_wrapper_binds_haproxy_stats_and_metrics_to_loopback(tmp_path) -> No
     lines = [line.strip() for line in seen.read_text().splitlines() if line.strip().startswith("bind")]
     assert lines == ["bind 127.0.0.1:9101", "bind 0.0.0.0:8000", "bind :8000", "bind 127.0.0.1:8404",
                      "bind 127.0.0.1:7777", "bind 127.0.0.1:7778"]  # any port, sections in any order
+    text = seen.read_text().splitlines()
+    at = text.index("frontend http_frontend")
+    assert text[at + 1] == ingress.RETRY_AFTER_RULE  # the app's frontend only, once
+    assert sum(line == ingress.RETRY_AFTER_RULE for line in text) == 1
 
 
 def test_the_wrapped_config_passes_haproxys_own_check(tmp_path) -> None:
@@ -44,10 +48,13 @@ def test_the_wrapped_config_passes_haproxys_own_check(tmp_path) -> None:
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text("defaults\n    mode http\n    timeout client 5s\n    timeout server 5s\n    timeout connect 1s\n"
                    "frontend prometheus\n    bind :19101\n    http-request use-service prometheus-exporter\n"
-                   "listen stats\n  bind *:18404\n  stats enable\n  stats uri /stats\n")  # fmt: skip
+                   "listen stats\n  bind *:18404\n  stats enable\n  stats uri /stats\n"
+                   "frontend http_frontend\n    bind 127.0.0.1:18000\n    default_backend app\n"
+                   "backend app\n    server a 127.0.0.1:18001\n")  # fmt: skip
     wrapper = ingress.loopback_wrapper(binary, folder=str(tmp_path))
     out = subprocess.run([wrapper, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
+    assert ingress.RETRY_AFTER_RULE in cfg.read_text()
     assert "bind 127.0.0.1:18404" in cfg.read_text() and "bind 127.0.0.1:19101" in cfg.read_text()
 
 

@@ -125,23 +125,30 @@ def apply_ingress(mode: str | None = None, loopback_stats: bool = True) -> Liter
 
 _BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 _WRAPPER_NAME = "haproxy-loopback"
+#: added to HAProxy's HTTP frontend by the wrapper
+RETRY_AFTER_RULE = "    http-response set-header Retry-After 1 if { status 503 } !{ res.hdr(retry-after) -m found }"
 
 
 def loopback_wrapper(binary: str, folder: str | None = None) -> str:
     """Write an executable wrapper of ``binary`` that, before starting HAProxy, rewrites the
     configuration given with ``-f`` so that the ``bind`` lines of its ``listen stats`` and ``frontend
-    prometheus`` sections (``*:<port>`` and ``:<port>``, every address) bind 127.0.0.1; returns its path."""
+    prometheus`` sections (``*:<port>`` and ``:<port>``, every address) bind 127.0.0.1, and so that a
+    503 from a replica without ``Retry-After`` (refused inside Serve, before the app) gets
+    ``Retry-After: 1`` (:data:`RETRY_AFTER_RULE`); returns its path."""
     folder = folder or tempfile.mkdtemp(prefix="rayrec-haproxy-")
     path = os.path.join(folder, _WRAPPER_NAME)
     to_loopback = r"s/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)[[:space:]]*$/\1127.0.0.1:\2/"
     sections = " ".join(f"-e '/^{name}([[:space:]]|$)/,/^[a-z]/{to_loopback}'" for name in ("listen stats", "frontend prometheus"))
+    # a replica past its queue refuses inside Serve, before the app, with a bare 503: give it the
+    # Retry-After the app's own 503s carry (only where the answer has none)
+    retry_after = f"-e '/^frontend http_frontend([[:space:]]|$)/a\\{RETRY_AFTER_RULE}'"
     sed = shlex.quote(shutil.which("sed") or "/bin/sed")
     script = f"""#!/bin/sh
 # HAProxy with its stats and metrics listeners on loopback (written by rayrec.serving.ingress)
 prev=""
 for arg in "$@"; do
   if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
-    {sed} -i -E {sections} "$arg"
+    {sed} -i -E {sections} {retry_after} "$arg"
   fi
   prev="$arg"
 done
