@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rayrec import registry, uri
 from rayrec.evaluation.classification import roc_auc
@@ -211,6 +212,12 @@ def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(r
     starts = out.returned["starts"]
     assert len(starts) == 2 and 1 <= starts[1] < tc.epochs, starts  # restarted once, from a checkpoint
     assert [h["epoch"] for h in out.progress["history"]] == list(range(tc.epochs))  # no epoch lost or repeated
+    # the resumed run ends where an uninterrupted run of the same seed ends: same weights
+    ref = fit(task, ds, tc, name="uninterrupted", storage=str(tmp_path))
+    assert ref.returned["starts"] == [0]
+    assert out.weights.keys() == ref.weights.keys()
+    differ = {k: float((out.weights[k] - ref.weights[k]).abs().max()) for k in ref.weights if not torch.equal(out.weights[k], ref.weights[k])}
+    assert not differ, f"the resumed run's weights differ from an uninterrupted run's: {differ}"
 
     # a new driver with the same run name and a longer schedule picks up after the last epoch
     more = fit(task, ds, tc.with_(epochs=tc.epochs + 1), name="run", storage=str(tmp_path))
