@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipelines import features, index, train
 from pipelines._common import init_ray, load_data, setup_logging
-from rayrec import uri
+from rayrec import tracking, uri
 from rayrec.data.source import DATASET_CHOICES
 from rayrec.evaluation.endtoend import EndToEndConfig, run_end_to_end
 from rayrec.evaluation.protocols import PROTOCOLS
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "evaluation.md").read_text(), flush=True)
     print("reports: " + ", ".join(str(p) for p in paths), flush=True)
     uri.write_json(str(out / "evaluation.json"), {"results": [r.to_dict() for r in results]})
+    for r in results:  # one MLflow run per protocol when MLFLOW_TRACKING_URI is set
+        tracking.log_run(f"evaluate.{r.protocol}", f"evaluate-{r.protocol}",
+                         params={"dataset": data.source, "k": args.k, "reuse": args.reuse, "serving": r.info["serving_config"],
+                                 "versions": r.info["versions"]},
+                         metrics={"lists": r.rows, "users": r.info["users"]}, files=[*map(str, paths), str(out / "evaluation.json")])  # fmt: skip
     return 0
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, setup_logging
+from rayrec import tracking
 from rayrec.retrieval import IndexConfig, RecallConfig, load_index, run_index
 from rayrec.retrieval.build import summary
 from rayrec.retrieval.offline import format_report, run_offline
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             build = run_index(cfg)
             print(summary(build), flush=True)
             index = build.index
+            meta = build.meta
+            tracking.log_run("index", f"index-{build.version}",
+                             params={"factory": meta.get("factory"), "search_params": meta.get("search_params") or "",
+                                     "embeddings": meta.get("embeddings") or {}, "version": build.version},
+                             metrics=meta, files=build.path)  # fmt: skip
         if args.evaluate or args.evaluate_only:
             emb_source = index.meta.get("embeddings") or {}
             version = emb_source.get("features_version") or args.features_version

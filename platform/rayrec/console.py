@@ -35,8 +35,6 @@ __all__ = ["Console", "HARMLESS_WARNINGS", "ray_logs_dir", "interruptible"]
 #: driver; worker output never reaches the console anyway.
 HARMLESS_WARNINGS: tuple[tuple[str, str, str], ...] = (
     (r".*exclude_resources.*", "DeprecationWarning", "Ray Train's own use of a Ray Data option it deprecated"),
-    (r".*TorchScript.*", "DeprecationWarning", "the served models are traced; the figure is measured"),
-    (r".*torch\.jit\..*", "DeprecationWarning", "the served models are traced; the figure is measured"),
     (r".*pkg_resources is deprecated.*", "UserWarning", "imported by a dependency, not by rayrec"),
 )
 #: worker lines shown on the console: the training loop's per-epoch line

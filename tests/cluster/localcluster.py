@@ -117,7 +117,9 @@ class LocalCluster:
         """Start a worker node and wait for it. Ray gives a new raylet 30 s to register with the GCS; on
         a loaded machine that can pass: its `ray start` then exits, and it is started again."""
         for attempt in range(attempts):
-            node = self._start(name, ["--address", self.address])
+            # a temp dir of its own: nodes sharing one also share runtime_resources/, and one node's
+            # runtime-env agent then deletes a job's working_dir the other node's job still runs in
+            node = self._start(name, ["--address", self.address, "--temp-dir", str(self.temp_dir.parent / f"ray-{name}")])
             try:
                 self.wait_nodes(len([n for n in self.nodes if not n.killed]))
                 return node

@@ -223,3 +223,28 @@ def test_killed_worker_resumes_from_the_last_checkpoint_then_a_rerun_continues(r
     more = fit(task, ds, tc.with_(epochs=tc.epochs + 1), name="run", storage=str(tmp_path))
     assert more.returned["starts"][-1] == tc.epochs
     assert [h["epoch"] for h in more.progress["history"]] == list(range(tc.epochs + 1))
+
+
+def test_a_job_is_tracked_in_mlflow_when_a_tracking_uri_is_set(ray_session, artifacts, tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI set (a local SQLite store): the training job logs one run with its settings,
+    the metrics of its metrics.json, the epoch curve and the published version's files."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from rayrec import tracking
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
+    monkeypatch.setenv(tracking.ENV, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(tracking.EXPERIMENT_ENV, "training-test")
+    tc = quick(epochs=2, valid_fraction=0.0, refit=False)
+    result = run_job(JobConfig(name="ranker", artifacts=artifacts, train=tc, run_name="ranker-tracked"))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("training-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "ranker-tracked" and run.data.tags["rayrec.job"] == "train.ranker"
+    assert run.data.params["train.lr"] == str(tc.lr) and run.data.params["version"] == result.version
+    test = {f"test.{k}": float(v) for k, v in result.metrics["test"].items() if isinstance(v, (int, float))}
+    assert test and all(run.data.metrics[k] == pytest.approx(v) for k, v in test.items()), (test, run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "history.loss")] == [0, 1]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {p.name for p in Path(result.path).iterdir() if p.is_file()} <= logged

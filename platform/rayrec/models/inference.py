@@ -9,16 +9,17 @@ evaluations, the real-time path and serving alike.
 
 Rows are DataFrames or columns (dicts of lists) shaped like the online store's; serving's request
 path encodes store rows with :func:`rayrec.models.inputs.user_columns` / ``item_columns`` and scores many
-requests' candidates in one forward pass (:meth:`RankerScorer.score_many`). The forward methods are
-traced with TorchScript where that gives the same outputs (less Python per call). Scoring runs under
-``torch.inference_mode`` on CPU; a scorer is safe to share between threads (the model is never mutated).
+requests' candidates in one forward pass (:meth:`RankerScorer.score_many`). The models serve in eager
+mode under ``torch.inference_mode`` on CPU; a scorer is safe to share between threads (the model is
+never mutated). TorchScript (deprecated in PyTorch) is not used: tracing saved 0.09 ms on the ranker's
+forward over 100 candidates (0.29 against 0.38 ms) and 0.09 ms on the user tower's (0.09 against
+0.18 ms), 2-core machine, one thread; about 0.2 ms of a request.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from torch import nn
 from rayrec import registry
 from rayrec.features.spec import FeatureSpec
 from rayrec.models import build_model, model_config
-from rayrec.models.inputs import HISTORY, encode_items, encode_users, item_columns, to_tensors, user_columns
+from rayrec.models.inputs import HISTORY, encode_items, encode_users, item_columns, to_tensors
 from rayrec.models.ranker import Ranker
 from rayrec.models.two_tower import TwoTower
 
@@ -126,12 +127,7 @@ class RankerScorer:
         self.spec = spec
         self.spec_hash = spec.hash
         self._items = _ItemInputs(spec)
-        user = self.encode_user(user_columns(0, None))
-        examples = []
-        for n in (1, 3):
-            batch = spec.encode_item(item_columns(list(range(n)), [None] * n))
-            examples.append({**batch, **{key: np.repeat(v, n, axis=0) for key, v in user.items()}})
-        self._predict = _traced(_Method(self.model, "predict"), examples) or self.model.predict
+        self._predict = self.model.predict
 
     def score(self, user_rows: pd.DataFrame, item_rows: pd.DataFrame) -> np.ndarray:
         """(N,) probabilities: one user row broadcast over N item rows, or N paired rows."""
@@ -236,8 +232,7 @@ class TowerEncoder:
         self.spec_hash = spec.hash
         self.history_len = int(getattr(self.model.config, "history_len", 50))
         self.dim = int(self.model.config.id_dim)
-        one = self.encode(user_columns(0, None, [1, 2], ["Drama"]))
-        self._user = _traced(_Method(self.model, "user"), [one, {key: np.repeat(v, 3, axis=0) for key, v in one.items()}]) or self.model.user
+        self._user = self.model.user
 
     def encode(self, columns: Mapping[str, list[Any]]) -> dict[str, np.ndarray]:
         """One user's tower inputs from :func:`rayrec.models.inputs.user_columns` (the ranker's user
@@ -273,37 +268,3 @@ class TowerEncoder:
         return out
 
 
-def _traced(module: _Method, examples: Sequence[Mapping[str, np.ndarray]]) -> Any:
-    """``module`` traced with TorchScript and frozen, or None when that fails or changes any output.
-
-    The same operations as in eager mode, with less Python per call: the ranker's forward over 100
-    candidates went from 0.52 to 0.35 ms and the user tower's from 0.21 to 0.11 ms (2-core machine,
-    one thread). Checked against eager mode on every example (different batch sizes), so a model
-    whose forward depends on Python-side values of the input stays eager."""
-    try:
-        module.eval()
-        inputs = [to_tensors(e) for e in examples]
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings: the outputs are compared below instead
-            traced = torch.jit.freeze(torch.jit.trace(module, (inputs[0],), strict=False))
-            for x in inputs:
-                if not torch.allclose(traced(x), module(x), rtol=1e-5, atol=1e-6):
-                    log.warning("traced %s differs from eager mode: serving it eagerly", module.method)
-                    return None
-    except Exception as e:  # an operation TorchScript cannot trace: eager mode serves
-        log.warning("could not trace %s (%s): serving it eagerly", module.method, e)
-        return None
-    return traced
-
-
-class _Method(torch.nn.Module):
-    """One inference method of a model (the ranker's ``predict``, the two-tower's ``user``) as a
-    module of its own: what tracing takes."""
-
-    def __init__(self, model: Any, method: str) -> None:
-        super().__init__()
-        self.model, self.method = model, method
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out: torch.Tensor = getattr(self.model, self.method)(batch)
-        return out

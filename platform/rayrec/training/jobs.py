@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rayrec import registry, uri
+from rayrec import registry, tracking, uri
 from rayrec.config import default_artifacts
 from rayrec.evaluation.classification import classification_metrics
 from rayrec.evaluation.retrieval import build_task, evaluate, popularity_scores
@@ -297,6 +297,15 @@ def run_job(cfg: JobConfig) -> JobResult:
             files=files,
         )
         reg_path = uri.join(registry.models_root(cfg.artifacts, cfg.name), reg_version)
+    tracking.log_run(
+        f"train.{cfg.name}",
+        run_name,
+        params={"model": mc.to_dict(), "train": tc.to_dict(), "features_version": fv.version, "version": reg_version or "",
+                "max_users": cfg.max_users or ""},  # fmt: skip
+        metrics=metrics,
+        history=(select or final).progress["history"],  # the validated run's curves when there is one
+        files=reg_path,
+    )
     return JobResult(cfg.name, run_name, reg_version, reg_path, metrics, timings, select, final)
 
 
