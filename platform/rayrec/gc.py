@@ -13,6 +13,10 @@ old ones, so the artifacts grow without bound. :func:`collect` keeps, per kind:
   features versions (so what is kept still loads).
 
 Everything else is deleted (``dry_run``: only listed).
+
+The online store's users who never rated (clicks only, from ids the features never saw) get a row
+and a history each: :func:`prune_unrated_users` deletes those idle for longer than a TTL, so such
+state stays bounded by the traffic of one TTL. Users with a rating are never pruned.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from rayrec import uri
 
 __all__ = [
     "KINDS", "Lease", "Decision", "collect", "write_lease", "drop_lease", "read_leases", "replica_id", "LEASE_TTL_S",
-    "LEASE_EVERY_S",
+    "LEASE_EVERY_S", "prune_unrated_users",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -190,3 +194,19 @@ def collect(artifacts: str, *, keep: int = 3, min_age_s: float = 3600.0, dry_run
             fs.delete_dir(path)
             log.info("deleted %s %s (%d bytes)", d.kind, d.version, d.bytes)
     return sorted(decisions.values(), key=lambda d: (KINDS.index(d.kind), d.version))
+
+
+def prune_unrated_users(store: Any, idle_s: float, now: float | None = None) -> list[int]:
+    """Delete the online store's users with no rating whose last event (``last_timestamp``, event
+    time in seconds) is more than ``idle_s`` old, each with its history; returns their ids. A user
+    who rates (or acts) meanwhile is kept: the store checks each row and deletes it atomically."""
+    if idle_s <= 0:
+        raise ValueError(f"idle_s must be > 0, got {idle_s}")
+    cutoff = (time.time() if now is None else now) - idle_s
+
+    def stale(_: int, row: Mapping[str, Any]) -> bool:
+        return int(row.get("user_rating_count") or 0) == 0 and float(row.get("last_timestamp") or 0) < cutoff
+
+    pruned: list[int] = store.prune_users(stale)
+    log.info("pruned %d never-rated users idle for more than %.0f s", len(pruned), idle_s)
+    return pruned

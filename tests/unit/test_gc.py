@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from pipelines import gc as gc_job
 from rayrec import gc, uri
 
@@ -83,3 +85,25 @@ def test_lease_lifecycle_and_the_job(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "would delete" in out and "would free" in out
     assert gc_job.main(["--artifacts", str(root), "--keep", "0"]) == 2
+
+
+def test_the_job_prunes_idle_never_rated_users_of_the_default_store(tmp_path, capsys, monkeypatch) -> None:
+    from rayrec.store import default_store_url, open_store
+
+    monkeypatch.delenv("RAYREC_STORE_URL", raising=False)
+    root = _tree(tmp_path)
+    now = time.time()
+    with open_store(default_store_url(str(root))) as store:
+        store.put("user", [(1, {"user_rating_count": 0, "last_timestamp": int(now - 40 * 86400)}),
+                           (2, {"user_rating_count": 0, "last_timestamp": int(now - 86400)}),
+                           (3, {"user_rating_count": 2, "last_timestamp": int(now - 400 * 86400)})])  # fmt: skip
+    with pytest.raises(SystemExit):  # must be > 0
+        gc_job.main(["--artifacts", str(root), "--unrated-users-idle-days", "0"])
+    assert gc_job.main(["--artifacts", str(root), "--unrated-users-idle-days", "30", "--dry-run"]) == 0
+    with open_store(default_store_url(str(root))) as store:
+        assert all(r is not None for r in store.get("user", [1, 2, 3])), "a dry run deleted users"
+    assert gc_job.main(["--artifacts", str(root), "--unrated-users-idle-days", "30"]) == 0
+    assert "1 never-rated users idle for more than 30 days pruned" in capsys.readouterr().out
+    with open_store(default_store_url(str(root))) as store:
+        got = store.get("user", [1, 2, 3])
+    assert got[0] is None and got[1] is not None and got[2] is not None

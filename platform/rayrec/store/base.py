@@ -403,6 +403,13 @@ class EventLog(ABC):
         run has replayed them); returns how many were deleted."""
         raise NotImplementedError(f"{type(self).__name__} keeps no logs")
 
+    def prune_users(self, stale: Callable[[int, Row], bool], batch: int = 1000) -> list[int]:
+        """Delete the live user rows for which ``stale(id, row)`` holds, each with its history, and
+        return their ids. Each user's check and delete are one atomic step against concurrent
+        updates: a row an event changes meanwhile is checked again or kept, never deleted on a stale
+        read. For bounded state (:func:`rayrec.gc.prune_unrated_users`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot prune users")
+
     def durability(self) -> str | None:
         """Why an acknowledged write could be lost on a crash or restart of the store (None: it
         cannot, as far as the store can tell). Checked when serving starts (see each backend's

@@ -422,6 +422,38 @@ class RedisStore(RedisEventLog, OnlineStore):
             f"({_UPDATE_ATTEMPTS} attempts); too many writers on one id"
         )
 
+    def prune_users(self, stale: Callable[[int, Row], bool], batch: int = 1000) -> list[int]:
+        # per user: WATCH the row and its history, read, check, DEL both in MULTI; a row an event
+        # changed meanwhile fails EXEC and is kept (checked again by the next run)
+        pruned: list[int] = []
+        try:
+            live = self._decode(self._r.get(self._alias("user")))
+            if live is None:
+                return pruned
+            base = self._rows("user", live)
+            for key in self._r.scan_iter(match=_glob_escape(base) + "*", count=batch):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                try:
+                    uid = int(name[len(base) :])
+                except ValueError:
+                    continue
+                with self._r.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(name, self._history(uid))
+                        blob = pipe.get(name)
+                        if blob is None or not stale(uid, unpack(blob)):
+                            pipe.unwatch()
+                            continue
+                        pipe.multi()
+                        pipe.delete(name, self._history(uid))
+                        pipe.execute()
+                        pruned.append(uid)
+                    except WatchError:
+                        continue
+        except RedisError as e:
+            raise self._error(e, "prune user rows") from e
+        return pruned
+
     # -- embeddings and history -----------------------------------------------------------------
 
     def _emb(self, kind: str) -> str:

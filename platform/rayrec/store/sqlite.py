@@ -491,6 +491,39 @@ class SqliteStore(SqliteEventLog, OnlineStore):
         out: Row = unpack(blob)
         return out
 
+    def prune_users(self, stale: Callable[[int, Row], bool], batch: int = 1000) -> list[int]:
+        # batches of ids in order, each checked and deleted in one write transaction (no event can
+        # change a row between its check and its delete); between batches the lock is left free for at
+        # least as long as it was held (0.1 s at least: SQLite's busy handler sleeps up to 0.1 s), so
+        # writers waiting on it get in instead of starving until the prune ends
+        pruned: list[int] = []
+        after, held = -(2**63), 0.0
+        conn = self._conn()
+        try:
+            while True:
+                if held:
+                    time.sleep(max(0.1, held))
+                t = time.monotonic()
+                with self._write(conn):
+                    vid = self._live_vid(conn, "user", create=False)
+                    if vid is None:
+                        return pruned
+                    rows = conn.execute("SELECT id, value FROM feature_rows WHERE vid = ? AND id > ? ORDER BY id LIMIT ?",
+                                        (vid, after, batch)).fetchall()  # fmt: skip
+                    gone = [int(i) for i, v in rows if stale(int(i), unpack(v))]
+                    for start in range(0, len(gone), _MAX_PARAMS):
+                        part = gone[start : start + _MAX_PARAMS]
+                        marks = _in_list(len(part))
+                        conn.execute(f"DELETE FROM feature_rows WHERE vid = ? AND id IN ({marks})", [vid, *part])  # noqa: S608
+                        conn.execute(f"DELETE FROM history WHERE user_id IN ({marks})", part)  # noqa: S608
+                held = time.monotonic() - t
+                pruned += gone
+                if len(rows) < batch:
+                    return pruned
+                after = int(rows[-1][0])
+        except sqlite3.Error as e:
+            raise self._error(e, "prune user rows") from e
+
     # -- embeddings and history -----------------------------------------------------------------
 
     def get_embeddings(self, kind: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
