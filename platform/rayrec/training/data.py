@@ -162,4 +162,6 @@ def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = 
     ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, max(len(rows), 1), step)])
     fn: Any = encode_batch  # Ray's stubs type a batch function without its keyword arguments
     kwargs = {"spec": spec, "history_len": history_len}
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pandas", batch_size=8192).materialize()
+    # a quarter CPU per encoding task: when a node is lost mid-training, its blocks are rebuilt from
+    # lineage on the nodes left, where the Train workers' fractional CPUs may leave no whole one free
+    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pandas", batch_size=8192, num_cpus=0.25).materialize()
