@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Console", "HARMLESS_WARNINGS", "ray_logs_dir", "interruptible"]
+__all__ = ["Console", "HARMLESS_WARNINGS", "ray_logs_dir", "interruptible", "progress_bar"]
 
 #: (message regex, category name, why it is harmless). Matched against Python warnings raised in the
 #: driver; worker output never reaches the console anyway.
@@ -39,6 +39,7 @@ HARMLESS_WARNINGS: tuple[tuple[str, str, str], ...] = (
 )
 #: worker lines shown on the console: the training loop's per-epoch line
 PROGRESS = re.compile(r"\[(?P<model>\w+)\] (?P<what>epoch \d+/\d+ .*)$")
+_EPOCH = re.compile(r"epoch (\d+)/(\d+)")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -79,7 +80,16 @@ class _Workers:
                 self.file.write(f"({who} pid={pid}) {line}\n")
                 m = PROGRESS.search(line)
                 if m:
-                    self.show(f"        {m['model']} {m['what']}")
+                    self.show(f"        {m['model']} {progress_bar(m['what'])}{m['what']}")
+
+
+def progress_bar(what: str, cells: int = 12) -> str:
+    """``[██████······] `` for a line that says ``epoch N/M`` (N of M done), else ''."""
+    m = _EPOCH.match(what)
+    if not m or int(m[2]) <= 0:
+        return ""
+    done = min(cells, round(cells * int(m[1]) / int(m[2])))
+    return f"[{'█' * done}{'·' * (cells - done)}] "
 
 
 class Console:

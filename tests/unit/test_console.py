@@ -56,8 +56,16 @@ def test_worker_output_goes_to_its_file_and_epochs_to_the_console(console):
         "[ranker] epoch 2/5 loss 0.6743 valid auc 0.6883 (best epoch 2) 4,498 samples/s (1.8s)",
     ]})  # fmt: skip
     w.file.close()
-    assert out.getvalue().strip() == "ranker epoch 2/5 loss 0.6743 valid auc 0.6883 (best epoch 2) 4,498 samples/s (1.8s)"
+    assert out.getvalue().strip() == "ranker [█████·······] epoch 2/5 loss 0.6743 valid auc 0.6883 (best epoch 2) 4,498 samples/s (1.8s)"
     assert "PlacementGroupCleanerMonitor" in c.workers_path.read_text()
+
+
+def test_epoch_lines_carry_a_progress_bar() -> None:
+    from rayrec.console import progress_bar
+
+    assert progress_bar("epoch 1/12 loss 0.9") == "[█···········] "
+    assert progress_bar("epoch 12/12 loss 0.8") == "[████████████] "
+    assert progress_bar("epoch 3/0 loss") == "" and progress_bar("loading") == ""
 
 
 def test_ray_loggers_write_to_the_job_log(console):
