@@ -96,7 +96,7 @@ def test_main_job_tells_a_short_story_and_stops_on_ctrl_c(tmp_path, unused_port)
     for n, step in enumerate(("features", "ranker", "retriever", "index", "report", "serve"), start=1):
         assert re.search(rf"^\[{n}/6\] {step} +{took_re} ", text, re.M), f"no line for {step}:\n{text}"
     assert re.search(rf"ranker +{took_re} +test auc \d\.\d{{3}}", text), text
-    assert "ranker epoch 1/1" in text  # progress of the long steps
+    assert "ranker [████████████] epoch 1/1" in text  # progress of the long steps, with its bar
     assert "Traceback" not in text and "PlacementGroupCleaner" not in text and "INFO" not in text, text
     logs = re.search(r"logs: this job (\S+);", text)
     assert logs and Path(logs.group(1)).is_file() and "===== ranker =====" in Path(logs.group(1)).read_text()
