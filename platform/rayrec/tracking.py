@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rayrec.secrets import mask
@@ -39,27 +39,24 @@ def enabled() -> bool:
     return bool(os.environ.get(ENV))
 
 
+def _leaves(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(a.b.c, value)`` for every non-mapping value of a nested mapping, keys made MLflow-safe."""
+    for key, value in values.items():
+        name = _KEY.sub("_", f"{prefix}{key}")
+        if isinstance(value, Mapping):
+            yield from _leaves(value, name + ".")
+        else:
+            yield name, value
+
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of a nested mapping, keyed ``a.b.c`` (lists and strings are left out)."""
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        name = _KEY.sub("_", f"{prefix}{key}")
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
-            out[name] = float(value)
-    return out
+    return {name: float(v) for name, v in _leaves(values, prefix)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}  # fmt: skip
 
 
-def _params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in values.items():
-        name = _KEY.sub("_", f"{prefix}{key}")
-        if isinstance(value, Mapping):
-            out.update(_params(value, name + "."))
-        else:
-            out[name] = str(value)[:_PARAM_CHARS]
-    return out
+def _params(values: Mapping[str, Any]) -> dict[str, str]:
+    return {name: str(v)[:_PARAM_CHARS] for name, v in _leaves(values)}
 
 
 def log_run(
@@ -88,8 +85,7 @@ def log_run(
         mlflow.set_experiment(os.environ.get(EXPERIMENT_ENV) or "rayrec")
         all_tags = {"rayrec.job": job, **(tags or {})}
         folder = files if isinstance(files, str) else None
-        listed = [f for f in files if os.path.isfile(f)] if files is not None and not isinstance(files, str) else []
-        local = folder is not None and "://" not in folder and os.path.isdir(folder)
+        listed = [f for f in files or () if os.path.isfile(f)] if folder is None else []
         if folder is not None:
             all_tags["rayrec.path"] = mask(folder)
         with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
@@ -104,8 +100,7 @@ def log_run(
                 numbers = {k: v for k, v in flatten(row).items() if k != "epoch"}
                 if numbers:
                     mlflow.log_metrics({f"history.{k}": v for k, v in numbers.items()}, step=step)
-            if local:
-                assert folder is not None
+            if folder is not None and "://" not in folder and os.path.isdir(folder):
                 mlflow.log_artifacts(folder)
             for f in listed:
                 mlflow.log_artifact(f)

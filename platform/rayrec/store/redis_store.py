@@ -437,15 +437,16 @@ class RedisStore(RedisEventLog, OnlineStore):
                     uid = int(name[len(base) :])
                 except ValueError:
                     continue
+                history = self._history(uid)
                 with self._r.pipeline(transaction=True) as pipe:
                     try:
-                        pipe.watch(name, self._history(uid))
+                        pipe.watch(name, history)
                         blob = pipe.get(name)
                         if blob is None or not stale(uid, unpack(blob)):
                             pipe.unwatch()
                             continue
                         pipe.multi()
-                        pipe.delete(name, self._history(uid))
+                        pipe.delete(name, history)
                         pipe.execute()
                         pruned.append(uid)
                     except WatchError:
