@@ -1,11 +1,17 @@
 """The whole job on one machine: features → train both models → index → serve.
 
     python -m pipelines.main [--dataset auto] [--artifacts DIR] [--store URL] [--port 8000] [--no-serve]
+    python -m pipelines.main --dataset synthetic --ratings 25000000 [--users N --items N] --no-serve
 
 Embedded defaults: dataset ``auto`` (MovieLens if found locally, else synthetic), local artifacts under
 ./artifacts, the SQLite online store in the artifacts folder, a local Ray. Each step is the same job
 a cluster runs with ``ray job submit`` (pipelines.features, .train, .index, .serve), called in-process
 so they share one Ray session. Ends by serving until Ctrl-C, after printing the URL and an example curl.
+
+After the offline steps it prints what each cost (wall time, peak memory of the whole process tree
+with Ray's processes, ratings per second; :mod:`rayrec.costs`) and writes it to
+``<artifacts>/reports/costs.json``. ``--ratings`` sizes the synthetic dataset (generated once into
+the data cache, its own step); users and items follow ml-25m's proportions unless given.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pipelines import features, index, serve, train
 from pipelines._common import HelpFormatter, artifacts_arg, init_ray, setup_logging
 from rayrec import headlines, uri
 from rayrec.console import Console, interruptible, ray_logs_dir
+from rayrec.costs import Costs, format_costs
 from rayrec.reaper import become_subreaper
 from rayrec.reports import write_report
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
@@ -37,9 +44,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="Serve's front door: haproxy, Serve's Python proxy, or auto (haproxy when installed; "
                    "default: RAYREC_INGRESS, else auto)")
     p.add_argument("--no-serve", action="store_true", help="stop after the offline steps")
+    p.add_argument("--ratings", type=int, default=None,
+                   help="with --dataset synthetic: generate this many ratings (users and items scale with it)")
+    p.add_argument("--users", type=int, default=None, help="with --ratings: synthetic users (default: ml-25m's share)")
+    p.add_argument("--items", type=int, default=None, help="with --ratings: synthetic items (default: ml-25m's share)")
     p.add_argument("-v", "--verbose", action="store_true", help="print everything (Ray's output included) as it comes")
     args = p.parse_args(argv)
     artifacts = artifacts_arg(args.artifacts)
+    if args.ratings is None and (args.users is not None or args.items is not None):
+        p.error("--users and --items size a synthetic dataset: give --ratings too")
+    if args.ratings is not None:
+        if args.dataset != "synthetic":
+            p.error(f"--ratings sizes a synthetic dataset: use --dataset synthetic (got --dataset {args.dataset})")
+        try:
+            args.synthetic = scaled_synthetic(args.ratings, args.users, args.items)
+        except ValueError as e:
+            p.error(str(e))
     if args.verbose:
         setup_logging(True)
         console = None
@@ -81,18 +101,37 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
     store = [] if args.store == "default" else ["--store", args.store]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     started = time.perf_counter()
+    costs = Costs()
 
     def step(name: str, fn, argv: list[str], headline=None) -> None:  # noqa: ANN001
         interruptible()  # a training step leaves Ray Train's SIGINT handler behind
-        if console:
-            console.step(name, lambda: fn(argv), headline)
-            return
-        rc = fn(argv)
+        with costs.step(name):
+            if console:
+                console.step(name, lambda: fn(argv), headline)
+                return
+            rc = fn(argv)
         if rc:
             raise SystemExit(f"{name} failed (exit {rc})")
 
-    step("features", features.main, ["--dataset", args.dataset, "--online-store", args.store, *common],
+    dataset = args.dataset
+    if getattr(args, "synthetic", None) is not None:
+        if console:
+            console.total += 1
+        held: dict[str, str] = {}
+
+        def generate(_: list[str]) -> int:
+            from rayrec.data.source import synthetic_folder
+
+            held["folder"] = str(synthetic_folder(args.synthetic))
+            return 0
+
+        cfg = args.synthetic
+        step("data", generate, [], lambda: f"synthetic: {cfg.n_ratings:,} ratings, {cfg.n_users:,} users, "
+             f"{cfg.n_items:,} items at {held['folder']}")
+        dataset = held["folder"]
+    step("features", features.main, ["--dataset", dataset, "--online-store", args.store, *common],
          lambda: headlines.features_line(artifacts))
+    costs.finish_rows(int(headlines.latest_json(artifacts, "features", "stats.json").get("ratings") or 0))
     if console:
         say(f"        dataset: {headlines.latest_json(artifacts, 'features', 'stats.json').get('source')}")
     for model in ("ranker", "retriever"):
@@ -107,7 +146,12 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
 
     step("report", write, [], lambda: f"features, training curves, evaluation: {report['path']}")
     interruptible()
-    say(f"offline pipeline finished in {time.perf_counter() - started:.0f}s")
+    say(f"offline pipeline finished in {time.perf_counter() - started:.0f}s; what each step cost "
+        f"(peak memory: this process and Ray's, together):")
+    for line in format_costs(costs):
+        say(f"        {line}")
+    uri.makedirs(uri.join(artifacts, "reports"))
+    uri.write_json(uri.join(artifacts, "reports", "costs.json"), costs.to_dict())
     if args.no_serve:
         return 0
     holder: dict[str, str] = {}
@@ -129,6 +173,25 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
     say("Ctrl-C stops serving and Ray.")
     serve.serve_until_interrupted(local=True, say=say)
     return 0
+
+
+# ml-25m's shape: 25,000,095 ratings by 162,541 users of 62,423 movies
+_ML25M = (25_000_095, 162_541, 62_423)
+
+
+def scaled_synthetic(ratings: int, users: int | None = None, items: int | None = None):  # noqa: ANN201
+    """The SyntheticConfig of a scale run: ``ratings`` ratings, users and items in ml-25m's
+    proportions unless given (at least 50 users and 100 items, and items enough that the average
+    user rates at most a quarter of them)."""
+    from rayrec.data.synthetic import SyntheticConfig
+
+    if ratings < 1:
+        raise ValueError(f"--ratings must be ≥ 1, got {ratings}")
+    n, u, i = _ML25M
+    users = users if users is not None else max(50, round(ratings * u / n))
+    # enough items that users rate at most a quarter of them on average (each may rate up to half)
+    items = items if items is not None else max(100, round(ratings * i / n), -(-4 * ratings // users))
+    return SyntheticConfig(n_users=users, n_items=items, n_ratings=ratings)  # checks that they fit
 
 
 if __name__ == "__main__":

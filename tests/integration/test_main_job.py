@@ -21,8 +21,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rayrec.data.synthetic import SyntheticConfig, generate
-
 ROOT = Path(__file__).resolve().parents[2]
 STOP_WITHIN_S = 30.0  # measured 4-7 s on 2 cores: Serve's drain (≤ 2 s), Ray's shutdown, exit; slack for a loaded host
 
@@ -40,13 +38,13 @@ def _session_members(sid: int) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_main_job_tells_a_short_story_and_stops_on_ctrl_c(tmp_path, unused_port):
-    data = generate(tmp_path / "data", SyntheticConfig(n_users=100, n_items=300, n_ratings=3_000))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}"}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}", "RAYREC_DATA": str(tmp_path / "data")}
     for name in ("RAYREC_INGRESS", "RAY_SERVE_ENABLE_HA_PROXY", "RAY_ADDRESS"):
         env.pop(name, None)
     out_path = tmp_path / "main.out"
-    cmd = [sys.executable, "-m", "pipelines.main", "--dataset", str(data), "--artifacts", str(tmp_path / "art"),
-           "--epochs", "1", "--port", str(unused_port)]  # fmt: skip
+    # the scale run's flags: the job generates its synthetic dataset as a step of its own
+    cmd = [sys.executable, "-m", "pipelines.main", "--dataset", "synthetic", "--ratings", "3000", "--users", "100",
+           "--items", "300", "--artifacts", str(tmp_path / "art"), "--epochs", "1", "--port", str(unused_port)]  # fmt: skip
     url = f"http://127.0.0.1:{unused_port}"
     with open(out_path, "w") as out:
         job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -93,8 +91,17 @@ def test_main_job_tells_a_short_story_and_stops_on_ctrl_c(tmp_path, unused_port)
     # the story: one line per step with its time, the URL, the stop; Ray's own output went to files
     assert len(lines) <= 40, f"{len(lines)} lines:\n{text}"
     took_re = r"(\d+m)?\d+(\.\d)?s"
-    for n, step in enumerate(("features", "ranker", "retriever", "index", "report", "serve"), start=1):
-        assert re.search(rf"^\[{n}/6\] {step} +{took_re} ", text, re.M), f"no line for {step}:\n{text}"
+    steps = ("data", "features", "ranker", "retriever", "index", "report", "serve")
+    for n, step in enumerate(steps, start=1):
+        assert re.search(rf"^\[{n}/7\] {step} +{took_re} ", text, re.M), f"no line for {step}:\n{text}"
+    assert "synthetic: 3,000 ratings, 100 users, 300 items at " in text and "3,000 ratings, 100 users" in text
+    # what each step cost: a table line per offline step, the whole tree's memory (Ray's processes: > 0.5 GiB)
+    costs = json.loads((tmp_path / "art" / "reports" / "costs.json").read_text())
+    assert [s["step"] for s in costs["steps"]] == list(steps[:-1])
+    assert costs["total"]["rows"] == 3000 and costs["total"]["peak_bytes"] > 2**29
+    for s in costs["steps"]:
+        gib = s["peak_bytes"] / 2**30
+        assert re.search(rf"^ +{s['step']} +{s['wall_s']:.1f}s +{gib:.2f} GiB +[\d,]+$", text, re.M), (s, text)
     assert re.search(rf"ranker +{took_re} +test auc \d\.\d{{3}}", text), text
     assert "ranker [████████████] epoch 1/1" in text  # progress of the long steps, with its bar
     assert "Traceback" not in text and "PlacementGroupCleaner" not in text and "INFO" not in text, text

@@ -16,7 +16,7 @@ from rayrec.data.movielens import DataError, MovieLens, read_movielens
 if TYPE_CHECKING:
     from rayrec.data.synthetic import SyntheticConfig
 
-__all__ = ["load_dataset", "DATASET_CHOICES"]
+__all__ = ["load_dataset", "synthetic_folder", "DATASET_CHOICES"]
 
 log = logging.getLogger(__name__)
 DATASET_CHOICES = ("auto", "movielens", "synthetic", "ml-latest-small", "ml-latest", "ml-20m", "ml-25m", "ml-32m")
@@ -57,12 +57,21 @@ def _auto(cache: Path, synthetic: SyntheticConfig | None) -> MovieLens:
     return data
 
 
-def _synthetic(cfg: SyntheticConfig | None, cache: Path) -> MovieLens:
+def synthetic_folder(cfg: SyntheticConfig | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The folder of the synthetic dataset ``cfg`` in the data cache, generated the first time."""
     from rayrec.data.synthetic import SyntheticConfig, generate
 
     cfg = cfg or SyntheticConfig()
+    cache = Path(cache_dir) if cache_dir else default_data_dir()
     tag = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    out = generate(cache / f"synthetic-{tag}", cfg)
+    return generate(cache / f"synthetic-{tag}", cfg)
+
+
+def _synthetic(cfg: SyntheticConfig | None, cache: Path) -> MovieLens:
+    from rayrec.data.synthetic import SyntheticConfig
+
+    cfg = cfg or SyntheticConfig()
+    out = synthetic_folder(cfg, cache)
     return read_movielens(out, source=f"synthetic ({cfg.n_users} users, {cfg.n_items} items, seed {cfg.seed})")
 
 

@@ -27,9 +27,11 @@ Arrays = Mapping[str, np.ndarray]
 
 
 def _chunks(arrays: Arrays, size: int, device: torch.device) -> Any:
+    """``arrays`` in row chunks of ``size`` as tensors on ``device``. A read-only array (one Ray's
+    object store hands out) is copied chunk by chunk: torch does not take read-only memory."""
     n = len(next(iter(arrays.values())))
     for start in range(0, n, size):
-        yield {k: torch.as_tensor(v[start : start + size]).to(device) for k, v in arrays.items()}
+        yield {k: torch.as_tensor(np.require(v[start : start + size], requirements="W")).to(device) for k, v in arrays.items()}
 
 
 @torch.no_grad()

@@ -1,0 +1,81 @@
+"""The per-step cost table of the main job: the memory of the whole process tree, and the scale flags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipelines import main as main_job
+from rayrec.costs import Costs, TreeMemory, format_costs
+
+MIB = 2**20
+
+
+def test_tree_memory_counts_the_memory_of_a_child_process():
+    """A child that writes 300 MiB shows in the tree's peak; this process alone does not hold it."""
+    alone = TreeMemory().sample()
+    code = "import sys, time; b = b'x' * (300 * 2**20); print('ready', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with TreeMemory(interval=0.05) as mem:
+            time.sleep(0.3)
+        assert mem.samples >= 3
+        assert mem.peak - alone >= 250 * MIB, (alone / MIB, mem.peak / MIB)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert TreeMemory().sample() - alone < 100 * MIB  # gone with the child
+
+
+def test_costs_table_and_json():
+    costs = Costs(interval=0.05)
+    with costs.step("data"):
+        time.sleep(0.1)
+    costs.finish_rows(1000)  # the data size, known after the first step, applies to it too
+    with costs.step("features"):
+        block = b"y" * (64 * MIB)
+        time.sleep(0.1)
+    del block
+    d = costs.to_dict()
+    assert [s["step"] for s in d["steps"]] == ["data", "features"]
+    assert all(s["rows"] == 1000 and s["wall_s"] >= 0.1 and s["peak_bytes"] > 0 for s in d["steps"])
+    assert d["steps"][1]["peak_bytes"] >= d["steps"][0]["peak_bytes"] + 48 * MIB
+    assert d["steps"][0]["rows_per_s"] == pytest.approx(1000 / d["steps"][0]["wall_s"])
+    assert d["total"]["peak_bytes"] == max(s["peak_bytes"] for s in d["steps"])
+    json.dumps(d)
+    lines = format_costs(costs)
+    assert lines[0].split() == ["step", "wall", "peak", "memory", "rows/s"]
+    assert lines[1].startswith("data") and lines[2].startswith("features") and lines[-1].startswith("total")
+    assert "GiB" in lines[1]
+
+
+def test_scale_run_sizes_follow_ml25m_unless_given():
+    cfg = main_job.scaled_synthetic(25_000_000)
+    assert (cfg.n_users, cfg.n_items, cfg.n_ratings) == (162_540, 62_423, 25_000_000)
+    small = main_job.scaled_synthetic(20_000)  # too few items at ml-25m's share: each user would rate half
+    assert small.n_users == 130 and small.n_items >= 4 * 20_000 // 130
+    assert main_job.scaled_synthetic(1_000, users=60, items=400).n_users == 60
+    with pytest.raises(ValueError, match="n_ratings"):
+        main_job.scaled_synthetic(100_000, users=10, items=100)
+    with pytest.raises(ValueError, match="ratings must be"):
+        main_job.scaled_synthetic(0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ratings", "1000"], "use --dataset synthetic"),
+        (["--dataset", "synthetic", "--users", "10"], "give --ratings too"),
+        (["--dataset", "synthetic", "--ratings", "100000", "--users", "10", "--items", "100"], "n_ratings"),
+    ],
+)
+def test_scale_flags_are_checked_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main_job.main([*argv, "--no-serve"])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
