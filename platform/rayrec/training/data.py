@@ -154,14 +154,19 @@ def encode_batch(batch: pd.DataFrame, spec: FeatureSpec, history_len: int | None
 
 
 def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8) -> Any:
-    """A materialised Ray Dataset of encoded training rows, ready to be sharded by Ray Train."""
-    import ray
+    """A materialised Ray Dataset of encoded training rows, ready to be sharded by Ray Train.
 
-    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-    step = max(1, -(-len(rows) // blocks))
-    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, max(len(rows), 1), step)])
-    fn: Any = encode_batch  # Ray's stubs type a batch function without its keyword arguments
-    kwargs = {"spec": spec, "history_len": history_len}
-    # a quarter CPU per encoding task: when a node is lost mid-training, its blocks are rebuilt from
-    # lineage on the nodes left, where the Train workers' fractional CPUs may leave no whole one free
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pandas", batch_size=8192, num_cpus=0.25).materialize()
+    The rows are encoded here, block by block, and only the models' input arrays go to the object
+    store: no Arrow copy of the feature rows (list columns and all) and no pandas copy of them in a
+    Ray worker. The blocks are the driver's own objects: a node lost mid-training loses at most
+    copies of them, never their only one."""
+    import ray
+    from ray.data.extensions import ArrowTensorArray
+
+    n = len(rows)
+    step = max(1, -(-n // blocks))
+    tables = []
+    for start in range(0, max(n, 1), step):
+        arrays = encode_batch(rows.iloc[start : start + step], spec=spec, history_len=history_len)
+        tables.append(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in arrays.items()}))
+    return ray.data.from_arrow(tables)

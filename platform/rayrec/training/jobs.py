@@ -222,6 +222,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         timings["select_s"] = time.perf_counter() - t
         print(f"[{cfg.name}] selected {select.best_epoch + 1} epoch(s): valid {task.metric} "
               f"{select.progress['best_metric']:.4f}", flush=True)  # fmt: skip
+        del task, ds  # the selection's rows leave the object store before the refit's are built
     tested = None
     if select is None or tc.refit:
         t = time.perf_counter()
