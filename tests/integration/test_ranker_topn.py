@@ -50,3 +50,34 @@ def test_topn_ranker_refits_on_all_samples_and_tests_the_selection_model(ray_ses
     rated = len(fv.train) + len(fv.test)
     assert 4.5 * rated <= m["train_rows"]["refit"] <= 5 * rated
     assert m["train_rows"]["select"] < m["train_rows"]["refit"]
+
+
+def test_ranker_rows_are_built_chunk_by_chunk(ray_session, artifacts, monkeypatch):
+    """The training rows are built and stored a chunk at a time (bounded memory at scale): one chunk
+    gives exactly the one-shot rows; several give every rated row once, each with its own sampled
+    negatives (never a movie the user rated), and the dataset holds them all."""
+    import pandas as pd
+
+    from rayrec.models.ranker import RankerConfig
+    from rayrec.training import jobs
+    from rayrec.training.data import to_dataset_chunks
+
+    fv = open_features(artifacts)
+    mc = RankerConfig()
+    one = list(jobs._ranker_chunks(fv.train, fv, mc, 0))
+    assert len(one) == 1 and one[0].equals(ranker_rows(fv.train, fv, mc, 0))
+    monkeypatch.setattr(jobs, "RANKER_CHUNK_ROWS", 700)
+    chunks = list(jobs._ranker_chunks(fv.train, fv, mc, 0))
+    assert len(chunks) == -(-len(fv.train) // 700) > 2
+    keys = ["userId", "movieId", "timestamp"]
+    rated = pd.concat([c[c["interact"] == 1] for c in chunks])[keys].reset_index(drop=True)
+    assert rated.equals(fv.train[keys].reset_index(drop=True))
+    negs = pd.concat([c[c["interact"] == 0] for c in chunks])
+    assert 3.5 * len(fv.train) <= len(negs) <= 4 * len(fv.train)
+    every = pd.concat([fv.train, fv.test])
+    known = set(zip(every["userId"].tolist(), every["movieId"].tolist()))
+    assert not any((u, m) in known for u, m in zip(negs["userId"].tolist(), negs["movieId"].tolist()))
+    ds, n = to_dataset_chunks(iter(chunks), fv.spec)
+    assert n == ds.count() == sum(len(c) for c in chunks)
+    assert ds.num_blocks() == 8 * len(chunks)
+    assert float(ds.sum("interact")) == len(fv.train)

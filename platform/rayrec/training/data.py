@@ -15,6 +15,7 @@ Everything here is pandas/numpy on the samples of one features version (``sample
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "data_range",
     "encode_batch",
     "to_dataset",
+    "to_dataset_chunks",
 ]
 
 
@@ -154,19 +156,35 @@ def encode_batch(batch: pd.DataFrame, spec: FeatureSpec, history_len: int | None
 
 
 def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8) -> Any:
-    """A materialised Ray Dataset of encoded training rows, ready to be sharded by Ray Train.
+    """A materialised Ray Dataset of encoded training rows, ready to be sharded by Ray Train
+    (:func:`to_dataset_chunks` of the one chunk ``rows``, in ``blocks`` blocks)."""
+    return to_dataset_chunks([rows], spec, history_len, blocks_per_chunk=blocks)[0]
 
-    The rows are encoded here, block by block, and only the models' input arrays go to the object
-    store: no Arrow copy of the feature rows (list columns and all) and no pandas copy of them in a
-    Ray worker. The blocks are the driver's own objects: a node lost mid-training loses at most
-    copies of them, never their only one."""
+
+def to_dataset_chunks(
+    chunks: Iterable[pd.DataFrame], spec: FeatureSpec, history_len: int | None = None, blocks_per_chunk: int = 8
+) -> tuple[Any, int]:
+    """(a materialised Ray Dataset, its row count) of the encoded rows of ``chunks``, consumed one
+    at a time: a chunk may be built lazily (a generator), so that only one chunk of feature rows is
+    in memory at once.
+
+    Each chunk is encoded here in ``blocks_per_chunk`` blocks and each block goes straight to the
+    object store: only the models' input arrays are stored (no Arrow copy of the feature rows, list
+    columns and all, and no pandas copy of them in a Ray worker). The blocks are the driver's own
+    objects: a node lost mid-training loses at most copies of them, never their only one."""
     import ray
     from ray.data.extensions import ArrowTensorArray
 
-    n = len(rows)
-    step = max(1, -(-n // blocks))
-    tables = []
-    for start in range(0, max(n, 1), step):
-        arrays = encode_batch(rows.iloc[start : start + step], spec=spec, history_len=history_len)
-        tables.append(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in arrays.items()}))
-    return ray.data.from_arrow(tables)
+    refs: list[Any] = []
+    n = 0
+    for chunk in chunks:
+        step = max(1, -(-len(chunk) // blocks_per_chunk))
+        for start in range(0, max(len(chunk), 1), step):  # an empty chunk: one empty block (the schema)
+            if len(chunk) == 0 and refs:
+                break
+            arrays = encode_batch(chunk.iloc[start : start + step], spec=spec, history_len=history_len)
+            refs.append(ray.put(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in arrays.items()})))
+        n += len(chunk)
+    if not refs:
+        raise ValueError("to_dataset_chunks needs at least one chunk")
+    return ray.data.from_arrow_refs(refs), n

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +51,10 @@ from rayrec.training.data import (
     read_table,
     temporal_holdout,
     to_dataset,
+    to_dataset_chunks,
     users_at,
 )
-from rayrec.training.negatives import add_negatives
+from rayrec.training.negatives import NegativeSampler
 from rayrec.training.tasks import RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
 from rayrec.training.trainer import FitResult, fit, runs_root
 
@@ -142,21 +144,41 @@ def retrieval_data(
 
 
 # -- stages ----------------------------------------------------------------------------------------
-def ranker_rows(rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int) -> pd.DataFrame:
+#: rated rows whose negatives are sampled and encoded at once: the ranker's training data is built
+#: chunk by chunk, so the driver holds one chunk of feature rows (× 1 + negatives), not all of them
+RANKER_CHUNK_ROWS = 250_000
+
+
+def ranker_rows(
+    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int | list[int], sampler: NegativeSampler | None = None
+) -> pd.DataFrame:
     """The ranker's rows: the rated samples, and for the ``topn`` objective their sampled negatives
     (:mod:`rayrec.training.negatives`), drawn against every rating of the features version."""
     if mc.objective != "topn":
         return rows
-    ratings = pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]]
-    return add_negatives(rows, ratings, fv.movies, mc.negatives, hard=mc.hard_negatives, window=mc.negative_window, seed=seed)
+    sampler = sampler or negative_sampler(fv)
+    return sampler.add(rows, mc.negatives, hard=mc.hard_negatives, window=mc.negative_window, seed=seed)
+
+
+def negative_sampler(fv: FeaturesVersion) -> NegativeSampler:
+    return NegativeSampler(pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]], fv.movies)
+
+
+def _ranker_chunks(rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int) -> Iterator[pd.DataFrame]:
+    """:func:`ranker_rows` of ``rows`` in chunks of RANKER_CHUNK_ROWS rated rows, built as they are
+    consumed; the first chunk draws from ``seed`` (one chunk: exactly ``ranker_rows(rows, …, seed)``),
+    chunk i > 0 from the stream [seed, i]."""
+    sampler = negative_sampler(fv) if mc.objective == "topn" else None
+    for i, start in enumerate(range(0, max(len(rows), 1), RANKER_CHUNK_ROWS)):
+        yield ranker_rows(rows.iloc[start : start + RANKER_CHUNK_ROWS], fv, mc, seed if i == 0 else [seed, i], sampler)
 
 
 def _ranker_task(cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None) -> tuple[Any, Any]:
     spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
-    train_rows = ranker_rows(rows, fv, mc, seed)
+    ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed), spec)
     vrows = ranker_rows(valid, fv, mc, seed + 1) if valid is not None else None
-    task = RankTask(mc, spec.sizes, rows=len(train_rows), valid=encode_pairs(spec, vrows) if vrows is not None else None)
-    return task, to_dataset(train_rows, spec)
+    task = RankTask(mc, spec.sizes, rows=n_rows, valid=encode_pairs(spec, vrows) if vrows is not None else None)
+    return task, ds
 
 
 def _retriever_task(

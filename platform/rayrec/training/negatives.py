@@ -22,7 +22,7 @@ import pandas as pd
 
 from rayrec.features.pointintime import ITEM_FEATURES, USER_FEATURES, attach_movie_attributes
 
-__all__ = ["ItemTimeline", "add_negatives"]
+__all__ = ["ItemTimeline", "NegativeSampler", "add_negatives"]
 
 _SHIFT = np.int64(1) << np.int64(32)
 
@@ -57,6 +57,76 @@ class ItemTimeline:
         return count.astype(np.int64), mean, np.sqrt(np.clip(var, 0.0, None))
 
 
+class NegativeSampler:
+    """What sampling needs of every rating a features version knows (the exclusions and the movies'
+    timelines), built once and used for any number of row chunks (:meth:`add`)."""
+
+    def __init__(self, ratings: pd.DataFrame, movies: pd.DataFrame) -> None:
+        self.movies = movies
+        self.timeline = ItemTimeline(ratings)
+        self.rated = np.unique(ratings["userId"].to_numpy(np.int64) * _SHIFT + ratings["movieId"].to_numpy(np.int64))
+        by_time = np.argsort(ratings["timestamp"].to_numpy(np.int64), kind="stable")
+        self.times = ratings["timestamp"].to_numpy(np.int64)[by_time]
+        self.movies_by_time = ratings["movieId"].to_numpy(np.int64)[by_time]
+        # movies in order of their first rating: those available at t are a prefix
+        first_ts = np.full(len(self.timeline.items), np.iinfo(np.int64).max)
+        np.minimum.at(first_ts, np.searchsorted(self.timeline.items, self.movies_by_time), self.times)
+        self.debut = np.argsort(first_ts, kind="stable")
+        self.debut_ts = first_ts[self.debut]
+
+    def add(self, rows: pd.DataFrame, n: int, *, hard: float = 0.5, window: int = 2000, seed: int | list[int] = 0) -> pd.DataFrame:
+        """``rows`` (rated samples, ``interact`` = 1) and ``n`` sampled unrated movies per row
+        (``interact`` = 0, ``label`` = 0), in one frame."""
+        out = rows.assign(interact=np.float32(1.0))
+        if n <= 0 or rows.empty:
+            return out
+        timeline, times, movies_by_time = self.timeline, self.times, self.movies_by_time
+        rng = np.random.default_rng(seed)
+        src = np.repeat(np.arange(len(rows)), n)
+        users = rows["userId"].to_numpy(np.int64)[src]
+        ts = rows["timestamp"].to_numpy(np.int64)[src]
+
+        def draw(size: int, at: np.ndarray, local: np.ndarray) -> np.ndarray:
+            out = np.empty(size, dtype=np.int64)
+            pos = np.searchsorted(times, at)
+            near = np.clip(pos + rng.integers(-window, window, size=size), 0, len(times) - 1)
+            out[local] = movies_by_time[near[local]]
+            available = np.maximum(np.searchsorted(self.debut_ts, at, side="left"), 1)
+            pick = (rng.random(size) * available).astype(np.int64)
+            out[~local] = timeline.items[self.debut[pick[~local]]]
+            return out
+
+        local = rng.random(len(src)) < hard
+        picks = draw(len(src), ts, local)
+
+        def unfit(picks: np.ndarray) -> np.ndarray:
+            # a movie the user rated, or one nobody had rated yet at t (not in the catalog then)
+            return np.isin(users * _SHIFT + picks, self.rated) | (timeline.stats(picks, ts)[0] == 0)
+
+        bad = unfit(picks)
+        for _ in range(5):  # redraw unfit picks; the few left after five tries are dropped
+            if not bad.any():
+                break
+            picks[bad] = draw(int(bad.sum()), ts[bad], local[bad])
+            bad = unfit(picks)
+        src, picks = src[~bad], picks[~bad]
+        user_cols = ["userId", "timestamp", *[c for c in USER_FEATURES if c in rows.columns]]
+        user_cols += [c for c in ("history_items",) if c in rows.columns]
+        neg = rows[user_cols].iloc[src].reset_index(drop=True)
+        neg["movieId"] = picks
+        ts = neg["timestamp"].to_numpy(np.int64)
+        count, mean, std = timeline.stats(picks, ts)
+        neg["item_rating_count"] = count
+        neg["item_rating_mean"] = mean
+        neg["item_rating_std"] = std
+        neg = attach_movie_attributes(neg, self.movies)
+        neg["rating"] = np.float32(np.nan)
+        neg["label"] = np.int64(0) if out["label"].dtype.kind in "iu" else out["label"].dtype.type(0)
+        neg["interact"] = np.float32(0.0)
+        cols = [c for c in neg.columns if c in out.columns or c in ITEM_FEATURES]
+        return pd.concat([out, neg[cols]], ignore_index=True)
+
+
 def add_negatives(
     rows: pd.DataFrame,
     ratings: pd.DataFrame,
@@ -70,60 +140,4 @@ def add_negatives(
     """``rows`` (rated samples, ``interact`` = 1) and ``n`` sampled unrated movies per row
     (``interact`` = 0, ``label`` = 0), in one frame. ``ratings`` (userId, movieId, rating, timestamp)
     are every rating the features version knows: the exclusions and the movies' timelines."""
-    out = rows.assign(interact=np.float32(1.0))
-    if n <= 0 or rows.empty:
-        return out
-    timeline = ItemTimeline(ratings)
-    rated = np.unique(ratings["userId"].to_numpy(np.int64) * _SHIFT + ratings["movieId"].to_numpy(np.int64))
-    rng = np.random.default_rng(seed)
-    src = np.repeat(np.arange(len(rows)), n)
-    users = rows["userId"].to_numpy(np.int64)[src]
-    ts = rows["timestamp"].to_numpy(np.int64)[src]
-    by_time = np.argsort(ratings["timestamp"].to_numpy(np.int64), kind="stable")
-    times = ratings["timestamp"].to_numpy(np.int64)[by_time]
-    movies_by_time = ratings["movieId"].to_numpy(np.int64)[by_time]
-    # movies in order of their first rating: those available at t are a prefix
-    first_ts = np.full(len(timeline.items), np.iinfo(np.int64).max)
-    np.minimum.at(first_ts, np.searchsorted(timeline.items, movies_by_time), times)
-    debut = np.argsort(first_ts, kind="stable")
-    debut_ts = first_ts[debut]
-
-    def draw(size: int, at: np.ndarray, local: np.ndarray) -> np.ndarray:
-        out = np.empty(size, dtype=np.int64)
-        pos = np.searchsorted(times, at)
-        near = np.clip(pos + rng.integers(-window, window, size=size), 0, len(times) - 1)
-        out[local] = movies_by_time[near[local]]
-        available = np.maximum(np.searchsorted(debut_ts, at, side="left"), 1)
-        pick = (rng.random(size) * available).astype(np.int64)
-        out[~local] = timeline.items[debut[pick[~local]]]
-        return out
-
-    local = rng.random(len(src)) < hard
-    picks = draw(len(src), ts, local)
-
-    def unfit(picks: np.ndarray) -> np.ndarray:
-        # a movie the user rated, or one nobody had rated yet at t (not in the catalog then)
-        return np.isin(users * _SHIFT + picks, rated) | (timeline.stats(picks, ts)[0] == 0)
-
-    bad = unfit(picks)
-    for _ in range(5):  # redraw unfit picks; the few left after five tries are dropped
-        if not bad.any():
-            break
-        picks[bad] = draw(int(bad.sum()), ts[bad], local[bad])
-        bad = unfit(picks)
-    src, picks = src[~bad], picks[~bad]
-    user_cols = ["userId", "timestamp", *[c for c in USER_FEATURES if c in rows.columns]]
-    user_cols += [c for c in ("history_items",) if c in rows.columns]
-    neg = rows[user_cols].iloc[src].reset_index(drop=True)
-    neg["movieId"] = picks
-    ts = neg["timestamp"].to_numpy(np.int64)
-    count, mean, std = timeline.stats(picks, ts)
-    neg["item_rating_count"] = count
-    neg["item_rating_mean"] = mean
-    neg["item_rating_std"] = std
-    neg = attach_movie_attributes(neg, movies)
-    neg["rating"] = np.float32(np.nan)
-    neg["label"] = np.int64(0) if out["label"].dtype.kind in "iu" else out["label"].dtype.type(0)
-    neg["interact"] = np.float32(0.0)
-    cols = [c for c in neg.columns if c in out.columns or c in ITEM_FEATURES]
-    return pd.concat([out, neg[cols]], ignore_index=True)
+    return NegativeSampler(ratings, movies).add(rows, n, hard=hard, window=window, seed=seed)
