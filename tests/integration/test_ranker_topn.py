@@ -81,3 +81,7 @@ def test_ranker_rows_are_built_chunk_by_chunk(ray_session, artifacts, monkeypatc
     assert n == ds.count() == sum(len(c) for c in chunks)
     assert ds.num_blocks() == 8 * len(chunks)
     assert float(ds.sum("interact")) == len(fv.train)
+    # rows in a random order within each chunk: every block mixes rated rows and negatives (about 1 in
+    # 5 rated), so no training batch is all of one kind
+    shares = [float(b["interact"].mean()) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    assert len(shares) == ds.num_blocks() and all(0.1 < s < 0.35 for s in shares), shares

@@ -155,35 +155,45 @@ def encode_batch(batch: pd.DataFrame, spec: FeatureSpec, history_len: int | None
     return encode_pairs(spec, batch, history_len)
 
 
-def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8) -> Any:
-    """A materialised Ray Dataset of encoded training rows, ready to be sharded by Ray Train
-    (:func:`to_dataset_chunks` of the one chunk ``rows``, in ``blocks`` blocks)."""
-    return to_dataset_chunks([rows], spec, history_len, blocks_per_chunk=blocks)[0]
+def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8, seed: int = 0) -> Any:
+    """A materialised Ray Dataset of encoded training rows in a random order, ready to be sharded by
+    Ray Train (:func:`to_dataset_chunks` of the one chunk ``rows``, in ``blocks`` blocks)."""
+    return to_dataset_chunks([rows], spec, history_len, blocks_per_chunk=blocks, seed=seed)[0]
 
 
 def to_dataset_chunks(
-    chunks: Iterable[pd.DataFrame], spec: FeatureSpec, history_len: int | None = None, blocks_per_chunk: int = 8
+    chunks: Iterable[pd.DataFrame],
+    spec: FeatureSpec,
+    history_len: int | None = None,
+    blocks_per_chunk: int = 8,
+    seed: int = 0,
 ) -> tuple[Any, int]:
     """(a materialised Ray Dataset, its row count) of the encoded rows of ``chunks``, consumed one
     at a time: a chunk may be built lazily (a generator), so that only one chunk of feature rows is
     in memory at once.
 
-    Each chunk is encoded here in ``blocks_per_chunk`` blocks and each block goes straight to the
-    object store: only the models' input arrays are stored (no Arrow copy of the feature rows, list
+    Each chunk is encoded here, its rows put in a random order (``seed``), and stored in
+    ``blocks_per_chunk`` blocks, each straight to the object store: only the models' input arrays are stored (no Arrow copy of the feature rows, list
     columns and all, and no pandas copy of them in a Ray worker). The blocks are the driver's own
     objects: a node lost mid-training loses at most copies of them, never their only one."""
     import ray
     from ray.data.extensions import ArrowTensorArray
 
+    rng = np.random.default_rng(seed)
     refs: list[Any] = []
     n = 0
     for chunk in chunks:
+        if len(chunk) == 0 and refs:
+            continue
+        arrays = encode_batch(chunk, spec=spec, history_len=history_len)
+        # rows in a random order: a chunk comes user by user, and the ranker's rated rows before
+        # their sampled negatives; a shuffle buffer alone would feed whole batches of one kind
+        order = rng.permutation(len(chunk))
+        arrays = {k: v[order] for k, v in arrays.items()}
         step = max(1, -(-len(chunk) // blocks_per_chunk))
         for start in range(0, max(len(chunk), 1), step):  # an empty chunk: one empty block (the schema)
-            if len(chunk) == 0 and refs:
-                break
-            arrays = encode_batch(chunk.iloc[start : start + step], spec=spec, history_len=history_len)
-            refs.append(ray.put(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in arrays.items()})))
+            block = {k: v[start : start + step] for k, v in arrays.items()}
+            refs.append(ray.put(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in block.items()})))
         n += len(chunk)
     if not refs:
         raise ValueError("to_dataset_chunks needs at least one chunk")

@@ -175,7 +175,7 @@ def _ranker_chunks(rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int) 
 
 def _ranker_task(cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None) -> tuple[Any, Any]:
     spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
-    ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed), spec)
+    ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed), spec, seed=seed)
     vrows = ranker_rows(valid, fv, mc, seed + 1) if valid is not None else None
     task = RankTask(mc, spec.sizes, rows=n_rows, valid=encode_pairs(spec, vrows) if vrows is not None else None)
     return task, ds
@@ -189,7 +189,7 @@ def _retriever_task(
     counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
     vdata = retrieval_data(rows, valid, fv.movies, spec, h) if valid is not None else None
     task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata)
-    return task, to_dataset(train_rows, spec, h)
+    return task, to_dataset(train_rows, spec, h, seed=cfg.train_config.seed)
 
 
 def _run_manifest(storage: str, run_name: str, cfg: JobConfig, fv: FeaturesVersion) -> str:
