@@ -173,9 +173,10 @@ def to_dataset_chunks(
     in memory at once.
 
     Each chunk is encoded here, its rows put in a random order (``seed``), and stored in
-    ``blocks_per_chunk`` blocks, each straight to the object store: only the models' input arrays are stored (no Arrow copy of the feature rows, list
-    columns and all, and no pandas copy of them in a Ray worker). The blocks are the driver's own
-    objects: a node lost mid-training loses at most copies of them, never their only one."""
+    ``blocks_per_chunk`` blocks, each straight to the object store: only the models' input arrays
+    are stored (no Arrow copy of the feature rows, list columns and all, and no pandas copy of them
+    in a Ray worker). The blocks are the driver's own objects: a node lost mid-training loses at
+    most copies of them, never their only one."""
     import ray
     from ray.data.extensions import ArrowTensorArray
 
