@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=None, help="with --ratings: synthetic users (default: ml-25m's share)")
     p.add_argument("--items", type=int, default=None, help="with --ratings: synthetic items (default: ml-25m's share)")
     p.add_argument("-v", "--verbose", action="store_true", help="print everything (Ray's output included) as it comes")
+    p.set_defaults(synthetic=None)  # the SyntheticConfig of --ratings
     args = p.parse_args(argv)
     artifacts = artifacts_arg(args.artifacts)
     if args.ratings is None and (args.users is not None or args.items is not None):
@@ -114,7 +115,7 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
             raise SystemExit(f"{name} failed (exit {rc})")
 
     dataset = args.dataset
-    if getattr(args, "synthetic", None) is not None:
+    if args.synthetic is not None:
         if console:
             console.total += 1
         held: dict[str, str] = {}
@@ -131,9 +132,10 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
         dataset = held["folder"]
     step("features", features.main, ["--dataset", dataset, "--online-store", args.store, *common],
          lambda: headlines.features_line(artifacts))
-    costs.finish_rows(int(headlines.latest_json(artifacts, "features", "stats.json").get("ratings") or 0))
+    stats = headlines.latest_json(artifacts, "features", "stats.json")
+    costs.rows = int(stats.get("ratings") or 0)
     if console:
-        say(f"        dataset: {headlines.latest_json(artifacts, 'features', 'stats.json').get('source')}")
+        say(f"        dataset: {stats.get('source')}")
     for model in ("ranker", "retriever"):
         step(model, train.main, ["--model", model, "--num-workers", str(args.num_workers), *epochs, *common],
              lambda m=model: headlines.model_line(artifacts, m))

@@ -77,18 +77,15 @@ class StepCost:
     step: str
     wall_s: float
     peak_bytes: int
-    rows: int  # rows the step stands for (the dataset's ratings), for rows/s
 
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.wall_s if self.wall_s > 0 else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_s": self.rows_per_s}
+def _rate(rows: int, wall_s: float) -> float:
+    return rows / wall_s if wall_s > 0 else 0.0
 
 
 class Costs:
-    """The costs of a job's steps, in order; ``rows`` is set once the data size is known."""
+    """The costs of a job's steps, in order. ``rows`` (the dataset's ratings, known once the data is
+    read) is what every step's rows/s is counted against."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
@@ -100,17 +97,13 @@ class Costs:
         t = time.perf_counter()
         with TreeMemory(interval=self.interval) as mem:
             yield
-        self.steps.append(StepCost(name, time.perf_counter() - t, mem.peak, self.rows))
-
-    def finish_rows(self, rows: int) -> None:
-        """Set the rows of every step so far (the data size is known after the first step)."""
-        self.rows = rows
-        self.steps = [StepCost(s.step, s.wall_s, s.peak_bytes, rows) for s in self.steps]
+        self.steps.append(StepCost(name, time.perf_counter() - t, mem.peak))
 
     def to_dict(self) -> dict[str, Any]:
-        total = sum(s.wall_s for s in self.steps)
-        peak = max((s.peak_bytes for s in self.steps), default=0)
-        return {"steps": [s.to_dict() for s in self.steps], "total": {"wall_s": total, "peak_bytes": peak, "rows": self.rows}}
+        wall = sum(s.wall_s for s in self.steps)
+        total = {"wall_s": wall, "peak_bytes": max((s.peak_bytes for s in self.steps), default=0), "rows": self.rows}
+        steps = [{**asdict(s), "rows": self.rows, "rows_per_s": _rate(self.rows, s.wall_s)} for s in self.steps]
+        return {"steps": steps, "total": {**total, "rows_per_s": _rate(self.rows, wall)}}
 
 
 def _gib(n: float) -> str:
@@ -119,10 +112,8 @@ def _gib(n: float) -> str:
 
 def format_costs(costs: Costs) -> list[str]:
     """The per-step table, one line per step and a total."""
+    d = costs.to_dict()
     lines = [f"{'step':<10} {'wall':>9} {'peak memory':>12} {'rows/s':>12}"]
-    for s in costs.steps:
-        lines.append(f"{s.step:<10} {s.wall_s:>8.1f}s {_gib(s.peak_bytes):>12} {s.rows_per_s:>12,.0f}")
-    d = costs.to_dict()["total"]
-    rate = d["rows"] / d["wall_s"] if d["wall_s"] > 0 else 0.0
-    lines.append(f"{'total':<10} {d['wall_s']:>8.1f}s {_gib(d['peak_bytes']):>12} {rate:>12,.0f}")
+    for s in [*d["steps"], {**d["total"], "step": "total"}]:
+        lines.append(f"{s['step']:<10} {s['wall_s']:>8.1f}s {_gib(s['peak_bytes']):>12} {s['rows_per_s']:>12,.0f}")
     return lines

@@ -48,7 +48,7 @@ def table(results: list[dict]) -> str:
         prev = None
         for r in ok:
             by = {s["step"]: s for s in r["costs"]["steps"]}
-            s = by.get(name) or {**r["costs"]["total"], "rows_per_s": r["costs"]["total"]["rows"] / max(r["costs"]["total"]["wall_s"], 1e-9)}
+            s = by.get(name) or r["costs"]["total"]
             cells.append(f"{s['wall_s']:.1f}s / {s['peak_bytes'] / 2**30:.2f} / {s['rows_per_s']:,.0f}")
             if prev is not None:
                 size = r["ratings"] / prev[0]

@@ -48,7 +48,7 @@ def test_costs_table_and_json():
     costs = Costs(interval=0.05)
     with costs.step("data"):
         time.sleep(0.1)
-    costs.finish_rows(1000)  # the data size, known after the first step, applies to it too
+    costs.rows = 1000  # the data size, known after the first step, applies to it too
     with costs.step("features"):
         time.sleep(0.1)
     d = costs.to_dict()

@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 from rayrec import uri
 from rayrec.features.pointintime import attach_movie_attributes, item_pass, prior_sums, user_pass
 from rayrec.features.spec import FeatureSpec, features_path
-from rayrec.models.inputs import HISTORY
+from rayrec.models.inputs import HISTORY, encode_pairs
 
 __all__ = [
     "FeaturesVersion",
@@ -39,7 +39,6 @@ __all__ = [
     "users_at",
     "items_at",
     "data_range",
-    "encode_batch",
     "to_dataset",
     "to_dataset_chunks",
 ]
@@ -148,13 +147,6 @@ def data_range(df: pd.DataFrame) -> dict[str, int]:
     return {"rows": int(len(df)), "start": int(ts.min()) if len(ts) else 0, "end": int(ts.max()) if len(ts) else 0}
 
 
-def encode_batch(batch: pd.DataFrame, spec: FeatureSpec, history_len: int | None) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: feature rows → the models' input arrays."""
-    from rayrec.models.inputs import encode_pairs
-
-    return encode_pairs(spec, batch, history_len)
-
-
 def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8, seed: int = 0) -> Any:
     """A materialised Ray Dataset of encoded training rows in a random order, ready to be sharded by
     Ray Train (:func:`to_dataset_chunks` of the one chunk ``rows``, in ``blocks`` blocks)."""
@@ -186,7 +178,7 @@ def to_dataset_chunks(
     for chunk in chunks:
         if len(chunk) == 0 and refs:
             continue
-        arrays = encode_batch(chunk, spec=spec, history_len=history_len)
+        arrays = encode_pairs(spec, chunk, history_len)
         # rows in a random order: a chunk comes user by user, and the ranker's rated rows before
         # their sampled negatives; a shuffle buffer alone would feed whole batches of one kind
         order = rng.permutation(len(chunk))

@@ -164,19 +164,23 @@ def negative_sampler(fv: FeaturesVersion) -> NegativeSampler:
     return NegativeSampler(pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]], fv.movies)
 
 
-def _ranker_chunks(rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int) -> Iterator[pd.DataFrame]:
+def _ranker_chunks(
+    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int, sampler: NegativeSampler | None = None
+) -> Iterator[pd.DataFrame]:
     """:func:`ranker_rows` of ``rows`` in chunks of RANKER_CHUNK_ROWS rated rows, built as they are
     consumed; the first chunk draws from ``seed`` (one chunk: exactly ``ranker_rows(rows, …, seed)``),
     chunk i > 0 from the stream [seed, i]."""
-    sampler = negative_sampler(fv) if mc.objective == "topn" else None
+    if sampler is None and mc.objective == "topn":
+        sampler = negative_sampler(fv)
     for i, start in enumerate(range(0, max(len(rows), 1), RANKER_CHUNK_ROWS)):
         yield ranker_rows(rows.iloc[start : start + RANKER_CHUNK_ROWS], fv, mc, seed if i == 0 else [seed, i], sampler)
 
 
 def _ranker_task(cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None) -> tuple[Any, Any]:
     spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
-    ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed), spec, seed=seed)
-    vrows = ranker_rows(valid, fv, mc, seed + 1) if valid is not None else None
+    sampler = negative_sampler(fv) if mc.objective == "topn" else None  # one for the training and validation rows
+    ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sampler), spec, seed=seed)
+    vrows = ranker_rows(valid, fv, mc, seed + 1, sampler) if valid is not None else None
     task = RankTask(mc, spec.sizes, rows=n_rows, valid=encode_pairs(spec, vrows) if vrows is not None else None)
     return task, ds
 
