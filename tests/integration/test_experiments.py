@@ -116,9 +116,12 @@ def test_two_variants_are_served_logged_clicked_and_analysed(scratch, tmp_path) 
     events = got_ab["totals"]["events"]
     assert events["attributed"]["request"] == sum(posted["ab"].values())
     assert events["unattributed"]["unknown_request"] == 1, "an event naming an unknown request id is stored and counted"
-    # interleaving: every click went to team b, so b wins every impression with a click
+    # interleaving: every credited click went to team b, so b wins every impression with a click on
+    # its items; clicks on items both arms offered are counted and credit neither
     pref = got_il["interleave"]["per_impression"]
     assert pref["wins_b"] == posted["il_clicked"] and pref["wins_a"] == 0, pref
+    assert posted["il_neutral"] > 0, "the arms share their top items for some users"
+    assert got_il["interleave"]["neutral"] == posted["il_neutral"]
     assert pref["p_value"] < 0.05
 
     # the analysis job writes its report where the app serves it
@@ -136,19 +139,20 @@ def test_two_variants_are_served_logged_clicked_and_analysed(scratch, tmp_path) 
 
 async def _traffic(svc: RecommenderService, ab: Experiment) -> tuple[list[dict[str, Any]], dict[str, Any], dict[int, tuple[list[int], list[int]]]]:
     """Ask every user's list through the HTTP app, click the top item of treat's lists (and of every
-    other control list), click team b's first item in interleaved lists."""
+    other control list), click team b's first item in interleaved lists, and the first item both
+    arms offered (team null), if any."""
     answers: list[dict[str, Any]] = []
-    posted: dict[str, Any] = {"ab": {"control": 0, "treat": 0}, "il_clicked": 0}
+    posted: dict[str, Any] = {"ab": {"control": 0, "treat": 0}, "il_clicked": 0, "il_neutral": 0}
     own: dict[int, tuple[list[int], list[int]]] = {}
     transport = httpx.ASGITransport(app=create_app(svc))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         for u in range(1, N_USERS + 1):
             rec = (await c.get(f"/recommend?user_id={u}&k=10")).json()
             answers.append(rec)
-            click = None
+            clicks = []
             if rec["experiment"] == "ab1":
                 if rec["variant"] == "treat" or u % 2 == 0:
-                    click = rec["items"][0]["movie_id"]
+                    clicks.append(rec["items"][0]["movie_id"])
                     posted["ab"][rec["variant"]] += 1
             else:
                 a = await svc.recommend_as("il1/a", u, 10)
@@ -156,10 +160,14 @@ async def _traffic(svc: RecommenderService, ab: Experiment) -> tuple[list[dict[s
                 own[u] = ([it.movie_id for it in a.items], [it.movie_id for it in b.items])
                 first_b = [it["movie_id"] for it in rec["items"] if it["team"] == "b"]
                 if first_b:
-                    click = first_b[0]
+                    clicks.append(first_b[0])
                     posted["il_clicked"] += 1
-            if click is not None:
-                r = await c.post("/events", json={"kind": "click", "user_id": u, "movie_id": click, "request_id": rec["request_id"]})
+                shared = [it["movie_id"] for it in rec["items"] if it["team"] is None]
+                if shared:
+                    clicks.append(shared[0])
+                    posted["il_neutral"] += 1
+            for movie in clicks:
+                r = await c.post("/events", json={"kind": "click", "user_id": u, "movie_id": movie, "request_id": rec["request_id"]})
                 assert r.status_code == 200, r.text
         # an event naming a request id no list had: stored, counted as unattributed
         user = next(r["user_id"] for r in answers if r["experiment"] == "ab1")
@@ -232,8 +240,9 @@ def test_page_shows_the_variant_and_counts_a_click_for_its_list(scratch, tmp_pat
         page.send("Page.navigate", url=f"http://127.0.0.1:{port}/?user_id=7")
         page.wait("document.querySelectorAll('#recs li.item').length >= 10")
         assert page.js("document.getElementById('variant').textContent").startswith("experiment page-il: interleaved (")
-        teams = page.js("[...document.querySelectorAll('#recs li.item .team')].map(e => e.textContent)")
-        assert len(teams) == 10 and set(teams) <= {"a", "b"}
+        teams = page.js("[...document.querySelectorAll('#recs li.item .team')].map(e => [e.textContent, e.className])")
+        assert len(teams) == 10, "every item of an interleaved list is tagged"
+        assert all(name in ("a", "b") and cls == "team" or (name, cls) == ("both", "team neutral") for name, cls in teams), teams
         movie = int(page.js("document.querySelector('#recs li.item').dataset.movieId"))
         page.js("document.querySelector('#recs li.item').click()")
         page.wait("document.querySelectorAll('#similar li.item').length > 0")

@@ -137,6 +137,21 @@ def test_fallback_takes_the_latest_list_that_showed_the_movie(store):
     assert il["per_impression"]["no_credit"] == 1
 
 
+def test_clicks_on_items_both_variants_offered_credit_neither(store):
+    """A neutral item (team "" in the log: both lists offered it in the same round) is counted, and
+    its click decides no impression."""
+    pair = {"mode": "interleave", "variant": None, "variants": ["a", "b"]}
+    store.append_log(IMPRESSIONS_LOG, [
+        _impression("r1", 1, T0, [5, 6, 7], teams=["", "a", "b"], **pair),
+        _impression("r2", 2, T0, [5, 8, 9], teams=["", "b", "a"], **pair),
+    ])  # fmt: skip
+    store.append_log(EVENTS_LOG, [_event("e1", 1, 5, T0 + 10, "r1"), _event("e2", 2, 5, T0 + 10, "r2"), _event("e3", 2, 8, T0 + 10, "r2")])
+    il = analyze(store, "exp")["interleave"]
+    assert il["neutral"] == 2 and il["credit"] == {"a": 0, "b": 1}
+    p = il["per_impression"]
+    assert (p["wins_a"], p["wins_b"], p["no_credit"]) == (0, 1, 1)
+
+
 def test_interleaving_finds_the_preferred_team(store):
     rng = np.random.default_rng(2)
     imps, events = [], []

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from rayrec.experiments.config import Experiment, assign, unit_hash
-from rayrec.experiments.interleave import seed_of, team_draft
+from rayrec.experiments.interleave import NEUTRAL, seed_of, team_draft
 from rayrec.serving import ServingConfig
 
 
@@ -76,14 +76,20 @@ def test_a_variant_config_merges_nested_settings() -> None:
     assert treat.artifact_key() == cfg.artifact_key(), "rerank settings share the loaded artifacts"
 
 
-def reference_team_draft(a: list[int], b: list[int], k: int, coins: list[int]) -> tuple[list[int], list[int]]:
-    """Radlinski et al. 2008, Algorithm 2, with the coin flips given."""
+def reference_team_draft(a: list[int], b: list[int], k: int, coins: list[int], neutral: bool = False) -> tuple[list[int], list[int]]:
+    """Radlinski et al. 2008, Algorithm 2, with the coin flips given; ``neutral``: a round that opens
+    with both lists' next items the same places that item for neither team (-1), without a flip."""
     out: list[int] = []
     teams: list[int] = []
     n = [0, 0]
     lists = (a, b)
     flips = iter(coins)
     while len(out) < k and (set(a) | set(b)) - set(out):
+        heads = [[m for m in src if m not in out][:1] for src in lists]
+        if neutral and n[0] == n[1] and heads[0] and heads[0] == heads[1]:
+            out.append(heads[0][0])
+            teams.append(-1)
+            continue
         first = next(flips) if n[0] == n[1] else int(n[1] < n[0])
         for team in (first, 1 - first):
             rest = [m for m in lists[team] if m not in out]
@@ -95,25 +101,48 @@ def reference_team_draft(a: list[int], b: list[int], k: int, coins: list[int]) -
     return out, teams
 
 
-def test_team_draft_matches_the_reference_and_keeps_each_lists_order() -> None:
+@pytest.mark.parametrize("neutral", [False, True], ids=["classic", "neutral"])
+def test_team_draft_matches_the_reference_and_keeps_each_lists_order(neutral: bool) -> None:
     rng = np.random.default_rng(0)
+    shared_rounds = 0
     for trial in range(300):
         pool = rng.permutation(40)[:25].tolist()
         a = rng.permutation(pool)[: rng.integers(0, 15)].tolist()
-        b = rng.permutation(pool)[: rng.integers(0, 15)].tolist()
+        # every third pair starts alike, so rounds that open on a shared item are common
+        b = (a[: rng.integers(0, 5)] if trial % 3 == 0 else []) + rng.permutation(pool)[: rng.integers(0, 15)].tolist()
+        b = list(dict.fromkeys(b))
         k = int(rng.integers(1, 20))
         seed = int(rng.integers(2**32))
-        items, teams = team_draft(a, b, k, seed)
+        items, teams = team_draft(a, b, k, seed, neutral=neutral)
         assert len(items) == len(set(items)) == min(k, len(set(a) | set(b)))
         for team, src in ((0, a), (1, b)):
             mine = [m for m, t in zip(items, teams) if t == team]
             assert mine == [m for m in src if m in mine], "a team's picks keep its list's order"
+        assert abs(teams.count(0) - teams.count(1)) <= 1 or not (set(a) - set(items) and set(b) - set(items))
         coins = np.random.default_rng(seed).integers(2, size=64).tolist()
-        assert (items, teams) == reference_team_draft(a, b, k, coins), trial
+        assert (items, teams) == reference_team_draft(a, b, k, coins, neutral), trial
+        shared_rounds += teams.count(NEUTRAL)
+    assert (shared_rounds > 50) == neutral, shared_rounds
 
 
-def test_team_draft_is_fair_for_identical_lists() -> None:
-    """Same list on both sides: which team gets the top item is a coin flip, so clicks on the top
-    item split evenly between the teams."""
-    firsts = [team_draft(list(range(10)), list(range(10)), 10, seed_of(f"r{i}"))[1][0] for i in range(4000)]
+def test_classic_team_draft_is_fair_for_identical_lists() -> None:
+    """Same list on both sides, classic team draft: which team gets the top item is a coin flip, so
+    clicks on the top item split evenly between the teams."""
+    firsts = [team_draft(list(range(10)), list(range(10)), 10, seed_of(f"r{i}"), neutral=False)[1][0] for i in range(4000)]
     assert abs(np.mean(firsts) - 0.5) < 0.03
+
+
+def test_items_both_lists_offer_in_a_round_credit_neither_team() -> None:
+    """Identical lists: every item is neutral (no preference to find, so no credit to give). Lists
+    that agree on their top two and then differ: those two are neutral and the rest is drafted, the
+    coin deciding who picks first."""
+    items, teams = team_draft(list(range(10)), list(range(10)), 10, seed_of("same"))
+    assert items == list(range(10)) and teams == [NEUTRAL] * 10
+    a, b = [1, 2, 3, 4, 5, 6], [1, 2, 7, 8, 9, 10]
+    firsts = []
+    for i in range(2000):
+        items, teams = team_draft(a, b, 6, seed_of(f"r{i}"))
+        assert items[:2] == [1, 2] and teams[:2] == [NEUTRAL, NEUTRAL]
+        assert sorted(teams[2:]) == [0, 0, 1, 1]
+        firsts.append(teams[2])
+    assert abs(np.mean(firsts) - 0.5) < 0.04, "the first contested slot goes to either team alike"

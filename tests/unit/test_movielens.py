@@ -145,3 +145,44 @@ def test_real_movielens_small(movielens):
     assert movielens.ratings["rating"].between(0.5, 5.0).all()
     assert np.isin(movielens.ratings["movieId"], movielens.movies["movieId"]).all()
     assert movielens.movies["year"].notna().mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    "row, typed, reason",
+    [
+        ("2,3,nan,964982224", False, "rating is not a valid float"),
+        ("2,3,inf,964982224", False, "rating is not a valid float"),
+        ("2,3,,964982224", False, "rating is not a valid float"),
+        ("2,3.0,4.0,964982224", False, None),  # an int written as a float: the text reader accepts it
+        ("2, 3,4.0,964982224", True, None),  # spaces around a value: both readers strip them
+        ("99999999999999999999,3,4.0,1", False, "userId is not a valid int"),  # past int64
+    ],
+)
+def test_ratings_that_are_not_clean_numbers_are_read_the_slow_way(tmp_path, row, typed, reason) -> None:
+    """The typed reader takes only files of clean numbers; any other row sends the file to the text
+    reader, which reports it by line, or accepts it as before."""
+    from rayrec.data.movielens import _read_ratings_typed
+
+    d = folder(tmp_path, ratings=RATINGS + row + "\n")
+    assert (_read_ratings_typed(d / "ratings.csv") is not None) == typed
+    ml = read_movielens(d)
+    got = [(b.line, b.reason) for b in ml.report.examples]
+    assert got == ([(5, reason)] if reason else [])
+    assert len(ml.ratings) == (3 if reason else 4)
+
+
+def test_typed_and_text_readers_agree(tmp_path, monkeypatch) -> None:
+    """A clean file (out-of-range rows included) gives the same frame and report both ways."""
+    import rayrec.data.movielens as ml_mod
+
+    rng = np.random.default_rng(0)
+    rows = ["userId,movieId,rating,timestamp"] + [
+        f"{u},{m},{r},{t}" for u, m, r, t in zip(rng.integers(0, 50, 500), rng.integers(1, 4, 500), rng.choice([0.0, 0.5, 3.5, 5.0, 5.5], 500), rng.integers(-2, 10**9, 500))
+    ]
+    d = folder(tmp_path, ratings="\n".join(rows) + "\n")
+    assert ml_mod._read_ratings_typed(d / "ratings.csv") is not None
+    fast = read_movielens(d)
+    monkeypatch.setattr(ml_mod, "_read_ratings_typed", lambda path: None)
+    slow = read_movielens(d)
+    assert fast.ratings.equals(slow.ratings) and len(fast.ratings) < 500
+    assert fast.report.to_dict() == slow.report.to_dict() and fast.report.examples == slow.report.examples

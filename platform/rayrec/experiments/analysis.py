@@ -274,6 +274,7 @@ def _interleave(imps: pd.DataFrame, attributed: pd.DataFrame) -> dict[str, Any]:
         blocks[kind] = {
             "credit": {a: int(ca.sum()), b: int(cb.sum())},
             "impressions_with_credit": int(np.count_nonzero(ca + cb)),
+            "neutral": int(np.count_nonzero(of_kind & (team == ""))),  # on items both variants offered
             "per_impression": asdict(interleaving_preference(ca, cb)),
             "per_user": asdict(interleaving_preference(per_user["a"].to_numpy(), per_user["b"].to_numpy())),
         }
@@ -438,7 +439,8 @@ def _interleave_html(il: Mapping[str, Any]) -> str:
              f"[{_num(q['share_a_ci_low'], '.3f')}, {_num(q['share_a_ci_high'], '.3f')}]", _num(q["delta"], "+.4f"), _num(q["p_value"], ".4g")]
             for key, block in (("clicks", il), ("ratings", il["ratings"])) for unit in ("per_impression", "per_user") for q in [block[unit]]]  # fmt: skip
     return (f"<section><h2>{html.escape(a)} against {html.escape(b)}</h2><div class=plots>{_png(fig)}</div>"
-            f"<p>{il['impressions']:,} impressions ({il['impressions_with_clicks']:,} with clicks, {il['untracked_impressions']:,} without teams).</p>"
+            f"<p>{il['impressions']:,} impressions ({il['impressions_with_clicks']:,} with clicks credited to a team, {il['untracked_impressions']:,} "
+            f"without teams); {il['neutral']:,} clicks on items both variants offered in the same round, credited to neither.</p>"
             f"{_table(rows, ['credit', f'{a} wins', f'{b} wins', 'ties', 'no credit', f'share {a}', '95% CI', 'Δ', 'p (sign test)'])}</section>")  # fmt: skip
 
 

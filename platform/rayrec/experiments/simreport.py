@@ -15,8 +15,9 @@ __all__ = ["write_simulation"]
 
 def _power_plot(row: dict[str, Any]) -> str:
     fig, ax = _figure(f"power: {row['pair']}, engagement {row['engagement']:g}, {row['sessions']} session(s)")
-    for key, label in (("power_ab", "A/B test"), ("power_interleaving", "interleaving")):
-        pts = sorted((int(n), p) for n, p in row[key].items())
+    for key, label in (("power_ab", "A/B test"), ("power_interleaving", "interleaving"),
+                       ("power_interleaving_classic", "interleaving, classic team draft")):  # fmt: skip
+        pts = sorted((int(n), p) for n, p in row.get(key, {}).items())
         if pts:
             ax.plot([n for n, _ in pts], [p for _, p in pts], marker="o", label=label)
     ax.axhline(0.8, color="#999", linestyle="--", linewidth=1)
@@ -48,9 +49,11 @@ def write_simulation(result: dict[str, Any], out_dir: str) -> dict[str, str]:
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=str)
     rows = [[r["pair"], r["engagement"], r["sessions"], r["quality_a"], r["quality_b"], f"{r['gap_relative']:+.2%}" if r["gap_relative"] is not None else "-",
-             r["users_ab"] or "> 2M", r["users_interleaving"] or "> 2M", f"{r['ratio']:.1f}×" if r["ratio"] else "-"]
+             r["users_ab"] or "> 2M", r["users_interleaving"] or "> 2M", f"{r['ratio']:.1f}×" if r["ratio"] else "-",
+             r.get("users_interleaving_classic") or "> 2M", f"{r['ratio_classic']:.1f}×" if r.get("ratio_classic") else "-"]
             for r in result["pairs"]]  # fmt: skip
-    table = _table(rows, ["pair (b vs defaults)", "engagement", "sessions", "true clicks/list a", "b", "gap", "users A/B", "users interleaving", "ratio"])
+    table = _table(rows, ["pair (b vs defaults)", "engagement", "sessions", "true clicks/list a", "b", "gap", "users A/B", "users interleaving",
+                          "ratio", "classic team draft", "ratio"])  # fmt: skip
     cm = result["click_model"]
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rayrec: A/B vs interleaving</title><style>{_CSS}</style>"

@@ -31,7 +31,7 @@ import numpy as np
 
 from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec.data.synthetic import Truth
-from rayrec.experiments.interleave import seed_of, team_draft
+from rayrec.experiments.interleave import NEUTRAL, seed_of, team_draft
 from rayrec.experiments.stats import compare, interleaving_preference, ratio_metric
 
 if TYPE_CHECKING:
@@ -80,16 +80,19 @@ class ServedLists:
     meta: dict[str, object] = field(default_factory=dict)
 
 
-def interleavings(a: np.ndarray, b: np.ndarray, draws: int, salt: str = "sim") -> tuple[np.ndarray, np.ndarray]:
+def interleavings(
+    a: np.ndarray, b: np.ndarray, draws: int, salt: str = "sim", *, neutral: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """``draws`` team-draft interleavings of each row of ``a`` and ``b`` ((U, k) movie ids, -1 pad):
-    (U, D, k) items and teams (-1 pad)."""
+    (U, D, k) items and teams (-1: pad, or an item neither team is credited with; ``neutral``: see
+    :func:`team_draft`)."""
     u_n, k = a.shape
     items = np.full((u_n, draws, k), -1, dtype=np.int64)
     teams = np.full((u_n, draws, k), -1, dtype=np.int8)
     for u in range(u_n):
         la, lb = [int(m) for m in a[u] if m > 0], [int(m) for m in b[u] if m > 0]
         for d in range(draws):
-            ids, tm = team_draft(la, lb, k, seed_of(f"{salt}:{u}:{d}"))
+            ids, tm = team_draft(la, lb, k, seed_of(f"{salt}:{u}:{d}"), neutral=neutral)
             items[u, d, : len(ids)] = ids
             teams[u, d, : len(tm)] = tm
     return items, teams
@@ -195,15 +198,18 @@ async def collect_lists(
     return a, b
 
 
-def served_lists(users: np.ndarray, a: np.ndarray, b: np.ndarray, truth: Truth, click: ClickModel, *, draws: int = 4) -> ServedLists:
+def served_lists(
+    users: np.ndarray, a: np.ndarray, b: np.ndarray, truth: Truth, click: ClickModel, *, draws: int = 4, neutral: bool = True
+) -> ServedLists:
     """Click probabilities of both arms' lists and of ``draws`` interleavings of them per user."""
     u_n, k = a.shape
-    inter_items, inter_teams = interleavings(a, b, draws)
+    inter_items, inter_teams = interleavings(a, b, draws, neutral=neutral)
     p_inter = click.probabilities(truth, np.repeat(users, draws), inter_items.reshape(u_n * draws, k)).reshape(u_n, draws, k)
     return ServedLists(
         users=users, p_a=click.probabilities(truth, users, a), p_b=click.probabilities(truth, users, b),
         p_inter=p_inter, team_inter=inter_teams,
-        meta={"overlap_at_k": float(np.mean([len(set(x) & set(y) - {-1}) / k for x, y in zip(a.tolist(), b.tolist())]))},
+        meta={"overlap_at_k": float(np.mean([len(set(x) & set(y) - {-1}) / k for x, y in zip(a.tolist(), b.tolist())])),
+              "neutral_share": float(np.mean(inter_teams[inter_items > 0] == NEUTRAL)) if (inter_items > 0).any() else 0.0},
     )  # fmt: skip
 
 

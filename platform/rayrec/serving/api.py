@@ -57,7 +57,11 @@ class RecommendedItem(Movie):
     )
     paths: list[str] = Field(description="recall paths that proposed the item: embedding, item2item, genre, popular")
     reason: str = Field(description='a short explanation, e.g. "because you liked Heat (1995)"')
-    team: str | None = Field(default=None, description="in an interleaved list: the variant that contributed the item")
+    team: str | None = Field(
+        default=None,
+        description="in an interleaved list: the variant that contributed the item (null for an item both variants offered in the "
+        "same round: its clicks credit neither)",
+    )
 
 
 class Recommendation(BaseModel):

@@ -31,7 +31,7 @@ from rayrec import gc as artifacts_gc
 from rayrec.config import configured_store_url
 from rayrec.experiments.config import Assignment, assign
 from rayrec.experiments.impressions import IMPRESSIONS_LOG, ImpressionLog, impression_record
-from rayrec.experiments.interleave import seed_of, team_draft
+from rayrec.experiments.interleave import NEUTRAL, seed_of, team_draft
 from rayrec.realtime import ColdContext
 from rayrec.serving.api import Health, Movie, Recommendation, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle, ServingConfig, check_versions, load_bundle, resolve_versions
@@ -254,7 +254,7 @@ class RecommenderService:
         ids, teams = team_draft([it.movie_id for it in a.items], [it.movie_id for it in b.items], k, seed_of(request_id))
         names = (a_name, b_name)
         # the list is sorted by score, as every list is: an interleaved list's score is its position's
-        items = [by_id[m].model_copy(update={"team": names[team], "score": round(1.0 - i / len(ids), 6)})
+        items = [by_id[m].model_copy(update={"team": None if team == NEUTRAL else names[team], "score": round(1.0 - i / len(ids), 6)})
                  for i, (m, team) in enumerate(zip(ids, teams))]  # fmt: skip
         timings = {f"{name}.{key}": v for name, r in zip(names, (a, b)) for key, v in r.timings.items()}
         return a.model_copy(update={

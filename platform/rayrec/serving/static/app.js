@@ -32,13 +32,15 @@ function movieLine(m) {
   return [m.year, (m.genres || []).join(", ")].filter(Boolean).join(" · ");
 }
 
-function renderItem(item, i) {
+function renderItem(item, i, interleaved = false) {
   const li = el("li", "item");
   li.dataset.movieId = item.movie_id;
   li.appendChild(el("span", "rank", String(i + 1)));
   const title = el("span", "title", item.title || `movie ${item.movie_id}`);
   for (const p of item.paths || []) title.appendChild(el("span", "path", p));
   if (item.team) title.appendChild(el("span", "team", item.team));
+  // an item both lists offered in the same round: its clicks credit neither
+  else if (interleaved) title.appendChild(el("span", "team neutral", "both"));
   li.appendChild(title);
   li.appendChild(el("span", "score", item.score.toFixed(3)));
   li.appendChild(el("span", "genres", movieLine(item)));
@@ -64,7 +66,7 @@ function experimentNote(rec) {
   if (!rec.experiment) return null;
   if (rec.variant === "interleaved") {
     const teams = [...new Set(rec.items.map((it) => it.team).filter(Boolean))];
-    return `experiment ${rec.experiment}: interleaved (${teams.join(" + ")})`;
+    return `experiment ${rec.experiment}: interleaved (${teams.join(" + ") || "both lists alike"})`;
   }
   return `experiment ${rec.experiment}: variant ${rec.variant}`;
 }
@@ -81,7 +83,7 @@ async function loadRecs() {
     const rec = await getJSON(`recommend?user_id=${uid}&k=${k}`);
     const list = $("recs");
     list.replaceChildren(...rec.items.map((item, i) => {
-      const li = renderItem(item, i);
+      const li = renderItem(item, i, rec.variant === "interleaved");
       li.addEventListener("click", () => {
         if (rec.request_id) postEvent({ kind: "click", user_id: uid, movie_id: item.movie_id, request_id: rec.request_id }).catch(() => {});
       });
