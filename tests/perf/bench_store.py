@@ -6,6 +6,11 @@ ml-latest-small (``rayrec.data.read_movielens``) or, with ``--synthetic`` or whe
 generated with the same columns and sizes.
 
     .venv/bin/python tests/perf/bench_store.py [--iterations 3000] [--redis redis://127.0.0.1:6379/9]
+                                               [--users 162000 --items 62000] [--ray]
+
+``--users/--items`` give synthetic rows at that scale (ml-25m's is 162k users and 62k items). ``--ray``
+also times the main job's path: ``load_table`` of the same rows from Parquet, written by parallel Ray
+Data tasks on a local Ray, against the same call without Ray.
 """
 
 from __future__ import annotations
@@ -142,6 +147,32 @@ def bench_raw_mget(redis_url: str, prefix: str, items: list, batches: list) -> d
     return out
 
 
+def write_parquet(items: list, users: list, folder: str) -> dict[str, str]:
+    """The rows as the features job's Parquet tables: {entity: path}."""
+    out = {}
+    for entity, rows in (("item", items), ("user", users)):
+        path = f"{folder}/{entity}s.parquet"
+        pd.DataFrame([r for _, r in rows]).to_parquet(path, index=False)
+        out[entity] = path
+    return out
+
+
+def load_table_rates(url: str, tables: dict[str, str], use_ray: bool) -> tuple[float, float]:
+    """(item rows/s, user rows/s) of one ``load_table`` each, from Parquet (Ray started first, not timed)."""
+    from rayrec.store.loader import load_table
+
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rates = []
+    for entity, key in (("item", "movieId"), ("user", "userId")):
+        _, rows, secs = load_table(url, entity, tables[entity], key, use_ray=use_ray)
+        rates.append(rows / secs)
+    return rates[0], rates[1]
+
+
 def cleanup(redis_url: str, prefix: str) -> None:
     import redis
 
@@ -163,14 +194,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="item ids per batched read")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/9", help="Redis server (a unique prefix is used)")
     parser.add_argument("--synthetic", action="store_true", help="synthetic rows even if MovieLens is present")
+    parser.add_argument("--users", type=int, default=None, help="synthetic user rows (implies --synthetic)")
+    parser.add_argument("--items", type=int, default=None, help="synthetic item rows (implies --synthetic)")
+    parser.add_argument("--ray", action="store_true", help="also time load_table from Parquet, with and without Ray Data writers")
     args = parser.parse_args(argv)
+    if args.users is not None or args.items is not None:
+        args.synthetic = True
 
     rows = None if args.synthetic else movielens_rows()
     source = "ml-latest-small"
     if rows is None:
         if not args.synthetic:
             print("ml-latest-small not found (set RAYREC_MOVIELENS_DIR): using synthetic rows of the same shape")
-        rows, source = synthetic_rows(), "synthetic"
+        rows, source = synthetic_rows(n_items=args.items or 9742, n_users=args.users or 610), "synthetic"
     items, users = rows
     rng = np.random.default_rng(0)
     item_ids = np.array([i for i, _ in items])
@@ -182,9 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite"] = bench_backend(f"sqlite://{tmp}/store.db", items, users, batches, user_ids)
+        if args.ray:
+            tables = write_parquet(items, users, tmp)
+            loads = {f"sqlite, {how}": load_table_rates(f"sqlite://{tmp}/tables.db", tables, ray) for how, ray in (("load_table", False), ("Ray Data", True))}
     redis_url = f"{args.redis}?prefix={prefix}"
     try:
         results["redis"] = bench_backend(redis_url, items, users, batches, user_ids)
+        if args.ray:
+            with tempfile.TemporaryDirectory() as tmp:
+                tables = write_parquet(items, users, tmp)
+                for how, ray in (("load_table", False), ("Ray Data", True)):
+                    loads[f"redis, {how}"] = load_table_rates(redis_url, tables, ray)
         floor = bench_raw_mget(args.redis, prefix, items, batches)
     except StoreUnavailable as e:
         print(f"redis skipped: {e}")
@@ -204,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name:<22}{r['load_item']:>17,.0f}{r['load_user']:>17,.0f}"
             f"{r['get500'][0]:>19.3f} / {r['get500'][1]:<6.3f}{r['get1'][0]:>15.3f} / {r['get1'][1]:<6.3f}{ratio:>16}"
         )
+    if args.ray:
+        print(f"\n{'load_table from Parquet':<28}{'item rows/s':>14}{'user rows/s':>14}")
+        for name, (item_rate, user_rate) in loads.items():
+            print(f"{name:<28}{item_rate:>14,.0f}{user_rate:>14,.0f}")
     if floor:
         for name, key in (("raw MGET (floor)", "raw"), ("raw MGET + decode", "raw_decode")):
             p50, p99 = floor[key]
