@@ -32,7 +32,7 @@ from rayrec.models.inputs import encode_pairs, to_tensors
 from rayrec.training import default_train_config
 from rayrec.training.data import open_features, to_dataset
 from rayrec.training.jobs import retriever_rows
-from rayrec.training.tasks import RankTask, RetrieveTask
+from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RankTask, RetrieveTask
 from rayrec.training.trainer import fit
 
 
@@ -43,11 +43,12 @@ def build(name: str, fv) -> tuple[object, object, dict[str, np.ndarray]]:  # noq
         rows = fv.train
         arrays = encode_pairs(fv.spec, rows)
         return RankTask(mc, fv.spec.sizes, rows=len(rows)), to_dataset(rows, fv.spec), arrays
-    rows = retriever_rows(fv.train, fv.movies, mc.history_len)
-    arrays = encode_pairs(fv.spec, rows, mc.history_len)
+    rows, likes = retriever_rows(fv.train, fv.movies, mc.history_len)
+    refs = (HISTORY_END, HISTORY_LEN)  # both loops gather each batch's histories from them (the task's loss)
+    arrays = encode_pairs(fv.spec, rows) | {c: rows[c].to_numpy(np.int64) for c in refs}
     counts = np.bincount(arrays["item_id"], minlength=fv.spec.sizes["item_vocab"])
-    task = RetrieveTask(mc, fv.spec.sizes, rows=len(rows), item_counts=counts)
-    return task, to_dataset(rows, fv.spec, mc.history_len), arrays
+    task = RetrieveTask(mc, fv.spec.sizes, rows=len(rows), item_counts=counts, history_likes=fv.spec.vocabs["item"].lookup(likes))
+    return task, to_dataset(rows, fv.spec, carry=refs), arrays
 
 
 def plain_loop(task, arrays: dict[str, np.ndarray], tc) -> list[float]:  # noqa: ANN001

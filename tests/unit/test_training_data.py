@@ -10,7 +10,7 @@ import torch
 
 import reference as ref
 from rayrec.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from rayrec.training.data import data_range, items_at, positive_history, temporal_holdout, users_at
+from rayrec.training.data import data_range, gather_history, history_index, items_at, positive_history, temporal_holdout, users_at
 from rayrec.training.jobs import retriever_rows
 from train_data import small
 
@@ -64,8 +64,35 @@ def test_item_state_at_boundary_equals_reference_for_the_whole_catalog(data):
     assert got["item_rating_count"].sum() == len(history)
 
 
+def test_history_references_gather_the_same_histories(data):
+    """The retriever's rows carry their history as (end, length) into one array of likes; gathered
+    (numpy, and per batch in the task, torch) it is exactly the list history, encoded and padded."""
+    from rayrec.models.inputs import HISTORY
+    from rayrec.models.two_tower import TwoTowerConfig
+    from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RetrieveTask
+
+    df = data.train.sample(frac=1.0, random_state=1)
+    width = 6
+    lists = positive_history(df, width)
+    index = history_index(df, width)
+    assert index.lists() == lists and int(index.length.max()) == width, "some histories are cut at the width"
+    vocab = {m: i + 2 for i, m in enumerate(sorted(df["movieId"].unique()))}
+    expect = np.zeros((len(df), width), dtype=np.int64)
+    for r, hist in enumerate(lists):
+        expect[r, : len(hist)] = [vocab[m] for m in hist]
+    likes = np.asarray([vocab[m] for m in index.likes.tolist()], dtype=np.int64)
+    assert (gather_history(likes, index.end, index.length, width) == expect).all()
+    task = RetrieveTask(TwoTowerConfig(history_len=width), {}, rows=len(df), item_counts=np.zeros(1), history_likes=likes)
+    batch = {HISTORY_END: torch.as_tensor(index.end), HISTORY_LEN: torch.as_tensor(index.length), "item_id": torch.zeros(len(df))}
+    assert (task.with_history(batch)[HISTORY].numpy() == expect).all()
+    # a batch of rows without any like before them, over no likes at all
+    empty = gather_history(np.zeros(0, dtype=np.int64), np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), width)
+    assert empty.shape == (3, width) and not empty.any()
+
+
 def test_retriever_rows_are_liked_samples_with_static_item_statistics(data):
-    rows = retriever_rows(data.train, data.movies, 10)
+    rows, likes = retriever_rows(data.train, data.movies, 10)
+    assert (rows["history_end"] <= len(likes)).all() and (rows["history_len"] <= 10).all()
     assert (rows["label"] == 1).all() and len(rows) == int(data.train["label"].sum())
     snap = items_at(data.train, data.movies).set_index("movieId")
     per_movie = rows.groupby("movieId")["item_rating_count"].nunique()

@@ -15,7 +15,7 @@ Everything here is pandas/numpy on the samples of one features version (``sample
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,10 @@ __all__ = [
     "features_path",
     "open_features",
     "read_table",
+    "Histories",
+    "history_index",
     "positive_history",
+    "gather_history",
     "temporal_holdout",
     "users_at",
     "items_at",
@@ -77,9 +80,27 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["userId", "timestamp", "movieId"], kind="mergesort").reset_index(drop=True)
 
 
-def positive_history(df: pd.DataFrame, max_len: int) -> list[list[int]]:
-    """Per row (in ``df``'s order), the user's liked movieIds strictly before it, most recent first,
-    at most ``max_len``. ``df`` must hold all the rows of its users whose likes should count."""
+@dataclass(frozen=True)
+class Histories:
+    """Every row's point-in-time history of likes, by reference instead of a list per row.
+
+    ``likes`` holds each user's liked movieIds in time order, user after user; row ``i``'s history is
+    ``likes[end[i] - length[i] : end[i]]`` read backwards (most recent first). Its rows cost two
+    integers each whatever ``max_len`` is; the model's (rows, max_len) input is gathered per batch
+    (:func:`gather_history`)."""
+
+    likes: np.ndarray  # (L,) movieId
+    end: np.ndarray  # (n,) int64
+    length: np.ndarray  # (n,) int64, at most max_len
+
+    def lists(self) -> list[list[int]]:
+        """Per row, its history as a list (most recent first)."""
+        return [self.likes[e - n : e][::-1].tolist() for e, n in zip(self.end.tolist(), self.length.tolist())]
+
+
+def history_index(df: pd.DataFrame, max_len: int) -> Histories:
+    """Per row (in ``df``'s order), where the user's liked movieIds strictly before it are, at most
+    ``max_len`` of them. ``df`` must hold all the rows of its users whose likes should count."""
     order = np.lexsort((df["movieId"].to_numpy(), df["timestamp"].to_numpy(), df["userId"].to_numpy()))
     keys = df["userId"].to_numpy()[order]
     ts = df["timestamp"].to_numpy()[order]
@@ -88,17 +109,32 @@ def positive_history(df: pd.DataFrame, max_len: int) -> list[list[int]]:
     n = len(keys)
     n_before = prior_sums(keys, ts, liked.astype(np.int64))  # likes strictly before each row
     like_rows = np.flatnonzero(liked)
-    like_items = items[like_rows]
     new_key = np.ones(n, dtype=bool)
     new_key[1:] = keys[1:] != keys[:-1]
     first_row = np.maximum.accumulate(np.where(new_key, np.arange(n), 0))
-    start = np.searchsorted(like_rows, first_row)  # the user's first like in like_items
-    end = start + n_before
-    sorted_out = [like_items[max(s, e - max_len) : e][::-1].tolist() for s, e in zip(start.tolist(), end.tolist())]
-    out: list[list[int]] = [[]] * n
-    for dst, hist in zip(order.tolist(), sorted_out):
-        out[dst] = hist
-    return out
+    start = np.searchsorted(like_rows, first_row)  # the user's first like in the likes array
+    end = np.empty(n, dtype=np.int64)
+    length = np.empty(n, dtype=np.int64)
+    end[order] = start + n_before
+    length[order] = np.minimum(n_before, max_len)
+    return Histories(items[like_rows], end, length)
+
+
+def positive_history(df: pd.DataFrame, max_len: int) -> list[list[int]]:
+    """Per row (in ``df``'s order), the user's liked movieIds strictly before it, most recent first,
+    at most ``max_len``. ``df`` must hold all the rows of its users whose likes should count."""
+    return history_index(df, max_len).lists()
+
+
+def gather_history(likes: np.ndarray, end: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) histories from a :class:`Histories` reference (``likes`` may be encoded ids):
+    most recent first, padded with 0."""
+    offsets = np.arange(width)
+    keep = offsets[None, :] < np.asarray(length)[:, None]
+    if not len(likes):
+        return np.zeros(keep.shape, dtype=np.asarray(likes).dtype)
+    idx = np.where(keep, np.asarray(end)[:, None] - 1 - offsets[None, :], 0)
+    return np.where(keep, likes[idx], 0)
 
 
 def temporal_holdout(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -147,10 +183,12 @@ def data_range(df: pd.DataFrame) -> dict[str, int]:
     return {"rows": int(len(df)), "start": int(ts.min()) if len(ts) else 0, "end": int(ts.max()) if len(ts) else 0}
 
 
-def to_dataset(rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8, seed: int = 0) -> Any:
+def to_dataset(
+    rows: pd.DataFrame, spec: FeatureSpec, history_len: int | None = None, blocks: int = 8, seed: int = 0, carry: Sequence[str] = ()
+) -> Any:
     """A materialised Ray Dataset of encoded training rows in a random order, ready to be sharded by
     Ray Train (:func:`to_dataset_chunks` of the one chunk ``rows``, in ``blocks`` blocks)."""
-    return to_dataset_chunks([rows], spec, history_len, blocks_per_chunk=blocks, seed=seed)[0]
+    return to_dataset_chunks([rows], spec, history_len, blocks_per_chunk=blocks, seed=seed, carry=carry)[0]
 
 
 def to_dataset_chunks(
@@ -159,6 +197,7 @@ def to_dataset_chunks(
     history_len: int | None = None,
     blocks_per_chunk: int = 8,
     seed: int = 0,
+    carry: Sequence[str] = (),
 ) -> tuple[Any, int]:
     """(a materialised Ray Dataset, its row count) of the encoded rows of ``chunks``, consumed one
     at a time: a chunk may be built lazily (a generator), so that only one chunk of feature rows is
@@ -168,7 +207,8 @@ def to_dataset_chunks(
     ``blocks_per_chunk`` blocks, each straight to the object store: only the models' input arrays
     are stored (no Arrow copy of the feature rows, list columns and all, and no pandas copy of them
     in a Ray worker). The blocks are the driver's own objects: a node lost mid-training loses at
-    most copies of them, never their only one."""
+    most copies of them, never their only one. Columns named in ``carry`` go in as they are
+    (int64)."""
     import ray
     from ray.data.extensions import ArrowTensorArray
 
@@ -178,7 +218,7 @@ def to_dataset_chunks(
     for chunk in chunks:
         if len(chunk) == 0 and refs:
             continue
-        arrays = encode_pairs(spec, chunk, history_len)
+        arrays = encode_pairs(spec, chunk, history_len) | {c: chunk[c].to_numpy(np.int64) for c in carry}
         # rows in a random order: a chunk comes user by user, and the ranker's rated rows before
         # their sampled negatives; a shuffle buffer alone would feed whole batches of one kind
         order = rng.permutation(len(chunk))

@@ -46,8 +46,8 @@ from rayrec.training.data import (
     FeaturesVersion,
     data_range,
     items_at,
+    history_index,
     open_features,
-    positive_history,
     read_table,
     temporal_holdout,
     to_dataset,
@@ -55,7 +55,7 @@ from rayrec.training.data import (
     users_at,
 )
 from rayrec.training.negatives import NegativeSampler
-from rayrec.training.tasks import RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
+from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
 from rayrec.training.trainer import FitResult, fit, runs_root
 
 __all__ = ["JobConfig", "JobResult", "run_job", "ranker_rows", "retriever_rows", "retrieval_data"]
@@ -113,22 +113,28 @@ def _subset(fv: FeaturesVersion, max_users: int | None) -> FeaturesVersion:
     return FeaturesVersion(fv.version, fv.path, fv.spec, keep(fv.train), keep(fv.test), fv.movies)
 
 
-def retriever_rows(rows: pd.DataFrame, movies: pd.DataFrame, history_len: int, positives: str = "liked") -> pd.DataFrame:
-    """The retriever's training rows: the liked samples (``positives="all"``: every rated sample), each with the user's point-in-time history of
-    liked movies, and the item statistics of one snapshot (as of the end of ``rows``).
+def retriever_rows(
+    rows: pd.DataFrame, movies: pd.DataFrame, history_len: int, positives: str = "liked"
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The retriever's training rows: the liked samples (``positives="all"``: every rated sample),
+    each with the user's point-in-time history of liked movies, and the item statistics of one
+    snapshot (as of the end of ``rows``). The history is a reference (:class:`Histories`): columns
+    ``history_end`` and ``history_len`` into the movieIds returned beside the rows; the training
+    task gathers each batch's (rows, history_len) history from them.
 
     Why a snapshot: a sample's point-in-time item statistics say *when* it happened (a movie's count
     grows with time). With in-batch negatives taken from other times, the towers would learn to match
     the time of a user to the time of an item instead of their tastes, and at retrieval time every
     item is seen at one instant. Static statistics of the training period keep the signal (popularity,
     average rating) without the clock."""
-    out = rows.assign(history_items=positive_history(rows, history_len))
+    hist = history_index(rows, history_len)
+    out = rows.assign(**{HISTORY_END: hist.end, HISTORY_LEN: hist.length})
     if positives == "liked":
         out = out[out["label"].to_numpy() == 1].reset_index(drop=True)
     snap = items_at(rows, movies).set_index("movieId")
     for col in ITEM_STATS:
         out[col] = snap[col].reindex(out["movieId"].to_numpy()).to_numpy()
-    return out
+    return out, hist.likes
 
 
 def retrieval_data(
@@ -189,11 +195,13 @@ def _retriever_task(
     cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None
 ) -> tuple[Any, Any]:
     spec, h = fv.spec, cfg.model_config.history_len
-    train_rows = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)
+    train_rows, likes = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)
     counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
     vdata = retrieval_data(rows, valid, fv.movies, spec, h) if valid is not None else None
-    task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata)
-    return task, to_dataset(train_rows, spec, h, seed=cfg.train_config.seed)
+    task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata,
+                        history_likes=spec.vocabs["item"].lookup(likes))  # fmt: skip
+    ds = to_dataset(train_rows, spec, seed=cfg.train_config.seed, carry=(HISTORY_END, HISTORY_LEN))
+    return task, ds
 
 
 def _run_manifest(storage: str, run_name: str, cfg: JobConfig, fv: FeaturesVersion) -> str:

@@ -19,11 +19,16 @@ from torch import nn
 from rayrec.evaluation.classification import classification_metrics
 from rayrec.evaluation.retrieval import RetrievalTask, evaluate
 from rayrec.models import build_model
+from rayrec.models.inputs import HISTORY
 from rayrec.models.two_tower import TwoTower
 
-__all__ = ["RankTask", "RetrieveTask", "RetrievalData", "predict_ranker", "encode_towers", "retrieval_metrics"]
+__all__ = ["RankTask", "RetrieveTask", "RetrievalData", "predict_ranker", "encode_towers", "retrieval_metrics", "HISTORY_END", "HISTORY_LEN"]
 
 Arrays = Mapping[str, np.ndarray]
+
+#: a training row's history by reference (:class:`rayrec.training.data.Histories`): where it ends in
+#: the task's ``history_likes``, and how long it is
+HISTORY_END, HISTORY_LEN = "history_end", "history_len"
 
 
 def _chunks(arrays: Arrays, size: int, device: torch.device) -> Any:
@@ -110,6 +115,9 @@ class RetrieveTask:
     rows: int
     item_counts: np.ndarray = field(repr=False)  # per movie id: times it is a training positive
     valid: RetrievalData | None = None
+    # encoded liked items that rows' HISTORY_END/HISTORY_LEN point into (None: rows carry HISTORY)
+    history_likes: np.ndarray | None = field(default=None, repr=False)
+    _likes_on: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     name: str = "retriever"
     metric: str = "recall@50"
     drop_last: bool = True  # a tiny last batch has too few in-batch negatives
@@ -122,7 +130,27 @@ class RetrieveTask:
 
     def loss(self, model: nn.Module, raw: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         assert isinstance(raw, TwoTower)
+        batch = self.with_history(batch)
         return raw.loss(model(batch), batch)
+
+    def with_history(self, batch: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """``batch`` with its (B, history_len) HISTORY gathered from the rows' references (the
+        tensor form of :func:`rayrec.training.data.gather_history`)."""
+        if self.history_likes is None or HISTORY_END not in batch:
+            return batch
+        end, length = batch[HISTORY_END], batch[HISTORY_LEN]
+        key = str(end.device)
+        if key not in self._likes_on:
+            self._likes_on[key] = torch.as_tensor(np.asarray(self.history_likes, dtype=np.int64)).to(end.device)
+        likes = self._likes_on[key]
+        offsets = torch.arange(self.config.history_len, device=end.device)
+        keep = offsets[None, :] < length[:, None]
+        if len(likes):
+            idx = torch.where(keep, end[:, None] - 1 - offsets[None, :], 0)
+            hist = torch.where(keep, likes[idx], 0)
+        else:
+            hist = torch.zeros(keep.shape, dtype=torch.int64, device=end.device)
+        return {**batch, HISTORY: hist}
 
     def validate(self, raw: nn.Module, device: torch.device) -> dict[str, float]:
         assert self.valid is not None and isinstance(raw, TwoTower)
