@@ -42,6 +42,13 @@ class ItemTimeline:
         self.start = np.searchsorted(self.keys, np.arange(len(self.items), dtype=np.int64) * _SHIFT)
         self.counts = np.bincount(pos, minlength=len(self.items))
 
+    def count_before(self, movie_ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Each movie's number of ratings strictly before each ts (the count of :meth:`stats`)."""
+        pos = np.minimum(np.searchsorted(self.items, movie_ids), len(self.items) - 1)
+        known = self.items[pos] == movie_ids
+        end = np.searchsorted(self.keys, pos.astype(np.int64) * _SHIFT + ts, side="left")
+        return np.where(known, end - self.start[pos], 0)
+
     def stats(self, movie_ids: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(count, mean, std) of each movie's ratings strictly before each ts; NaN mean/std at count 0."""
         pos = np.searchsorted(self.items, movie_ids)
@@ -99,16 +106,20 @@ class NegativeSampler:
         local = rng.random(len(src)) < hard
         picks = draw(len(src), ts, local)
 
-        def unfit(picks: np.ndarray) -> np.ndarray:
+        def unfit(which: np.ndarray) -> np.ndarray:
             # a movie the user rated, or one nobody had rated yet at t (not in the catalog then)
-            return np.isin(users * _SHIFT + picks, self.rated) | (timeline.stats(picks, ts)[0] == 0)
+            keys = users[which] * _SHIFT + picks[which]
+            at = np.minimum(np.searchsorted(self.rated, keys), max(len(self.rated) - 1, 0))
+            rated = self.rated[at] == keys if len(self.rated) else np.zeros(len(keys), dtype=bool)
+            return rated | (timeline.count_before(picks[which], ts[which]) == 0)
 
-        bad = unfit(picks)
-        for _ in range(5):  # redraw unfit picks; the few left after five tries are dropped
-            if not bad.any():
+        bad = unfit(np.arange(len(picks)))
+        for _ in range(5):  # redraw unfit picks (only those); the few left after five tries are dropped
+            redo = np.flatnonzero(bad)
+            if not len(redo):
                 break
-            picks[bad] = draw(int(bad.sum()), ts[bad], local[bad])
-            bad = unfit(picks)
+            picks[redo] = draw(len(redo), ts[redo], local[redo])
+            bad[redo] = unfit(redo)
         src, picks = src[~bad], picks[~bad]
         user_cols = ["userId", "timestamp", *[c for c in USER_FEATURES if c in rows.columns]]
         user_cols += [c for c in ("history_items",) if c in rows.columns]
