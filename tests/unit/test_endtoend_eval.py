@@ -136,6 +136,9 @@ def test_negatives_are_unrated_catalog_movies_with_point_in_time_statistics():
     timeline = ItemTimeline(r)
     c, _, _ = timeline.stats(np.array([999]), np.array([10**9]))
     assert c.tolist() == [0]  # an unknown movie has no history
+    rng = np.random.default_rng(0)
+    movies_q, ts_q = rng.integers(1, 45, 500), rng.integers(r["timestamp"].min() - 5, r["timestamp"].max() + 5, 500)
+    assert (timeline.count_before(movies_q, ts_q) == timeline.stats(movies_q, ts_q)[0]).all()
 
 
 @pytest.mark.parametrize("n_users", [20, 60])  # Woodbury (fewer users than items) and the direct inverse
