@@ -10,7 +10,7 @@ import torch
 
 import reference as ref
 from rayrec.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from rayrec.training.data import data_range, gather_history, history_index, items_at, positive_history, temporal_holdout, users_at
+from rayrec.training.data import data_range, history_index, items_at, positive_history, temporal_holdout, users_at
 from rayrec.training.jobs import retriever_rows
 from train_data import small
 
@@ -66,7 +66,7 @@ def test_item_state_at_boundary_equals_reference_for_the_whole_catalog(data):
 
 def test_history_references_gather_the_same_histories(data):
     """The retriever's rows carry their history as (end, length) into one array of likes; gathered
-    (numpy, and per batch in the task, torch) it is exactly the list history, encoded and padded."""
+    per batch by the task it is exactly the list history, encoded and padded."""
     from rayrec.models.inputs import HISTORY
     from rayrec.models.two_tower import TwoTowerConfig
     from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RetrieveTask
@@ -81,13 +81,14 @@ def test_history_references_gather_the_same_histories(data):
     for r, hist in enumerate(lists):
         expect[r, : len(hist)] = [vocab[m] for m in hist]
     likes = np.asarray([vocab[m] for m in index.likes.tolist()], dtype=np.int64)
-    assert (gather_history(likes, index.end, index.length, width) == expect).all()
     task = RetrieveTask(TwoTowerConfig(history_len=width), {}, rows=len(df), item_counts=np.zeros(1), history_likes=likes)
     batch = {HISTORY_END: torch.as_tensor(index.end), HISTORY_LEN: torch.as_tensor(index.length), "item_id": torch.zeros(len(df))}
     assert (task.with_history(batch)[HISTORY].numpy() == expect).all()
-    # a batch of rows without any like before them, over no likes at all
-    empty = gather_history(np.zeros(0, dtype=np.int64), np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), width)
-    assert empty.shape == (3, width) and not empty.any()
+    # rows without any like before them, over no likes at all
+    none = RetrieveTask(TwoTowerConfig(history_len=width), {}, rows=3, item_counts=np.zeros(1), history_likes=np.zeros(0, dtype=np.int64))
+    zeros = torch.zeros(3, dtype=torch.int64)
+    empty = none.with_history({HISTORY_END: zeros, HISTORY_LEN: zeros, "item_id": zeros})[HISTORY]
+    assert tuple(empty.shape) == (3, width) and not empty.any()
 
 
 def test_retriever_rows_are_liked_samples_with_static_item_statistics(data):

@@ -37,7 +37,6 @@ __all__ = [
     "Histories",
     "history_index",
     "positive_history",
-    "gather_history",
     "temporal_holdout",
     "users_at",
     "items_at",
@@ -87,7 +86,7 @@ class Histories:
     ``likes`` holds each user's liked movieIds in time order, user after user; row ``i``'s history is
     ``likes[end[i] - length[i] : end[i]]`` read backwards (most recent first). Its rows cost two
     integers each whatever ``max_len`` is; the model's (rows, max_len) input is gathered per batch
-    (:func:`gather_history`)."""
+    (:meth:`rayrec.training.tasks.RetrieveTask.with_history`)."""
 
     likes: np.ndarray  # (L,) movieId
     end: np.ndarray  # (n,) int64
@@ -124,17 +123,6 @@ def positive_history(df: pd.DataFrame, max_len: int) -> list[list[int]]:
     """Per row (in ``df``'s order), the user's liked movieIds strictly before it, most recent first,
     at most ``max_len``. ``df`` must hold all the rows of its users whose likes should count."""
     return history_index(df, max_len).lists()
-
-
-def gather_history(likes: np.ndarray, end: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
-    """(n, width) histories from a :class:`Histories` reference (``likes`` may be encoded ids):
-    most recent first, padded with 0."""
-    offsets = np.arange(width)
-    keep = offsets[None, :] < np.asarray(length)[:, None]
-    if not len(likes):
-        return np.zeros(keep.shape, dtype=np.asarray(likes).dtype)
-    idx = np.where(keep, np.asarray(end)[:, None] - 1 - offsets[None, :], 0)
-    return np.where(keep, likes[idx], 0)
 
 
 def temporal_holdout(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:

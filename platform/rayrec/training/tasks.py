@@ -134,8 +134,8 @@ class RetrieveTask:
         return raw.loss(model(batch), batch)
 
     def with_history(self, batch: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-        """``batch`` with its (B, history_len) HISTORY gathered from the rows' references (the
-        tensor form of :func:`rayrec.training.data.gather_history`)."""
+        """``batch`` with its (B, history_len) HISTORY gathered from the rows' references: row i's
+        history is ``likes[end - 1], likes[end - 2], …``, ``length`` of them, then padding (0)."""
         if self.history_likes is None or HISTORY_END not in batch:
             return batch
         end, length = batch[HISTORY_END], batch[HISTORY_LEN]
