@@ -30,18 +30,20 @@ def test_vocab_padding_oov_and_lists():
     assert Vocab(()).lookup([1, 2]).tolist() == [OOV, OOV]
 
 
-def test_lookup_lists_of_every_shape_agree_with_value_by_value_lookup():
-    """Arrays from Parquet (ids or strings) go through Arrow in one piece; anything Arrow cannot take
-    as one list array (a stray string among lists) value by value: the same codes either way."""
+@pytest.mark.parametrize("copies", [1, 100], ids=["few rows", "many rows (Arrow)"])
+def test_lookup_lists_of_every_shape_agree_with_value_by_value_lookup(copies):
+    """Many rows of arrays from Parquet (ids or strings) go through Arrow in one piece; a request's
+    few rows, and anything Arrow cannot take as one list array (a stray string among lists), value
+    by value: the same codes either way."""
     genres = Vocab(("Comedy", "Drama", "War"))
-    object_rows = np.empty(4, dtype=object)
-    object_rows[:] = [np.array(["War", "Nope", "Drama"]), np.array([], dtype=str), None, np.array(["Comedy"])]
-    want = [[4, OOV], [PAD, PAD], [PAD, PAD], [2, PAD]]
+    object_rows = np.empty(4 * copies, dtype=object)
+    object_rows[:] = [np.array(["War", "Nope", "Drama"]), np.array([], dtype=str), None, np.array(["Comedy"])] * copies
+    want = [[4, OOV], [PAD, PAD], [PAD, PAD], [2, PAD]] * copies
     assert genres.lookup_lists(object_rows, width=2).tolist() == want
-    assert genres.lookup_lists([["War", "Nope", "Drama"], "Drama", None, ("Comedy",)], width=2).tolist() == [[4, OOV], [PAD, PAD], [PAD, PAD], [2, PAD]]
+    assert genres.lookup_lists([["War", "Nope", "Drama"], "Drama", None, ("Comedy",)] * copies, width=2).tolist() == want
     ids = Vocab((10, 20, 30))
     rng = np.random.default_rng(0)
-    rows = [rng.choice([10, 20, 30, 99], size=int(rng.integers(0, 6))) for _ in range(300)]
+    rows = [rng.choice([10, 20, 30, 99], size=int(rng.integers(0, 6))) for _ in range(3 * copies)]
     got = ids.lookup_lists(rows, width=3)
     for row, values in zip(got.tolist(), rows):
         codes = ids.lookup(values[:3]).tolist() if len(values) else []
