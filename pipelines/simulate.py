@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], truth: Any, artifacts: str, out: Path) -> dict[str, Any]:
     from rayrec.experiments.simulate import (
-        ClickModel, collect_lists, power_ab, power_interleaving, served_lists, true_quality, users_needed,
+        ClickModel, collect_lists, interleavings, power_ab, power_interleaving, served_lists, true_quality, users_needed,
     )  # fmt: skip
     from rayrec.serving import ServingConfig
     from rayrec.serving.service import RecommenderService
@@ -131,9 +131,11 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
             t = time.perf_counter()
             ids_a, ids_b = await collect_lists(svc, (f"sim-{name}/a", f"sim-{name}/b"), pool, k=args.k)
             served_s = time.perf_counter() - t
+            # the interleavings of both forms, drawn once for every click model and number of sessions
+            drawn = {neutral: interleavings(ids_a, ids_b, args.draws, neutral=neutral) for neutral in (True, False)}
             for click, sessions in ((c, s) for c in models for s in (args.sessions or [1, 5])):
-                lists = served_lists(pool, ids_a, ids_b, truth, click, draws=args.draws)
-                classic = served_lists(pool, ids_a, ids_b, truth, click, draws=args.draws, neutral=False)
+                lists = served_lists(pool, ids_a, ids_b, truth, click, inter=drawn[True])
+                classic = served_lists(pool, ids_a, ids_b, truth, click, inter=drawn[False])
                 qa, qb = true_quality(lists.p_a), true_quality(lists.p_b)
                 n_ab, tried_ab = users_needed(partial(_power, power_ab, lists, args.trials, args.seed, sessions))
                 n_il, tried_il = users_needed(partial(_power, power_interleaving, lists, args.trials, args.seed, sessions))

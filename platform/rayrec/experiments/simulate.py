@@ -199,11 +199,22 @@ async def collect_lists(
 
 
 def served_lists(
-    users: np.ndarray, a: np.ndarray, b: np.ndarray, truth: Truth, click: ClickModel, *, draws: int = 4, neutral: bool = True
+    users: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    truth: Truth,
+    click: ClickModel,
+    *,
+    draws: int = 4,
+    neutral: bool = True,
+    inter: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ServedLists:
-    """Click probabilities of both arms' lists and of ``draws`` interleavings of them per user."""
+    """Click probabilities of both arms' lists and of ``draws`` interleavings of them per user
+    (``inter``: those interleavings, already drawn by :func:`interleavings`; they depend on the
+    lists only, not on the click model)."""
     u_n, k = a.shape
-    inter_items, inter_teams = interleavings(a, b, draws, neutral=neutral)
+    inter_items, inter_teams = inter if inter is not None else interleavings(a, b, draws, neutral=neutral)
+    draws = inter_items.shape[1]
     p_inter = click.probabilities(truth, np.repeat(users, draws), inter_items.reshape(u_n * draws, k)).reshape(u_n, draws, k)
     return ServedLists(
         users=users, p_a=click.probabilities(truth, users, a), p_b=click.probabilities(truth, users, b),
