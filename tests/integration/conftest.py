@@ -106,7 +106,9 @@ def serving_app(serving_artifacts: ServingArtifacts):
     url = deploy(serving_artifacts.artifacts, serving_artifacts.store, port=free_port(), name=APP_NAME,
                  ingress=small)  # fmt: skip
     yield ServingApp(url, APP_NAME, serving_artifacts)
-    serve.delete(APP_NAME)
+    # not waited for: the replicas' graceful shutdown took a minute of every session's end, and Ray
+    # stops with the interpreter anyway
+    serve.delete(APP_NAME, _blocking=False)
 
 
 REDIS_APP_NAME = "rayrec-test-redis"
@@ -153,7 +155,7 @@ def redis_serving(serving_app: ServingApp, redis_down):
         url = deploy(arts.artifacts, through, port=port, name=REDIS_APP_NAME, route_prefix="/redis", ingress=ADMIT_TWO)
         yield RedisServing(ServingApp(url, REDIS_APP_NAME, ServingArtifacts(arts.artifacts, through, arts.features_path,
                                                                            arts.movielens, arts.trained)), link, through)  # fmt: skip
-        serve.delete(REDIS_APP_NAME)
+        serve.delete(REDIS_APP_NAME, _blocking=False)
     finally:
         link.close()
         next(urls, None)  # removes this session's keys
