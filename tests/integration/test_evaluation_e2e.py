@@ -36,6 +36,9 @@ def test_served_list_beats_most_popular(evaluated):
     result = json.loads((evaluated / "evaluation.json").read_text())["results"][0]
     rows = result["rows"]
     assert set(rows) >= {"retriever", "recall", "ranker", "fused", "served", "most_popular", "item_knn", "ease"}
+    # every recall path of the default quotas is scored alone; the retriever is the embedding path
+    assert set(rows) >= {"path:ease", "path:embedding", "path:item2item", "path:genre", "path:popular"}
+    assert rows["path:embedding"] == rows["retriever"]
     served, popular = rows["served"], rows["most_popular"]
     assert served["users"] == popular["users"] > 150
     assert served["ndcg@10"] > popular["ndcg@10"], (served["ndcg@10"], popular["ndcg@10"])
@@ -53,7 +56,8 @@ def test_evaluation_reports_and_sweeps(evaluated):
     div = np.array([p["diversity@10"] for p in sweep])
     assert div[-1] >= div[0]
     md = (evaluated / "evaluation.md").read_text()
-    assert "| served |" in md and "| ease |" in md
+    assert "| served |" in md and "| ease |" in md and "| path:ease |" in md
+    assert "merged recall NDCG@10" in md and "its best path" in md
     html = (evaluated / "evaluation.html").read_text()
     assert "<table>" in html
     assert result["info"]["ease"]["chosen"]["lambda"] > 0

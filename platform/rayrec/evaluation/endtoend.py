@@ -33,11 +33,13 @@ from rayrec.evaluation.baselines import Interactions, ease_scores, item_knn, mos
 from rayrec.evaluation.protocols import Split, split_ratings
 from rayrec.evaluation.topn import Relevance, list_metrics, pack_lists
 
-__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "write_known", "STAGES"]
+__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "write_known", "STAGES", "PATH_STAGES"]
 
 log = logging.getLogger(__name__)
 
 STAGES = ("retriever", "recall", "ranker", "fused", "served")
+# recall paths scored alone (rows "path:<name>"): the merged list should not lose to its best path
+PATH_STAGES = ("ease", "embedding", "item2item", "genre", "popular", "popular_recent")
 Offline = Callable[[str, str], None]  # (MovieLens folder of the known part, artifacts dir) → jobs run
 
 
@@ -85,6 +87,7 @@ class _Collector:
         self.service, self.cfg = service, cfg
         self.lists: dict[str, list[list[int]]] = {s: [] for s in STAGES}
         self.served_long: list[list[int]] = []
+        self.paths: dict[str, list[list[int]]] = {}  # recall path → its own list per user
         self.seen: list[frozenset[int]] = []
         self.requests: list[tuple[Any, Any]] = []  # (Recalled, Ranked) at k, for the sweeps
         self.took_ms: list[float] = []
@@ -117,12 +120,18 @@ class _Collector:
             self.lists["fused"].append([ids[i] for i in np.argsort(-fused, kind="stable").tolist()])
             self.lists["served"].append([it.movie_id for it in final.items])
             self.served_long.append([it.movie_id for it in long.items])
-            retr: list[int] = []
-            if b.tower is not None and recalled.user_inputs is not None and b.index is not None:
-                state = UserState(user_id=int(u), recent_positives=recalled.liked, seen=seen, genres=(),
-                                  vector=b.tower.vector_of(recalled.user_inputs))  # fmt: skip
-                retr = b.merger.path("embedding").recall(state, kl).movie_ids.tolist()
-            self.lists["retriever"].append(retr)
+            # each recall path alone, from the state the recall stage built (the retriever: the
+            # embedding path with the user tower's vector)
+            vector = b.tower.vector_of(recalled.user_inputs) if b.tower is not None and recalled.user_inputs is not None else None
+            state = UserState(user_id=int(u), recent_positives=recalled.liked, seen=seen, genres=recalled.genres, vector=vector)
+            for path in b.merger.paths:
+                if path.name in PATH_STAGES and b.merger.quotas.get(path.name, 0) > 0:
+                    if path.name == "embedding" and vector is None:
+                        got: list[int] = []
+                    else:
+                        got = path.recall(state, kl).movie_ids.tolist()
+                    self.paths.setdefault(path.name, []).append(got)
+            self.lists["retriever"].append(self.paths.get("embedding", [[]])[-1] if "embedding" in self.paths else [])
             self.requests.append((recalled, ranked))
 
     def sweep(self, rel: Relevance, metrics: Callable[[np.ndarray], dict[str, float]], **change: Any) -> dict[str, float]:
@@ -239,6 +248,8 @@ def run_end_to_end(
         else:
             m = metrics(_unseen_lists(lists, collector.seen, kl), (k, kl))
         rows[stage] = m
+    for name, lists in collector.paths.items():
+        rows[f"path:{name}"] = metrics(_unseen_lists(lists, collector.seen, kl), (k, kl))
 
     t = time.perf_counter()
     base_lists, tuning = _baselines(split, rel, kl, cfg.knn_neighbours)

@@ -18,6 +18,13 @@ COLUMNS = ("ndcg@10", "precision@10", "recall@10", "recall@50", "map@10", "hitra
 STAGE_ORDER = ("retriever", "recall", "ranker", "fused", "served", "most_popular", "item_knn", "ease")
 
 
+def _names(rows: dict[str, Any]) -> list[str]:
+    """The rows in table order: the stages, each recall path alone, then the baselines."""
+    paths = sorted(n for n in rows if n.startswith("path:"))
+    order = [*STAGE_ORDER[:5], *paths, *STAGE_ORDER[5:]]
+    return [n for n in order if n in rows]
+
+
 def _verdict(rows: dict[str, dict[str, float]]) -> list[str]:
     served = rows["served"]["ndcg@10"]
     out = []
@@ -26,6 +33,12 @@ def _verdict(rows: dict[str, dict[str, float]]) -> list[str]:
             v = rows[other]["ndcg@10"]
             out.append(f"served NDCG@10 {served:.4f} {'≥' if served >= v else '<'} {other} {v:.4f}: "
                        f"{'met' if served >= v else 'NOT met'}")  # fmt: skip
+    paths = {n: r["ndcg@10"] for n, r in rows.items() if n.startswith("path:")}
+    if paths and "recall" in rows:
+        best = max(paths, key=lambda n: paths[n])
+        merged = rows["recall"]["ndcg@10"]
+        out.append(f"merged recall NDCG@10 {merged:.4f} {'≥' if merged >= paths[best] else '<'} its best path "
+                   f"({best[5:]}) {paths[best]:.4f}: {'met' if merged >= paths[best] else 'NOT met'}")  # fmt: skip
     return out
 
 
@@ -33,9 +46,8 @@ def markdown(result: Any) -> str:
     rows = result.rows
     lines = [f"### protocol `{result.protocol}` ({int(rows['served']['users'])} users)", "",
              "| list | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]  # fmt: skip
-    for name in STAGE_ORDER:
-        if name in rows:
-            lines.append(f"| {name} | " + " | ".join(f"{rows[name].get(c, float('nan')):.4f}" for c in COLUMNS) + " |")
+    for name in _names(rows):
+        lines.append(f"| {name} | " + " | ".join(f"{rows[name].get(c, float('nan')):.4f}" for c in COLUMNS) + " |")
     lines += ["", *(f"- {v}" for v in _verdict(rows)), ""]
     for key, points in result.sweeps.items():
         lines.append(f"{key} sweep (served list): " + ", ".join(
@@ -55,9 +67,9 @@ def _plot(result: Any) -> str | None:
     except ImportError:
         return None
     rows = result.rows
-    names = [n for n in STAGE_ORDER if n in rows]
+    names = _names(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    colours = ["#4c72b0" if n in ("retriever", "recall", "ranker", "fused", "served") else "#999999" for n in names]
+    colours = ["#4c72b0" if n in STAGE_ORDER[:5] else "#8fb0d9" if n.startswith("path:") else "#999999" for n in names]
     axes[0].bar(names, [rows[n]["ndcg@10"] for n in names], color=colours)
     axes[0].set_title(f"NDCG@10 per stage and baseline ({result.protocol})")
     axes[0].tick_params(axis="x", rotation=35)
@@ -87,9 +99,8 @@ def write_reports(results: Sequence[Any], out: Path) -> list[Path]:
     for r in results:
         parts.append(f"<h2>{html.escape(r.protocol)}</h2><table><tr><th>list</th>"
                      + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>")  # fmt: skip
-        for name in STAGE_ORDER:
-            if name in r.rows:
-                parts.append(f"<tr><th>{name}</th>" + "".join(f"<td>{r.rows[name].get(c, float('nan')):.4f}</td>" for c in COLUMNS) + "</tr>")
+        for name in _names(r.rows):
+            parts.append(f"<tr><th>{name}</th>" + "".join(f"<td>{r.rows[name].get(c, float('nan')):.4f}</td>" for c in COLUMNS) + "</tr>")
         parts.append("</table><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in _verdict(r.rows)) + "</ul>")
         png = _plot(r)
         if png:
