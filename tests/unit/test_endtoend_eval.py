@@ -160,6 +160,17 @@ def test_ease_recall_path_ranks_as_dense_ease(n_users):
     sparse = fit_item_weights(r, lam, top_k=3)  # sparsified: each item keeps its 3 strongest targets
     assert sparse.targets.shape == (len(x.items), 3)
     assert (sparse.targets != np.arange(len(x.items))[:, None]).all()  # never an item for itself
+    # a history's scores are the kept weights summed per target, row by row (an unknown item adds nothing)
+    history = np.asarray([*x.items[[0, 3, 7, 11]].tolist(), 10_000], dtype=np.int64)
+    want_sum: dict[int, float] = {}
+    for m in history[:-1].tolist():
+        row = int(np.searchsorted(sparse.items, m))
+        for t, w in zip(sparse.targets[row].tolist(), sparse.weights[row].tolist()):
+            if t >= 0:
+                want_sum[t] = want_sum.get(t, 0.0) + w
+    rows, scores = sparse.scores(history)
+    assert rows.tolist() == sorted(want_sum)
+    np.testing.assert_allclose(scores, [want_sum[t] for t in sorted(want_sum)], rtol=1e-6)
 
 
 def test_ease_weights_round_trip(tmp_path):
