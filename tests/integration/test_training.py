@@ -26,7 +26,7 @@ from rayrec.training.data import open_features, read_table, temporal_holdout, to
 from rayrec.training.jobs import retrieval_data
 from rayrec.training.tasks import RankTask, retrieval_metrics
 from rayrec.training.trainer import fit
-from train_data import learnable, small, write_version
+from train_data import build, learnable, small, write_version
 
 pytestmark = pytest.mark.slow
 
@@ -114,20 +114,32 @@ def test_retriever_job_beats_popularity_and_writes_catalog_embeddings(ray_sessio
     assert enc.users(state).shape == (len(state), vectors.shape[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured when this floor was written: the retriever's test Recall@50 0.681 against popularity's "
-    "0.689 in the same run (4 epochs; 8 epochs at lr 1e-2 gave 0.687 against 0.689). When it passes, drop this "
-    "mark and set a margin from the figure then",
-)
-def test_retriever_beats_the_popularity_it_computes(learned):
-    """The retriever published by the test above, against the popularity block its job scored on the
-    same test users and the same catalog."""
-    stored = registry.load(learned, "retriever")
-    assert stored.meta["train_config"]["lr"] > 0, "read the learning run's version"
-    m = stored.metrics
-    assert m["test"]["users"] == m["popularity"]["users"] > 0
-    assert m["test"]["recall@50"] > m["popularity"]["recall@50"], (m["test"]["recall@50"], m["popularity"]["recall@50"])
+#: ml-latest-small's first 200 users (29k ratings), 4 epochs, seeds 0 and 1 when the floor was set: the
+#: retriever's test Recall@50 0.202 / 0.207 against popularity's 0.134 in the same run, a lead of at
+#: least 0.068; the floor keeps half of it
+RETRIEVER_MARGIN = 0.034
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory, movielens) -> str:
+    """A features version of real ratings (ml-latest-small's first 200 users; skipped without the
+    data). The synthetic generator's users pick their movies by global and per-genre popularity, so
+    on ``learned`` the retriever only ties with popularity (Recall@50 0.681 against 0.689): no floor
+    can be set there."""
+    art = str(tmp_path_factory.mktemp("real") / "artifacts")
+    ratings = movielens.ratings[movielens.ratings["userId"] <= 200]
+    write_version(build(ratings, movielens.movies[["movieId", "title", "year", "genres"]]), art)
+    return art
+
+
+def test_retriever_beats_the_popularity_it_computes(ray_session, real):
+    """The retriever's test Recall@50 against the popularity block its job scores on the same test
+    users and the same catalog, by a margin measured on this data."""
+    result = run_job(JobConfig(name="retriever", artifacts=real, train=quick(epochs=4, patience=1, refit=False)))
+    m = result.metrics
+    assert m["test"]["users"] == m["popularity"]["users"] > 150
+    got, popular = m["test"]["recall@50"], m["popularity"]["recall@50"]
+    assert got >= popular + RETRIEVER_MARGIN, f"retriever Recall@50 {got:.4f} vs popularity {popular:.4f}"
 
 
 def test_retriever_job_stops_early_and_a_failed_publish_leaves_latest(ray_session, learned, monkeypatch):
