@@ -125,13 +125,13 @@ class _Collector:
             vector = b.tower.vector_of(recalled.user_inputs) if b.tower is not None and recalled.user_inputs is not None else None
             state = UserState(user_id=int(u), recent_positives=recalled.liked, seen=seen, genres=recalled.genres, vector=vector)
             for path in b.merger.paths:
-                if path.name in PATH_STAGES and b.merger.quotas.get(path.name, 0) > 0:
+                if path.name in PATH_STAGES:  # a path configured with quota 0 too: it is built for this
                     if path.name == "embedding" and vector is None:
                         got: list[int] = []
                     else:
                         got = path.recall(state, kl).movie_ids.tolist()
                     self.paths.setdefault(path.name, []).append(got)
-            self.lists["retriever"].append(self.paths.get("embedding", [[]])[-1] if "embedding" in self.paths else [])
+            self.lists["retriever"].append(self.paths["embedding"][-1] if "embedding" in self.paths else [])
             self.requests.append((recalled, ranked))
 
     def sweep(self, rel: Relevance, metrics: Callable[[np.ndarray], dict[str, float]], **change: Any) -> dict[str, float]:
