@@ -31,7 +31,7 @@ from rayrec.models import model_config
 from rayrec.models.inputs import encode_pairs, to_tensors
 from rayrec.training import default_train_config
 from rayrec.training.data import open_features, to_dataset
-from rayrec.training.jobs import retriever_rows
+from rayrec.training.jobs import ranker_rows, retriever_rows
 from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RankTask, RetrieveTask
 from rayrec.training.trainer import fit
 
@@ -40,7 +40,8 @@ def build(name: str, fv) -> tuple[object, object, dict[str, np.ndarray]]:  # noq
     """(task without validation, Ray Dataset, encoded arrays) of the whole training split."""
     mc = model_config(name)
     if name == "ranker":
-        rows = fv.train
+        # the job's rows: the rated samples and, for the top-N objective, their sampled negatives
+        rows = ranker_rows(fv.train, fv, mc, seed=0)
         arrays = encode_pairs(fv.spec, rows)
         return RankTask(mc, fv.spec.sizes, rows=len(rows)), to_dataset(rows, fv.spec), arrays
     rows, likes = retriever_rows(fv.train, fv.movies, mc.history_len)
