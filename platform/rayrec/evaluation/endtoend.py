@@ -85,7 +85,7 @@ class _Collector:
 
     def __init__(self, service: Any, cfg: EndToEndConfig) -> None:
         self.service, self.cfg = service, cfg
-        self.lists: dict[str, list[list[int]]] = {s: [] for s in STAGES}
+        self.lists: dict[str, list[list[int]]] = {s: [] for s in STAGES if s != "retriever"}
         self.served_long: list[list[int]] = []
         self.paths: dict[str, list[list[int]]] = {}  # recall path → its own list per user
         self.seen: list[frozenset[int]] = []
@@ -131,7 +131,6 @@ class _Collector:
                     else:
                         got = path.recall(state, kl).movie_ids.tolist()
                     self.paths.setdefault(path.name, []).append(got)
-            self.lists["retriever"].append(self.paths["embedding"][-1] if "embedding" in self.paths else [])
             self.requests.append((recalled, ranked))
 
     def sweep(self, rel: Relevance, metrics: Callable[[np.ndarray], dict[str, float]], **change: Any) -> dict[str, float]:
@@ -241,7 +240,8 @@ def run_end_to_end(
 
     rows: dict[str, dict[str, float]] = {}
     for stage in STAGES:
-        lists = collector.lists[stage]
+        # the retriever's list is the embedding path's own (none without the path)
+        lists = collector.paths.get("embedding", [[] for _ in collector.seen]) if stage == "retriever" else collector.lists[stage]
         if stage == "served":
             m = metrics(pack_lists(lists, k))
             m.update({key: v for key, v in metrics(pack_lists(collector.served_long, kl), (kl,)).items() if key.endswith(f"@{kl}")})
@@ -249,7 +249,7 @@ def run_end_to_end(
             m = metrics(_unseen_lists(lists, collector.seen, kl), (k, kl))
         rows[stage] = m
     for name, lists in collector.paths.items():
-        rows[f"path:{name}"] = metrics(_unseen_lists(lists, collector.seen, kl), (k, kl))
+        rows[f"path:{name}"] = rows["retriever"] if name == "embedding" else metrics(_unseen_lists(lists, collector.seen, kl), (k, kl))
 
     t = time.perf_counter()
     base_lists, tuning = _baselines(split, rel, kl, cfg.knn_neighbours)
