@@ -85,3 +85,47 @@ def test_ranker_rows_are_built_chunk_by_chunk(ray_session, artifacts, monkeypatc
     # 5 rated), so no training batch is all of one kind
     shares = [float(b["interact"].mean()) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
     assert len(shares) == ds.num_blocks() and all(0.1 < s < 0.35 for s in shares), shares
+
+
+def test_a_ranker_with_the_ease_input_and_candidate_rows_trains_publishes_and_serves(ray_session, artifacts, monkeypatch):
+    """``ease_feature`` and ``candidates`` through the real job: the candidate rows join the chunk of
+    their user's first rows, anonymous, once each; the version stores the serving EASE weights, and
+    serving loads them and scores a request from the user's rated movies (none: not loaded, with a note)."""
+    import os
+
+    from rayrec import uri
+    from rayrec.models.inputs import user_columns
+    from rayrec.models.ranker import EASE_FILE, RankerConfig
+    from rayrec.serving.scoring import load_models
+    from rayrec.training import jobs
+
+    fv = open_features(artifacts)
+    mc = RankerConfig(ease_feature=True, ease_lambda=5.0, candidates=20)
+    sources = jobs.RankerSources.of(fv, mc)
+    want = jobs.candidate_rows(fv.train, sources, 20, mc.candidate_future)
+    assert len(want) > 20 and want["interact"].sum() > 0
+    monkeypatch.setattr(jobs, "RANKER_CHUNK_ROWS", 700)
+    chunks = list(jobs._ranker_chunks(fv.train, fv, mc, 0, sources))
+    anonymous = [c[c["userId"] == jobs.ANONYMOUS_USER] for c in chunks]
+    assert sum(map(len, anonymous)) == len(want)  # each user's candidates once
+    assert all(c["ease_score"].notna().all() for c in chunks)
+    monkeypatch.undo()
+
+    train = TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=3, valid_fraction=0.2)
+    result = run_job(JobConfig(name="ranker", artifacts=artifacts, train=train, model=mc, run_name="topn-ease"))
+    rated = len(fv.train) + len(fv.test)
+    assert result.metrics["train_rows"]["refit"] > 4.5 * rated + len(want) / 2  # the refit's own candidates too
+    assert {"auc"} <= set(result.metrics["test"]) and {"auc"} <= set(result.metrics["test_topn"])
+    assert uri.exists(uri.join(result.path, EASE_FILE))
+    ranker, _, notes = load_models(artifacts, result.version, None)
+    assert ranker is not None and ranker.ease is not None and not notes
+    user = fv.test.iloc[0]
+    history = np.asarray(fv.train[fv.train["userId"] == user["userId"]]["movieId"])
+    ids = fv.movies["movieId"].to_numpy()[:15].tolist()
+    encoded = ranker.encode_user(user_columns(int(user["userId"]), user.to_dict()))
+    got = ranker.score_many([encoded], [(ids, [None] * len(ids))], [history])[0]
+    assert got.shape == (15,) and np.isfinite(got).all()
+    assert not np.allclose(got, ranker.score_many([encoded], [(ids, [None] * len(ids))], [np.zeros(0, np.int64)])[0])
+    os.remove(uri.join(result.path, EASE_FILE).removeprefix("file://"))
+    ranker, _, notes = load_models(artifacts, result.version, None)
+    assert ranker is None and "ranker not loaded" in notes[0]

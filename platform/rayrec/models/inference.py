@@ -29,12 +29,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from rayrec import registry
+from rayrec import registry, uri
 from rayrec.features.spec import FeatureSpec
 from rayrec.models import build_model, model_config
 from rayrec.models.inputs import HISTORY, encode_items, encode_users, item_columns, to_tensors
-from rayrec.models.ranker import Ranker
+from rayrec.models.ranker import EASE_FILE, Ranker
 from rayrec.models.two_tower import TwoTower
+from rayrec.retrieval.ease import ItemWeights
 
 __all__ = [
     "LoadedModel",
@@ -121,16 +122,26 @@ class RankerScorer:
     """The Embedding+MLP ranker's probabilities: for DataFrame rows (:meth:`score`) or for many
     requests' candidates in one forward pass (:meth:`score_many`, serving)."""
 
-    def __init__(self, model: LoadedModel | Any, spec: FeatureSpec, version: str | None = None) -> None:
+    def __init__(self, model: LoadedModel | Any, spec: FeatureSpec, version: str | None = None, ease: ItemWeights | None = None) -> None:
         self.model, self.version = _unpack(model, spec, version, Ranker)
         self.loaded = model if isinstance(model, LoadedModel) else None
         self.spec = spec
         self.spec_hash = spec.hash
         self._items = _ItemInputs(spec)
         self._predict = self.model.predict
+        #: the EASE weights of the ``ease_score`` input (a ranker trained with ``ease_feature``), stored
+        #: with its registry version
+        self.ease: ItemWeights | None = None
+        if self.model.config.ease_feature:
+            if ease is None and self.loaded is not None:
+                ease = ItemWeights.load(uri.join(self.loaded.path, EASE_FILE))
+            if ease is None:
+                raise ValueError("this ranker takes an 'ease_score' input: give its EASE weights (ease=)")
+            self.ease = ease
 
     def score(self, user_rows: pd.DataFrame, item_rows: pd.DataFrame) -> np.ndarray:
-        """(N,) probabilities: one user row broadcast over N item rows, or N paired rows."""
+        """(N,) probabilities: one user row broadcast over N item rows, or N paired rows (with an
+        ``ease_score`` column in ``item_rows`` for a ranker that takes one)."""
         n_users, n_items = len(user_rows), len(item_rows)
         if n_items == 0:
             return np.zeros(0, dtype=np.float32)
@@ -139,8 +150,11 @@ class RankerScorer:
         user = self.spec.encode_user(user_rows)
         if n_users == 1 and n_items > 1:
             user = {k: np.repeat(v, n_items, axis=0) for k, v in user.items()}
+        batch = {**user, **self.spec.encode_item(item_rows)}
+        if "ease_score" in item_rows:  # the pairs' EASE scores (a ranker with ``ease_feature`` needs them)
+            batch["ease_score"] = np.array(item_rows["ease_score"], dtype=np.float32)
         with torch.inference_mode():
-            return self._predict(to_tensors({**user, **self.spec.encode_item(item_rows)})).numpy().astype(np.float32, copy=False)
+            return self._predict(to_tensors(batch)).numpy().astype(np.float32, copy=False)
 
     def encode_user(self, columns: Mapping[str, list[Any]]) -> dict[str, np.ndarray]:
         """One user's inputs from :func:`rayrec.models.inputs.user_columns`."""
@@ -150,14 +164,22 @@ class RankerScorer:
         self,
         users: Sequence[Mapping[str, np.ndarray]],
         items: Sequence[tuple[Sequence[int], Sequence[Mapping[str, Any] | None]]],
+        histories: Sequence[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """Probabilities for each (encoded user, (candidate ids, their store rows)) pair, one
-        forward pass for all. ``users`` are :meth:`encode_user` outputs (one row each)."""
+        forward pass for all. ``users`` are :meth:`encode_user` outputs (one row each); ``histories``
+        every movie each user has rated (the ``ease_score`` input's, when the ranker takes one)."""
         sizes = [len(ids) for ids, _ in items]
         if not sum(sizes):
             return [np.zeros(0, dtype=np.float32) for _ in sizes]
         parts = [self._items.encode(ids, rows) for ids, rows in items]
         batch = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if len(parts) > 1 else parts[0]
+        if self.ease is not None:
+            if histories is None or len(histories) != len(items):
+                raise ValueError("this ranker takes an 'ease_score' input: give every request's rated movies (histories=)")
+            ease = self.ease
+            scores = [ease.score_of(h, np.asarray(ids, dtype=np.int64)) for h, (ids, _) in zip(histories, items)]
+            batch = {**batch, "ease_score": np.concatenate(scores)}
         for key in (k for k in users[0] if k != HISTORY):  # (the tower's inputs also hold the history)
             reps = [np.repeat(u[key], n, axis=0) for u, n in zip(users, sizes)]
             batch[key] = reps[0] if len(reps) == 1 else np.concatenate(reps)

@@ -45,10 +45,10 @@ def encode_items(spec: FeatureSpec, rows: Rows) -> dict[str, np.ndarray]:
 
 
 def encode_pairs(spec: FeatureSpec, rows: Rows, history_len: int | None = None) -> dict[str, np.ndarray]:
-    """User and item inputs of paired rows, plus ``label`` and ``interact`` (float32) when the rows carry
-    them."""
+    """User and item inputs of paired rows, plus ``label``, ``interact`` and the pair's ``ease_score``
+    (float32) when the rows carry them."""
     out = {**encode_users(spec, rows, history_len), **spec.encode_item(rows)}
-    for target in ("label", "interact"):
+    for target in ("label", "interact", "ease_score"):
         if target in rows:
             out[target] = np.asarray(rows[target], dtype=np.float32)
     return out

@@ -41,12 +41,15 @@ class ItemWeights:
     weights: np.ndarray  # (N, K) float32
     lam: float
 
-    def save(self, target: str) -> None:
+    def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         np.savez_compressed(buf, items=self.items, targets=self.targets, weights=self.weights, lam=np.float64(self.lam))
+        return buf.getvalue()
+
+    def save(self, target: str) -> None:
         fs, path = uri.filesystem(target)
         with fs.open_output_stream(path) as f:
-            f.write(buf.getvalue())
+            f.write(self.to_bytes())
 
     @classmethod
     def load(cls, target: str) -> ItemWeights:
@@ -71,6 +74,22 @@ class ItemWeights:
         reached[t] = True
         rows = np.flatnonzero(reached)
         return rows.astype(np.int64), total[rows].astype(np.float32)
+
+
+    def score_of(self, history: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
+        """(N,) float32: each of ``movie_ids``' summed weight from the ``history`` movies (0 when no
+        history movie points to it, or the weights do not know it)."""
+        out = np.zeros(len(movie_ids), dtype=np.float32)
+        rows, scores = self.scores(np.asarray(history, dtype=np.int64))
+        if not len(rows) or not len(movie_ids):
+            return out
+        total = np.zeros(len(self.items), dtype=np.float32)
+        total[rows] = scores
+        ids = np.asarray(movie_ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.items, ids), len(self.items) - 1)
+        known = self.items[pos] == ids
+        out[known] = total[pos[known]]
+        return out
 
 
 def fit_item_weights(ratings: pd.DataFrame, lam: float, top_k: int = 100, max_items: int = 10_000, block: int = 2048) -> ItemWeights:

@@ -39,6 +39,13 @@ class Ranked:
     ranker_version: str | None = None  # of the ranker that scored (None: not scored)
 
 
+def history_of(r: Recalled) -> np.ndarray:
+    """Every movie the user has rated (the recent likes when that is unknown): what a ranker's
+    ``ease_score`` input sums the weights from, as the ease recall path does."""
+    got = r.seen if r.seen else r.liked
+    return np.fromiter(got, dtype=np.int64, count=len(got))
+
+
 def percentile(x: np.ndarray) -> np.ndarray:
     """Each score's rank among the candidates in [0, 1] (1 = best)."""
     x = np.asarray(x, dtype=np.float64)
@@ -76,7 +83,8 @@ class RankStage:
                 else ranker.encode_user(user_columns(r.user_id, r.user_row, r.liked, r.genres))
                 for r in batch
             ]  # fmt: skip
-            return ranker.score_many(users, [(r.ids.tolist(), rw) for r, rw in zip(batch, rows)]), None
+            histories = [history_of(r) for r in batch] if ranker.ease is not None else None
+            return ranker.score_many(users, [(r.ids.tolist(), rw) for r, rw in zip(batch, rows)], histories), None
         except Exception:
             log.exception("ranker failed on a batch of %d requests; answering in recall order", len(batch))
             return None, "ranker_failed"

@@ -53,9 +53,9 @@ class Recalled:
     arm: str | None = None  # the experiment arm (``<experiment>/<variant>``) whose settings serve it
 
     def for_ranker(self) -> Recalled:
-        """What the rank stage needs, without the seen set and paths (smaller to send to a Ranker
-        deployment)."""
-        return replace(self, seen=frozenset(), paths=[], recall_scores=self.recall_scores[:0])
+        """What the rank stage needs, without the paths and recall scores (smaller to send to a Ranker
+        deployment); the seen set stays (a ranker's ``ease_score`` input sums over it)."""
+        return replace(self, paths=[], recall_scores=self.recall_scores[:0])
 
 
 class RecallStage:

@@ -33,14 +33,14 @@ def load_models(
             loaded = load_model(artifacts, name, version)
             spec = _spec_of(artifacts, loaded)
             loaded.check_spec(spec)  # the encoders must be the ones the model was trained with
+            if name == "ranker":
+                ranker = RankerScorer(loaded, spec)  # (with the version's EASE weights when it takes them)
+            else:
+                tower = TowerEncoder(loaded.model, spec, str(loaded.version))
         except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
             notes.append(f"{name} not loaded: {e}")
             log.warning("%s not loaded: %s", name, e)
             continue
-        if name == "ranker":
-            ranker = RankerScorer(loaded.model, spec, str(loaded.version))
-        else:
-            tower = TowerEncoder(loaded.model, spec, str(loaded.version))
     return ranker, tower, notes
 
 

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from rayrec.features.spec import FeatureSpec
 from rayrec.models import MODELS, build_model, model_config
 from rayrec.models.inference import item_vectors
 from rayrec.models.inputs import encode_items, encode_pairs, encode_users
+from rayrec.models.ranker import EASE_FILE
 from rayrec.models.two_tower import TwoTower
 from rayrec.training.config import TrainConfig, default_train_config
 from rayrec.training.data import (
@@ -54,6 +56,7 @@ from rayrec.training.data import (
     to_dataset_chunks,
     users_at,
 )
+from rayrec.training.ease_feature import EaseFeature, fit_serving_weights
 from rayrec.training.negatives import NegativeSampler
 from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
 from rayrec.training.trainer import FitResult, fit, runs_root
@@ -150,43 +153,117 @@ def retrieval_data(
 
 
 # -- stages ----------------------------------------------------------------------------------------
+ANONYMOUS_USER = -1  # the userId of the ranker's candidate rows: not a user, so it encodes as unknown (OOV)
 #: rated rows whose negatives are sampled and encoded at once: the ranker's training data is built
 #: chunk by chunk, so the driver holds one chunk of feature rows (× 1 + negatives), not all of them
 RANKER_CHUNK_ROWS = 250_000
 
 
+@dataclass
+class RankerSources:
+    """What the ranker's rows are built from, once per job: the negatives' sampler (``topn``) and the
+    cross-fitted EASE scores (``ease_feature``), both over every rating of the features version."""
+
+    negatives: NegativeSampler | None
+    ease: EaseFeature | None
+
+    @classmethod
+    def of(cls, fv: FeaturesVersion, mc: Any) -> RankerSources:
+        ratings = pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]]
+        negatives = NegativeSampler(ratings, fv.movies) if mc.objective == "topn" else None
+        ease = None
+        if getattr(mc, "ease_feature", False) or getattr(mc, "candidates", 0) > 0:
+            t = time.perf_counter()
+            ease = EaseFeature(ratings, mc.ease_lambda, mc.ease_top_k)
+            log.info("ease feature fit in %.1fs", time.perf_counter() - t)
+        return cls(negatives, ease)
+
+    def with_ease(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """``rows`` with their ``ease_score`` column when the ranker takes one."""
+        return rows if self.ease is None else rows.assign(ease_score=self.ease.score(rows))
+
+
 def ranker_rows(
-    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int | list[int], sampler: NegativeSampler | None = None
+    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int | list[int], sources: RankerSources | None = None
 ) -> pd.DataFrame:
     """The ranker's rows: the rated samples, and for the ``topn`` objective their sampled negatives
-    (:mod:`rayrec.training.negatives`), drawn against every rating of the features version."""
-    if mc.objective != "topn":
-        return rows
-    sampler = sampler or negative_sampler(fv)
-    return sampler.add(rows, mc.negatives, hard=mc.hard_negatives, window=mc.negative_window, seed=seed)
+    (:mod:`rayrec.training.negatives`), drawn against every rating of the features version; with
+    their ``ease_score`` (:mod:`rayrec.training.ease_feature`) when the ranker takes one."""
+    sources = sources or RankerSources.of(fv, mc)
+    if mc.objective == "topn":
+        assert sources.negatives is not None
+        rows = sources.negatives.add(rows, mc.negatives, hard=mc.hard_negatives, window=mc.negative_window, seed=seed)
+    return sources.with_ease(rows)
 
 
-def negative_sampler(fv: FeaturesVersion) -> NegativeSampler:
-    return NegativeSampler(pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]], fv.movies)
+def candidate_rows(rows: pd.DataFrame, sources: RankerSources, n: int, future: float) -> pd.DataFrame:
+    """What recall would offer each user of ``rows`` at one time, labelled by what they went on to rate.
+
+    Per user, the last ``future`` share of their rows (by time, at least one, and one left before)
+    is what they went on to rate; at the time T of its first row, the ``n`` best unrated movies of the
+    cross-fitted EASE scores (:meth:`EaseFeature.top_unrated`) are the candidates, each a row with the
+    user's features as of T (those of that first future row) and the movie's as of T. A candidate the
+    user rated after T is ``interact`` 1 with that rating's ``label``; the others are 0."""
+    assert sources.ease is not None and sources.negatives is not None
+    r = rows.sort_values(["userId", "timestamp"], kind="stable").reset_index(drop=True)
+    users = r["userId"].to_numpy(np.int64)
+    first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    count = np.diff(np.r_[first, len(r)])
+    ahead = np.clip(np.ceil(count * future).astype(np.int64), 1, count - 1)
+    keep = count >= 2
+    anchor = (first + count - ahead)[keep]  # each user's first future row
+    in_future = np.zeros(len(r), dtype=bool)
+    for a, end in zip(anchor.tolist(), (first + count)[keep].tolist()):
+        in_future[a:end] = True
+    src, movies = sources.ease.top_unrated(users[anchor], r["timestamp"].to_numpy(np.int64)[anchor], n)
+    out = sources.negatives.pairs_at(r.iloc[anchor], src, movies)
+    fut = r[in_future]
+    shift = np.int64(1) << np.int64(32)
+    taken = pd.Series(np.arange(len(fut)), index=fut["userId"].to_numpy(np.int64) * shift + fut["movieId"].to_numpy(np.int64))
+    taken = taken[~taken.index.duplicated(keep="first")]
+    at = taken.reindex(out["userId"].to_numpy(np.int64) * shift + out["movieId"].to_numpy(np.int64)).to_numpy()
+    hit = ~np.isnan(at)
+    where = at[hit].astype(np.int64)
+    out["rating"] = np.float32(np.nan)
+    out.loc[hit, "rating"] = fut["rating"].to_numpy(np.float32)[where]
+    label = np.zeros(len(out), dtype=r["label"].dtype)
+    label[hit] = fut["label"].to_numpy()[where]
+    out["label"] = label
+    out["interact"] = hit.astype(np.float32)
+    return sources.with_ease(out)
 
 
 def _ranker_chunks(
-    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int, sampler: NegativeSampler | None = None
+    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources | None = None
 ) -> Iterator[pd.DataFrame]:
     """:func:`ranker_rows` of ``rows`` in chunks of RANKER_CHUNK_ROWS rated rows, built as they are
     consumed; the first chunk draws from ``seed`` (one chunk: exactly ``ranker_rows(rows, …, seed)``),
-    chunk i > 0 from the stream [seed, i]."""
-    if sampler is None and mc.objective == "topn":
-        sampler = negative_sampler(fv)
+    chunk i > 0 from the stream [seed, i]. With ``candidates``, each chunk also holds the candidate
+    rows (:func:`candidate_rows`) of the users it is the first to hold."""
+    sources = sources or RankerSources.of(fv, mc)
+    extra = candidate_rows(rows, sources, mc.candidates, mc.candidate_future) if getattr(mc, "candidates", 0) > 0 else None
+    done: set[int] = set()
     for i, start in enumerate(range(0, max(len(rows), 1), RANKER_CHUNK_ROWS)):
-        yield ranker_rows(rows.iloc[start : start + RANKER_CHUNK_ROWS], fv, mc, seed if i == 0 else [seed, i], sampler)
+        chunk = rows.iloc[start : start + RANKER_CHUNK_ROWS]
+        out = ranker_rows(chunk, fv, mc, seed if i == 0 else [seed, i], sources)
+        if extra is not None:
+            users = set(chunk["userId"].unique().tolist()) - done
+            done |= users
+            # without the user's id (it encodes as unknown): the candidates the user went on to rate only
+            # after the data ends are rows with interact 0 here, and an id pair would let the model learn
+            # those very (user, movie) pairs as not taken; it learns the order from the features instead
+            mine = extra[extra["userId"].isin(users)].assign(userId=ANONYMOUS_USER)
+            out = pd.concat([out, mine[out.columns.intersection(mine.columns)]], ignore_index=True)
+        yield out
 
 
-def _ranker_task(cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None) -> tuple[Any, Any]:
+def _ranker_task(
+    cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None, sources: RankerSources | None = None
+) -> tuple[Any, Any]:
     spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
-    sampler = negative_sampler(fv) if mc.objective == "topn" else None  # one for the training and validation rows
-    ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sampler), spec, seed=seed)
-    vrows = ranker_rows(valid, fv, mc, seed + 1, sampler) if valid is not None else None
+    sources = sources or RankerSources.of(fv, mc)  # one for the training and validation rows
+    ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sources), spec, seed=seed)
+    vrows = ranker_rows(valid, fv, mc, seed + 1, sources) if valid is not None else None
     task = RankTask(mc, spec.sizes, rows=n_rows, valid=encode_pairs(spec, vrows) if vrows is not None else None)
     return task, ds
 
@@ -240,7 +317,9 @@ def run_job(cfg: JobConfig) -> JobResult:
     version = uri.read_json(pinned)["features_version"] if uri.exists(pinned) else cfg.features_version
     fv = _subset(open_features(cfg.artifacts, version), cfg.max_users)
     run_dir = _run_manifest(storage, run_name, cfg, fv)
-    make_task = _ranker_task if cfg.name == "ranker" else _retriever_task
+    # the ranker's sources (negatives' sampler, EASE feature) serve every stage of the job
+    sources = RankerSources.of(fv, cfg.model_config) if cfg.name == "ranker" else None
+    make_task = partial(_ranker_task, sources=sources) if sources is not None else _retriever_task
     fit_rows, valid_rows = temporal_holdout(fv.train, tc.valid_fraction) if tc.valid_fraction > 0 else (fv.train, None)
     timings["data_s"] = time.perf_counter() - t
     print(f"[{cfg.name}] run {run_name}: features {fv.version}, {len(fv.train):,} train / {len(fv.test):,} test "
@@ -280,10 +359,15 @@ def run_job(cfg: JobConfig) -> JobResult:
     files: dict[str, bytes] = {}
     if cfg.name == "ranker":
         # P(like | rated) on the rated test pairs: the explicit-rating AUC of every ranker
-        test = classification_metrics(fv.test["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, fv.test), like=True))
+        assert sources is not None
+        rated = sources.with_ease(fv.test)
+        test = classification_metrics(fv.test["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, rated), like=True))
         metrics: dict[str, Any] = {"test": test}
+        if mc.ease_feature:  # the serving weights: every rating, the λ and sparsity of the training feature
+            ratings = pd.concat([fv.train, fv.test])[["userId", "movieId"]]
+            files[EASE_FILE] = fit_serving_weights(ratings, mc.ease_lambda, mc.ease_top_k).to_bytes()
         if mc.objective == "topn":  # the ranking score: liked test rows against their sampled negatives
-            rows = ranker_rows(fv.test, fv, mc, tc.seed + 2)
+            rows = ranker_rows(fv.test, fv, mc, tc.seed + 2, sources)
             metrics["test_topn"] = classification_metrics(rows["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, rows)))
     else:
         assert isinstance(model, TwoTower)

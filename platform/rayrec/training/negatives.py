@@ -121,21 +121,25 @@ class NegativeSampler:
             picks[redo] = draw(len(redo), ts[redo], local[redo])
             bad[redo] = unfit(redo)
         src, picks = src[~bad], picks[~bad]
-        user_cols = ["userId", "timestamp", *[c for c in USER_FEATURES if c in rows.columns]]
-        user_cols += [c for c in ("history_items",) if c in rows.columns]
-        neg = rows[user_cols].iloc[src].reset_index(drop=True)
-        neg["movieId"] = picks
-        ts = neg["timestamp"].to_numpy(np.int64)
-        count, mean, std = timeline.stats(picks, ts)
-        neg["item_rating_count"] = count
-        neg["item_rating_mean"] = mean
-        neg["item_rating_std"] = std
-        neg = attach_movie_attributes(neg, self.movies)
+        neg = self.pairs_at(rows, src, picks)
         neg["rating"] = np.float32(np.nan)
         neg["label"] = np.int64(0) if out["label"].dtype.kind in "iu" else out["label"].dtype.type(0)
         neg["interact"] = np.float32(0.0)
         cols = [c for c in neg.columns if c in out.columns or c in ITEM_FEATURES]
         return pd.concat([out, neg[cols]], ignore_index=True)
+
+    def pairs_at(self, rows: pd.DataFrame, src: np.ndarray, movies: np.ndarray) -> pd.DataFrame:
+        """Rows pairing ``rows.iloc[src]``'s user (its features, as of its time) with ``movies``, each
+        movie's features as of that time (count, mean and std of its ratings strictly before it)."""
+        user_cols = ["userId", "timestamp", *[c for c in USER_FEATURES if c in rows.columns]]
+        user_cols += [c for c in ("history_items",) if c in rows.columns]
+        out = rows[user_cols].iloc[src].reset_index(drop=True)
+        out["movieId"] = movies
+        count, mean, std = self.timeline.stats(movies, out["timestamp"].to_numpy(np.int64))
+        out["item_rating_count"] = count
+        out["item_rating_mean"] = mean
+        out["item_rating_std"] = std
+        return attach_movie_attributes(out, self.movies)
 
 
 def add_negatives(
