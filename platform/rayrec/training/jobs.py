@@ -162,7 +162,8 @@ RANKER_CHUNK_ROWS = 250_000
 @dataclass
 class RankerSources:
     """What the ranker's rows are built from, once per job: the negatives' sampler (``topn``) and the
-    cross-fitted EASE scores (``ease_feature``), both over every rating of the features version."""
+    cross-fitted EASE scores (``ease_feature`` or ``candidates``), both over every rating of the
+    features version."""
 
     negatives: NegativeSampler | None
     ease: EaseFeature | None
@@ -179,7 +180,8 @@ class RankerSources:
         return cls(negatives, ease)
 
     def with_ease(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """``rows`` with their ``ease_score`` column when the ranker takes one."""
+        """``rows`` with their ``ease_score`` column when the sources hold the EASE scores (the ranker
+        takes them, or its candidate rows are drawn from them)."""
         return rows if self.ease is None else rows.assign(ease_score=self.ease.score(rows))
 
 
