@@ -15,6 +15,7 @@ otherwise the items are capped to the ``max_items`` most rated ones (an items ×
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 import logging
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from rayrec import uri
 from rayrec.retrieval.paths import PathResult, RecallPath
 from rayrec.retrieval.state import UserState
 
-__all__ = ["ItemWeights", "fit_item_weights", "EaseRecall", "FILE"]
+__all__ = ["ItemWeights", "fit_item_weights", "rated_history", "EaseRecall", "FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,13 @@ class ItemWeights:
             z = np.load(io.BytesIO(f.read()))
         return cls(z["items"], z["targets"], z["weights"], float(z["lam"]))
 
-    def scores(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of every item some history item points to, summed over the history."""
+    def _summed(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(total over the items, reached mask): every item's weights summed over the history items
+        that point to it; None when no history item is known."""
         pos = np.searchsorted(self.items, history)
         pos = pos[(pos < len(self.items)) & (self.items[np.minimum(pos, len(self.items) - 1)] == history)]
         if len(pos) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            return None
         t, w = self.targets[pos].reshape(-1), self.weights[pos].reshape(-1)
         ok = t >= 0
         t = t[ok]
@@ -72,24 +74,36 @@ class ItemWeights:
         total = np.bincount(t, weights=w[ok], minlength=len(self.items))
         reached = np.zeros(len(self.items), dtype=bool)
         reached[t] = True
+        return total, reached
+
+    def scores(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of every item some history item points to, summed over the history."""
+        summed = self._summed(history)
+        if summed is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        total, reached = summed
         rows = np.flatnonzero(reached)
         return rows.astype(np.int64), total[rows].astype(np.float32)
-
 
     def score_of(self, history: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
         """(N,) float32: each of ``movie_ids``' summed weight from the ``history`` movies (0 when no
         history movie points to it, or the weights do not know it)."""
         out = np.zeros(len(movie_ids), dtype=np.float32)
-        rows, scores = self.scores(np.asarray(history, dtype=np.int64))
-        if not len(rows) or not len(movie_ids):
+        summed = self._summed(np.asarray(history, dtype=np.int64))
+        if summed is None or not len(movie_ids):
             return out
-        total = np.zeros(len(self.items), dtype=np.float32)
-        total[rows] = scores
         ids = np.asarray(movie_ids, dtype=np.int64)
         pos = np.minimum(np.searchsorted(self.items, ids), len(self.items) - 1)
         known = self.items[pos] == ids
-        out[known] = total[pos[known]]
+        out[known] = summed[0][pos[known]]  # an item nothing points to sums to 0
         return out
+
+
+def rated_history(seen: frozenset[int], recent: Sequence[int]) -> np.ndarray:
+    """The movies a user's EASE scores sum over: everything they rated (``seen``), their recent likes
+    when that is unknown."""
+    history = seen if seen else frozenset(recent)
+    return np.fromiter(history, dtype=np.int64, count=len(history))
 
 
 def fit_item_weights(ratings: pd.DataFrame, lam: float, top_k: int = 100, max_items: int = 10_000, block: int = 2048) -> ItemWeights:
@@ -149,10 +163,10 @@ class EaseRecall(RecallPath):
         self.weights, self.name = weights, name
 
     def recall(self, user: UserState, k: int) -> PathResult:
-        history = user.seen if user.seen else frozenset(user.recent_positives)
-        if k <= 0 or not history:
+        history = rated_history(user.seen, user.recent_positives)
+        if k <= 0 or not len(history):
             return PathResult.empty()
-        rows, scores = self.weights.scores(np.fromiter(history, dtype=np.int64, count=len(history)))
+        rows, scores = self.weights.scores(history)
         ids = self.weights.items[rows]
         unseen = ~np.isin(ids, np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))) if user.seen else np.ones(len(ids), bool)
         ids, scores = ids[unseen], scores[unseen]

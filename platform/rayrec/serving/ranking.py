@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from rayrec.models.inputs import user_columns
+from rayrec.retrieval.ease import rated_history
 from rayrec.serving.bundle import Bundle
 from rayrec.serving.items import ItemRows
 from rayrec.serving.recall import Recalled
@@ -37,13 +38,6 @@ class Ranked:
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     ranker_version: str | None = None  # of the ranker that scored (None: not scored)
-
-
-def history_of(r: Recalled) -> np.ndarray:
-    """Every movie the user has rated (the recent likes when that is unknown): what a ranker's
-    ``ease_score`` input sums the weights from, as the ease recall path does."""
-    got = r.seen if r.seen else r.liked
-    return np.fromiter(got, dtype=np.int64, count=len(got))
 
 
 def percentile(x: np.ndarray) -> np.ndarray:
@@ -83,7 +77,8 @@ class RankStage:
                 else ranker.encode_user(user_columns(r.user_id, r.user_row, r.liked, r.genres))
                 for r in batch
             ]  # fmt: skip
-            histories = [history_of(r) for r in batch] if ranker.ease is not None else None
+            # what a ranker's ``ease_score`` input sums over: the movies the ease recall path sums over
+            histories = [rated_history(r.seen, r.liked) for r in batch] if ranker.ease is not None else None
             return ranker.score_many(users, [(r.ids.tolist(), rw) for r, rw in zip(batch, rows)], histories), None
         except Exception:
             log.exception("ranker failed on a batch of %d requests; answering in recall order", len(batch))

@@ -12,9 +12,9 @@ statistics alone. Two rules keep the training feature what serving will compute:
   user's row of the matrix), so a rated row would score high *because* it was rated, and the ranker
   would learn to trust the score far more than it deserves on a candidate nobody has rated yet. The
   users are split into ``folds``; a user's rows are scored with weights fit on the other folds'
-  ratings only. Serving uses weights fit on every rating with the same λ and sparsity
-  (:func:`fit_serving_weights`, stored with the ranker's version as
-  :data:`rayrec.models.ranker.EASE_FILE`).
+  ratings only. Serving uses weights fit on every rating with the same λ and sparsity (stored with
+  the ranker's version as :data:`rayrec.models.ranker.EASE_FILE`, summed by
+  :meth:`ItemWeights.score_of`).
 """
 
 from __future__ import annotations
@@ -24,19 +24,13 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rayrec.retrieval.ease import ItemWeights, fit_item_weights
+from rayrec.retrieval.ease import fit_item_weights
 
-__all__ = ["EaseFeature", "fit_serving_weights"]
+__all__ = ["EaseFeature"]
 
 log = logging.getLogger(__name__)
 
 _ROW_CHUNK = 4096  # a user's rows scored at once (a history × rows block of weights)
-
-
-def fit_serving_weights(ratings: pd.DataFrame, lam: float, top_k: int, max_items: int = 10_000) -> ItemWeights:
-    """The weights serving scores candidates with (:meth:`ItemWeights.score_of`): every rating
-    (userId, movieId) of the features version."""
-    return fit_item_weights(ratings, lam, top_k=top_k, max_items=max_items)
 
 
 class EaseFeature:
@@ -127,4 +121,3 @@ class EaseFeature:
         if not src:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(src), np.concatenate(found)
-

@@ -56,7 +56,8 @@ from rayrec.training.data import (
     to_dataset_chunks,
     users_at,
 )
-from rayrec.training.ease_feature import EaseFeature, fit_serving_weights
+from rayrec.retrieval.ease import fit_item_weights
+from rayrec.training.ease_feature import EaseFeature
 from rayrec.training.negatives import NegativeSampler
 from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
 from rayrec.training.trainer import FitResult, fit, runs_root
@@ -173,7 +174,7 @@ class RankerSources:
         ratings = pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]]
         negatives = NegativeSampler(ratings, fv.movies) if mc.objective == "topn" else None
         ease = None
-        if getattr(mc, "ease_feature", False) or getattr(mc, "candidates", 0) > 0:
+        if mc.ease_feature or mc.candidates > 0:
             t = time.perf_counter()
             ease = EaseFeature(ratings, mc.ease_lambda, mc.ease_top_k)
             log.info("ease feature fit in %.1fs", time.perf_counter() - t)
@@ -243,7 +244,7 @@ def _ranker_chunks(
     chunk i > 0 from the stream [seed, i]. With ``candidates``, each chunk also holds the candidate
     rows (:func:`candidate_rows`) of the users it is the first to hold."""
     sources = sources or RankerSources.of(fv, mc)
-    extra = candidate_rows(rows, sources, mc.candidates, mc.candidate_future) if getattr(mc, "candidates", 0) > 0 else None
+    extra = candidate_rows(rows, sources, mc.candidates, mc.candidate_future) if mc.candidates > 0 else None
     done: set[int] = set()
     for i, start in enumerate(range(0, max(len(rows), 1), RANKER_CHUNK_ROWS)):
         chunk = rows.iloc[start : start + RANKER_CHUNK_ROWS]
@@ -367,7 +368,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         metrics: dict[str, Any] = {"test": test}
         if mc.ease_feature:  # the serving weights: every rating, the λ and sparsity of the training feature
             ratings = pd.concat([fv.train, fv.test])[["userId", "movieId"]]
-            files[EASE_FILE] = fit_serving_weights(ratings, mc.ease_lambda, mc.ease_top_k).to_bytes()
+            files[EASE_FILE] = fit_item_weights(ratings, mc.ease_lambda, top_k=mc.ease_top_k).to_bytes()
         if mc.objective == "topn":  # the ranking score: liked test rows against their sampled negatives
             rows = ranker_rows(fv.test, fv, mc, tc.seed + 2, sources)
             metrics["test_topn"] = classification_metrics(rows["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, rows)))
