@@ -2,7 +2,7 @@
 every test user through the real serving code, and score each stage and the baselines.
 
     python -m pipelines.evaluate [--protocol temporal|random|both] [--dataset auto|PATH|...]
-                                 [--out DIR] [--epochs N] [--max-users N]
+                                 [--out DIR] [--epochs N] [--max-users N] [--tune]
 
 Writes ``<out>/<protocol>/`` (scratch artifacts and the known data) and ``<out>/evaluation.json``,
 ``evaluation.md`` and ``evaluation.html`` (tables and a plot of NDCG@10 per stage). The offline steps
@@ -28,10 +28,12 @@ from rayrec.evaluation.report import write_reports
 
 
 def offline_steps(
-    epochs: int | None = None, num_workers: int = 1, settings: dict[str, list[str]] | None = None
+    epochs: int | None = None, num_workers: int = 1, settings: dict[str, list[str]] | None = None,
+    ease_validation: str = "features",
 ) -> Callable[[str, str], None]:
     """The main job's offline steps (features with the embedded store, both models, index);
-    ``settings``: per model, ``KEY=VALUE`` model settings (``pipelines.train --set``)."""
+    ``settings``: per model, ``KEY=VALUE`` model settings (``pipelines.train --set``);
+    ``ease_validation``: the split the index job tunes the ease path's λ on (``--ease-validation``)."""
 
     def run(dataset: str, artifacts: str) -> None:
         common = ["--artifacts", artifacts]
@@ -40,7 +42,7 @@ def offline_steps(
         for model in ("ranker", "retriever"):
             sets = [a for kv in (settings or {}).get(model, []) for a in ("--set", kv)]
             steps.append((train.main, ["--model", model, "--num-workers", str(num_workers), *extra, *sets, *common]))
-        steps.append((index.main, common))
+        steps.append((index.main, ["--ease-validation", ease_validation, *common]))
         for fn, argv in steps:
             rc = fn(argv)
             if rc:
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ranker", action="append", default=[], metavar="KEY=VALUE", help="ranker setting (train --set)")
     p.add_argument("--retriever", action="append", default=[], metavar="KEY=VALUE", help="retriever setting (train --set)")
     p.add_argument("--serving", default="{}", help="serving settings over the defaults, as JSON (ServingConfig fields)")
+    p.add_argument("--tune", action="store_true",
+                   help="choose the ease path's vote and rank_weight on a validation split of the known part first "
+                        "(shadow models trained on it; the test split is not looked at)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse the models and index a previous run left under --out (compare serving settings)")
     args = p.parse_args(argv)
@@ -88,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(work)
-        cfg = EndToEndConfig(protocol=name, k=args.k, max_users=args.max_users, serving=serving)
-        steps = None if args.reuse else offline_steps(args.epochs, args.num_workers, {"ranker": args.ranker, "retriever": args.retriever})
+        cfg = EndToEndConfig(protocol=name, k=args.k, max_users=args.max_users, serving=serving, tune=args.tune)
+        # the ease path's λ is tuned on a split by the protocol the lists are judged by, as the EASE baseline's is
+        settings = {"ranker": args.ranker, "retriever": args.retriever}
+        steps = None if args.reuse else offline_steps(args.epochs, args.num_workers, settings, ease_validation=name)
         result = run_end_to_end(data, steps, work, cfg)
         result.info["wall_s"] = time.perf_counter() - t
         result.info["dataset"] = data.source

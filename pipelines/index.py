@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipelines._common import HelpFormatter, add_common_args, artifacts_arg, setup_logging
 from rayrec import tracking
+from rayrec.evaluation.protocols import PROTOCOLS
 from rayrec.retrieval import IndexConfig, RecallConfig, load_index, run_index
 from rayrec.retrieval.build import summary
 from rayrec.retrieval.offline import format_report, run_offline
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factory", default="Flat", help="faiss factory: Flat (exact), HNSW32, IVF (auto lists), IVF1024,Flat, LSH")
     parser.add_argument("--search-params", default=None, help="faiss search parameters, e.g. efSearch=128 or nprobe=16")
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build effort (faiss default 40)")
+    parser.add_argument("--ease-validation", default="features", choices=["features", *PROTOCOLS],
+                        help="the split the ease path's λ is tuned on: the features' test split, or a protocol's")
     parser.add_argument("--no-publish", action="store_true", help="write the version but leave index/LATEST alone")
     parser.add_argument("--evaluate", action="store_true", help="after building, print per-path and merged Recall@K")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate a published index, build nothing")
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             artifacts=artifacts, factory=args.factory, search_params=args.search_params,
             ef_construction=args.ef_construction, embeddings=args.embeddings, model_version=args.model_version,
             features_version=args.features_version, publish=not args.no_publish,
+            ease_validation=args.ease_validation,
         )  # fmt: skip
     except ValueError as e:
         parser.error(str(e))

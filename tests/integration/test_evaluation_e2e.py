@@ -1,6 +1,7 @@
 """The end-to-end evaluation on a small real split: the main job's offline steps run on the known part
 of ml-latest-small's first 200 users, every test user is served by the real serving code, and the
-served list must beat most-popular.
+served list must beat most-popular. The served settings are tuned first (``--tune``) on shadow models
+of a validation split inside the known part.
 
 Real data, not the synthetic generator: its users pick half their movies by global popularity and
 half by the popularity within a favourite genre, so no model finds much beyond most-popular there
@@ -27,7 +28,7 @@ def evaluated(ray_session, movielens, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e-eval")
     ratings = movielens.ratings[movielens.ratings["userId"] <= N_USERS]
     write_known(movielens, ratings, tmp / "data")
-    rc = main(["--protocol", "temporal", "--dataset", str(tmp / "data"), "--out", str(tmp / "out"), "--epochs", "3"])
+    rc = main(["--protocol", "temporal", "--dataset", str(tmp / "data"), "--out", str(tmp / "out"), "--epochs", "3", "--tune"])
     assert rc == 0
     return tmp / "out"
 
@@ -61,3 +62,25 @@ def test_evaluation_reports_and_sweeps(evaluated):
     html = (evaluated / "evaluation.html").read_text()
     assert "<table>" in html
     assert result["info"]["ease"]["chosen"]["lambda"] > 0
+
+
+def test_serving_settings_are_tuned_on_a_validation_split_inside_the_known_part(evaluated):
+    import pandas as pd
+
+    result = json.loads((evaluated / "evaluation.json").read_text())["results"][0]
+    tuning = result["info"]["serving_tuning"]
+    grid = tuning["valid_ndcg@10"]
+    # every vote × rank_weight pair scored, and the served settings are the best of them
+    assert {(g["ease_vote"], g["rank_weight"]) for g in grid} == {(v, w) for v in (1, 4, 16, 64) for w in (0, 0.25, 0.5, 0.75, 1)}
+    best = max(grid, key=lambda g: g["ndcg"])
+    assert tuning["chosen"] == {"ease_vote": best["ease_vote"], "rank_weight": best["rank_weight"]}
+    served = result["info"]["serving_config"]
+    assert served["rank_weight"] == best["rank_weight"] and served["recall"]["weights"]["ease"] == best["ease_vote"]
+    assert len({round(g["ndcg"], 6) for g in grid}) > 1  # the settings change the validation lists
+    # the shadow models learnt from a part of the known ratings only: never from the test split
+    known = pd.read_csv(evaluated / "temporal" / "known" / "ratings.csv")
+    inner = pd.read_csv(evaluated / "temporal" / "tune" / "known" / "ratings.csv")
+    pairs = set(zip(known["userId"], known["movieId"]))
+    assert set(zip(inner["userId"], inner["movieId"])) < pairs and len(inner) < len(known)
+    assert tuning["known_ratings"] == len(inner) and tuning["users"] > 100
+    assert "chosen on a `temporal` validation split" in (evaluated / "evaluation.md").read_text()

@@ -181,3 +181,31 @@ def test_ease_weights_round_trip(tmp_path):
     back = ItemWeights.load(str(tmp_path / "ease.npz"))
     assert back.lam == 10.0 and np.array_equal(back.items, w.items) and np.array_equal(back.targets, w.targets)
     np.testing.assert_array_equal(back.weights, w.weights)
+
+
+def test_ease_path_lambda_is_tuned_on_the_named_protocols_split(tmp_path):
+    """The index job tunes the ease path's λ on a split of the features' ratings by the protocol it is
+    told, with that protocol's relevance (what the evaluation's EASE baseline is tuned on), and fits
+    the served weights on every rating; an unknown split is refused, naming the setting."""
+    from rayrec.retrieval.build import IndexConfig, ease_weights
+    from rayrec.retrieval.ease import fit_item_weights
+
+    rng = np.random.default_rng(3)
+    r = _ratings()
+    r = r.assign(rating=rng.choice([1.0, 2.5, 4.0, 5.0], size=len(r)), timestamp=rng.permutation(len(r)).astype(np.int64))
+    features = tmp_path / "features"
+    (features / "ratings").mkdir(parents=True)
+    r.to_parquet(features / "ratings" / "part-00000.parquet")
+    lambdas = (1.0, 10.0, 100.0, 1000.0)
+    for protocol in ("random", "temporal"):
+        weights, tuning = ease_weights(str(features), IndexConfig(artifacts=str(tmp_path), ease_lambdas=lambdas, ease_top_k=4, ease_validation=protocol))
+        split = split_ratings(r, protocol)
+        rel = split.relevant
+        best, grid = tune_ease(split.known, rel["userId"].to_numpy(), rel["movieId"].to_numpy(), lambdas=lambdas)
+        assert tuning["validation"] == protocol and tuning["lambda"] == best
+        assert tuning["valid_ndcg@10"] == {str(k): v for k, v in grid.items()}
+        want = fit_item_weights(r, best, top_k=4)  # served weights: every rating, not the split's known part
+        np.testing.assert_array_equal(weights.targets, want.targets)
+        np.testing.assert_array_equal(weights.weights, want.weights)
+    with pytest.raises(ValueError, match="ease_validation"):
+        IndexConfig(artifacts=str(tmp_path), ease_validation="weekly")

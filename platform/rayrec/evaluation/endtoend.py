@@ -13,6 +13,11 @@ The stages: ``retriever`` (the two-tower's own top list, the embedding path alon
 merged multi-path candidates in merge order), ``ranker`` (the candidates by ranker score), ``fused``
 (the order rerank starts from), ``served`` (the final list). Sweeps of the MMR ``diversity`` and of
 ``rank_weight`` re-run only the rerank stage on the same candidates.
+
+With ``tune`` (:func:`tune_serving`), the served settings that weigh the paths against each other (the
+ease path's vote in the recall fusion, ``rank_weight``) are first chosen on a validation split of the
+known part made by the same protocol, as the EASE baseline's λ is: shadow models are trained on that
+split's known part, its held-out part is never seen by them, and the test split is not looked at.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from rayrec.evaluation.baselines import Interactions, ease_scores, item_knn, mos
 from rayrec.evaluation.protocols import Split, split_ratings
 from rayrec.evaluation.topn import Relevance, list_metrics, pack_lists
 
-__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "write_known", "STAGES", "PATH_STAGES"]
+__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "tune_serving", "write_known", "STAGES", "PATH_STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class EndToEndConfig:
     max_users: int | None = None  # evaluate the first N users only (quick checks)
     knn_neighbours: int = 100
     serving: dict[str, Any] = field(default_factory=dict)  # ServingConfig settings over the defaults
+    tune: bool = False  # choose the ease vote and rank_weight on a validation split first (tune_serving)
+    tune_ease_votes: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0)
 
 
 @dataclass
@@ -185,6 +192,73 @@ def _baselines(split: Split, rel: Relevance, k: int, neighbours: int) -> tuple[d
     return out, tuning
 
 
+def _with_vote(serving: dict[str, Any], vote: float, rank_weight: float) -> dict[str, Any]:
+    """``serving`` with the ease path's fusion vote and ``rank_weight`` set (other settings kept)."""
+    from rayrec.serving.bundle import ServingConfig
+
+    recall = ServingConfig.model_validate(serving).recall
+    return {**serving, "rank_weight": rank_weight,
+            "recall": {**recall.model_dump(mode="json"), "weights": {**recall.weights, "ease": vote}}}  # fmt: skip
+
+
+def tune_serving(
+    data: MovieLens, known: pd.DataFrame, protocol: str, offline: Offline | None, workdir: str | Path, cfg: EndToEndConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The served settings (``cfg.serving`` with the ease vote from ``cfg.tune_ease_votes`` and the
+    ``rank_weight`` from ``cfg.rank_weight_grid``) whose final lists score the best NDCG@k on a
+    validation split of ``known`` by ``protocol``: the offline jobs run on its known part into
+    ``workdir`` (``offline`` None: reuse what a previous run left there), every validation user is
+    served once per vote and reranked once per weight. Returns the settings and the grid's scores."""
+    from rayrec.serving.bundle import ServingConfig
+    from rayrec.serving.service import RecommenderService
+
+    t = time.perf_counter()
+    work = Path(workdir)
+    inner = split_ratings(known, protocol)
+    rel_df = inner.relevant
+    rel = Relevance.of(np.unique(inner.known["userId"].to_numpy(np.int64)), rel_df["userId"].to_numpy(), rel_df["movieId"].to_numpy())
+    folder = write_known(data, inner.known, work / "known")
+    artifacts = str(work / "artifacts")
+    if offline is not None:
+        offline(str(folder), artifacts)
+    elif not (work / "artifacts").exists():
+        raise FileNotFoundError(f"no tuning artifacts to reuse under {artifacts}: run without reuse first")
+    base = {"store_timeout_s": 10.0, "store_cooldown_s": 0.0, **cfg.serving}
+    k = cfg.k
+    grid: dict[tuple[float, float], float] = {}
+
+    async def serve(service: Any) -> list[tuple[Any, Any]]:
+        out = []
+        for u in rel.user_ids.tolist():
+            recalled = await service.recall_local(int(u), k)
+            out.append((recalled, await service.rank_local(recalled)))
+        return out
+
+    for vote in cfg.tune_ease_votes:
+        service = RecommenderService.create(artifacts, None, ServingConfig.model_validate(_with_vote(base, vote, 0.0)))
+        try:
+            requests = asyncio.run(serve(service))
+            core = service.core
+            live = core.bundle
+            for w in cfg.rank_weight_grid:
+                core.bundle = live.with_config(live.config.model_copy(update={"rank_weight": w}))
+                try:
+                    lists = [[it.movie_id for it in core.rerank(r, rk).items] for r, rk in requests]
+                finally:
+                    core.bundle = live
+                grid[(vote, w)] = list_metrics(pack_lists(lists, k), rel, ks=(k,), catalog_size=len(data.movies))[f"ndcg@{k}"]
+        finally:
+            service.close()
+    vote, weight = max(grid, key=lambda key: grid[key])
+    info = {
+        "protocol": protocol, "users": rel.n_users, "known_ratings": len(inner.known), "chosen": {"ease_vote": vote, "rank_weight": weight},
+        f"valid_ndcg@{k}": [{"ease_vote": v, "rank_weight": w, "ndcg": n} for (v, w), n in grid.items()],
+        "wall_s": round(time.perf_counter() - t, 1),
+    }  # fmt: skip
+    log.info("tuned serving on %d validation users: ease vote %g, rank_weight %g (NDCG@%d %.4f)", rel.n_users, vote, weight, k, grid[(vote, weight)])
+    return _with_vote(cfg.serving, vote, weight), info
+
+
 def run_end_to_end(
     data: MovieLens, offline: Offline | None, workdir: str | Path, cfg: EndToEndConfig = EndToEndConfig()
 ) -> EndToEndResult:
@@ -209,6 +283,12 @@ def run_end_to_end(
     artifacts = str(work / "artifacts")
     timings["split_s"] = time.perf_counter() - t
 
+    settings, tuning = cfg.serving, None
+    if cfg.tune:
+        t = time.perf_counter()
+        settings, tuning = tune_serving(data, split.known, cfg.protocol, offline, work / "tune", cfg)
+        timings["tune_s"] = time.perf_counter() - t
+
     t = time.perf_counter()
     if offline is not None:
         offline(str(folder), artifacts)
@@ -219,7 +299,7 @@ def run_end_to_end(
     t = time.perf_counter()
     # the serving defaults, with a store deadline no busy machine misses: the evaluation scores the
     # lists, not the store's latency (a degraded answer would be counted in info["degraded"])
-    serving = ServingConfig.model_validate({"store_timeout_s": 10.0, "store_cooldown_s": 0.0, **cfg.serving})
+    serving = ServingConfig.model_validate({"store_timeout_s": 10.0, "store_cooldown_s": 0.0, **settings})
     service = RecommenderService.create(artifacts, None, serving)
     collector = _Collector(service, cfg)
     try:
@@ -252,7 +332,7 @@ def run_end_to_end(
         rows[f"path:{name}"] = rows["retriever"] if name == "embedding" else metrics(_unseen_lists(lists, collector.seen, kl), (k, kl))
 
     t = time.perf_counter()
-    base_lists, tuning = _baselines(split, rel, kl, cfg.knn_neighbours)
+    base_lists, ease_tuning = _baselines(split, rel, kl, cfg.knn_neighbours)
     for name, top in base_lists.items():
         rows[name] = metrics(top, (k, kl))
     timings["baselines_s"] = time.perf_counter() - t
@@ -268,7 +348,8 @@ def run_end_to_end(
         "known_ratings": len(split.known),
         "heldout_ratings": len(split.heldout),
         "relevant_pairs": len(rel.pairs_user),
-        "ease": tuning,
+        "ease": ease_tuning,
+        "serving_tuning": tuning,
         "versions": service.bundle.versions,
         "serving_config": service.bundle.config.model_dump(mode="json"),
         "request_ms": {"p50": float(np.percentile(took, 50)), "p99": float(np.percentile(took, 99))} if len(took) else {},

@@ -52,6 +52,11 @@ def markdown(result: Any) -> str:
     for key, points in result.sweeps.items():
         lines.append(f"{key} sweep (served list): " + ", ".join(
             f"{p[key]:g} → NDCG@10 {p['ndcg@10']:.4f} / diversity {p.get('diversity@10', 0):.3f}" for p in points))  # fmt: skip
+    tuned = result.info.get("serving_tuning")
+    if tuned:
+        c = tuned["chosen"]
+        lines.append(f"\nserved with the ease vote {c['ease_vote']:g} and rank_weight {c['rank_weight']:g}, chosen on a "
+                     f"`{tuned['protocol']}` validation split of the known part ({tuned['users']} users, shadow models)")  # fmt: skip
     ease = result.info.get("ease", {}).get("chosen")
     if ease:
         lines.append(f"\nEASE input `{ease['input']}`, λ {ease['lambda']:g} (tuned on a validation split of the known part)")

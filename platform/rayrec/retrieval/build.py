@@ -45,9 +45,13 @@ class IndexConfig:
     latency_queries: int = 200
     publish: bool = True
     seed: int = 0
-    # the ease recall path's weights, fit on the features' ratings; λ picked on the features' test
-    # split from ease_lambdas; 0 items: no ease weights
+    # the ease recall path's weights, fit on the features' ratings; λ picked from ease_lambdas by
+    # NDCG@10 on a validation split; 0 items: no ease weights
     ease_lambdas: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0, 1600.0)
+    # that split: "features" = the features' own test split (each user's last ratings by time, relevant
+    # = liked); or a protocol of rayrec.evaluation.protocols ("temporal", "random") applied to the
+    # features' ratings, with that protocol's relevance: the one the lists will be judged by
+    ease_validation: str = "features"
     # strongest weights kept per item: the ease path alone on ml-latest-small at λ 400, NDCG@10 temporal /
     # random 200 → 0.109 / 0.384, 500 → 0.114 / 0.388, 1000 → 0.114 / 0.391, exact 0.115 / 0.395
     ease_top_k: int = 500
@@ -58,6 +62,10 @@ class IndexConfig:
             raise ValueError(f"embeddings must be 'model' or 'svd', got {self.embeddings!r}")
         if self.recall_queries < 1 or self.latency_queries < 0 or self.svd_dim < 1:
             raise ValueError("recall_queries and svd_dim must be ≥ 1, latency_queries ≥ 0")
+        from rayrec.evaluation.protocols import PROTOCOLS
+
+        if self.ease_validation != "features" and self.ease_validation not in PROTOCOLS:
+            raise ValueError(f"ease_validation must be 'features' or one of {sorted(PROTOCOLS)}, got {self.ease_validation!r}")
 
 
 @dataclass
@@ -126,24 +134,32 @@ def run_index(cfg: IndexConfig = IndexConfig()) -> IndexBuild:
 
 
 def ease_weights(features: str, cfg: IndexConfig) -> tuple[ItemWeights, dict[str, Any]]:
-    """The ease path's weights on every rating of a features version, with λ chosen by NDCG@10 on its
-    test split (weights fit on the train samples, relevant = liked test items) from ``cfg.ease_lambdas``."""
+    """The ease path's weights on every rating of a features version, with λ chosen from
+    ``cfg.ease_lambdas`` by NDCG@10 on the validation split ``cfg.ease_validation`` (weights fit on its
+    known part): the features' test split (relevant = liked test items), or a named protocol's split
+    of the features' ratings with that protocol's relevance."""
     from rayrec.evaluation.baselines import tune_ease
 
     t = time.perf_counter()
-    cols = ["userId", "movieId", "rating", "label"]
-    train = read_parquet(uri.join(features, "samples", "train"), cols)
-    test = read_parquet(uri.join(features, "samples", "test"), cols)
-    liked = test[test["label"].to_numpy() == 1]
+    every = read_parquet(uri.join(features, "ratings"), ["userId", "movieId", "rating", "timestamp"])
+    if cfg.ease_validation == "features":
+        cols = ["userId", "movieId", "rating", "label"]
+        train = read_parquet(uri.join(features, "samples", "train"), cols)
+        test = read_parquet(uri.join(features, "samples", "test"), cols)
+        relevant = test[test["label"].to_numpy() == 1]
+    else:
+        from rayrec.evaluation.protocols import split_ratings
+
+        split = split_ratings(every, cfg.ease_validation)
+        train, relevant = split.known, split.relevant
     small = train["userId"].nunique() * train["movieId"].nunique() <= 50_000_000  # the tuning's dense matrix
-    if len(cfg.ease_lambdas) > 1 and len(liked) and small:
-        lam, grid = tune_ease(train, liked["userId"].to_numpy(), liked["movieId"].to_numpy(), cfg.ease_lambdas)
+    if len(cfg.ease_lambdas) > 1 and len(relevant) and small:
+        lam, grid = tune_ease(train, relevant["userId"].to_numpy(), relevant["movieId"].to_numpy(), cfg.ease_lambdas)
     else:
         lam, grid = float(cfg.ease_lambdas[len(cfg.ease_lambdas) // 2]), {}
-    every = read_parquet(uri.join(features, "ratings"), ["userId", "movieId"])
     weights = fit_item_weights(every, lam, top_k=cfg.ease_top_k, max_items=cfg.ease_max_items)
-    tuning = {"lambda": lam, "valid_ndcg@10": {str(k): v for k, v in grid.items()}, "items": len(weights.items),
-              "top_k": cfg.ease_top_k, "fit_s": round(time.perf_counter() - t, 2)}  # fmt: skip
+    tuning = {"lambda": lam, "validation": cfg.ease_validation, "valid_ndcg@10": {str(k): v for k, v in grid.items()},
+              "items": len(weights.items), "top_k": cfg.ease_top_k, "fit_s": round(time.perf_counter() - t, 2)}  # fmt: skip
     return weights, tuning
 
 
