@@ -6,7 +6,13 @@ every test user through the real serving code, and score each stage and the base
 
 Writes ``<out>/<protocol>/`` (scratch artifacts and the known data) and ``<out>/evaluation.json``,
 ``evaluation.md`` and ``evaluation.html`` (tables and a plot of NDCG@10 per stage). The offline steps
-are the main job's own (``pipelines.features``, ``.train``, ``.index``), called with the same flags.
+are the main job's own (``pipelines.features``, ``.train``, ``.index``), called with the same flags but
+two: the store is an SQLite file under the scratch artifacts, and the index job tunes the ease path's λ
+on a split by the evaluated protocol (``--ease-validation``), as the EASE baseline's λ is tuned.
+
+``--tune`` first chooses the ease path's vote in the recall fusion and ``rank_weight`` on a validation
+split of the known part (shadow models trained on its known part, under ``<out>/<protocol>/tune``),
+then serves the test users with them (:func:`rayrec.evaluation.endtoend.tune_serving`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pipelines import features, index, train
 from pipelines._common import init_ray, load_data, setup_logging
 from rayrec import tracking, uri
 from rayrec.data.source import DATASET_CHOICES
-from rayrec.evaluation.endtoend import EndToEndConfig, run_end_to_end
+from rayrec.evaluation.endtoend import TUNED, EndToEndConfig, tuned_in, run_end_to_end, store_of
 from rayrec.evaluation.protocols import PROTOCOLS
 from rayrec.evaluation.report import write_reports
 
@@ -31,13 +37,13 @@ def offline_steps(
     epochs: int | None = None, num_workers: int = 1, settings: dict[str, list[str]] | None = None,
     ease_validation: str = "features",
 ) -> Callable[[str, str], None]:
-    """The main job's offline steps (features with the embedded store, both models, index);
+    """The main job's offline steps (features with an SQLite store under the artifacts, both models, index);
     ``settings``: per model, ``KEY=VALUE`` model settings (``pipelines.train --set``);
     ``ease_validation``: the split the index job tunes the ease path's λ on (``--ease-validation``)."""
 
     def run(dataset: str, artifacts: str) -> None:
         common = ["--artifacts", artifacts]
-        steps = [(features.main, ["--dataset", dataset, "--online-store", "default", *common])]
+        steps = [(features.main, ["--dataset", dataset, "--online-store", store_of(artifacts), *common])]
         extra = ["--epochs", str(epochs)] if epochs else []
         for model in ("ranker", "retriever"):
             sets = [a for kv in (settings or {}).get(model, []) for a in ("--set", kv)]
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         ServingConfig.model_validate(serving)
     except ValueError as e:  # pydantic's ValidationError is a ValueError
         p.error(f"--serving: {e}")
+    if args.tune and tuned_in(serving):
+        p.error(f"--serving sets {tuned_in(serving)}, which --tune chooses ({', '.join(TUNED)}): leave them out, or do not tune")
     setup_logging()
     data = load_data(args.dataset)
     if data is None:

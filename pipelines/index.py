@@ -3,6 +3,7 @@
     python -m pipelines.index [--artifacts URI] [--model-version latest] [--factory Flat|HNSW32|IVF|LSH]
                               [--search-params efSearch=128] [--embeddings model|svd] [--no-publish]
                               [--evaluate] [--config recall.yaml] [--quota embedding=100 ...]
+                              [--ease-validation features|temporal|random]
     python -m pipelines.index --evaluate-only [--index-version latest]
 
 ``--evaluate`` then prints Recall@200 of each recall path and of the merged candidates on the test

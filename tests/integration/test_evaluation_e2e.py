@@ -11,6 +11,7 @@ against 0.461 on the random split), and a test of "beats most-popular" would mea
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,11 +77,22 @@ def test_serving_settings_are_tuned_on_a_validation_split_inside_the_known_part(
     assert tuning["chosen"] == {"ease_vote": best["ease_vote"], "rank_weight": best["rank_weight"]}
     served = result["info"]["serving_config"]
     assert served["rank_weight"] == best["rank_weight"] and served["recall"]["weights"]["ease"] == best["ease_vote"]
-    assert len({round(g["ndcg"], 6) for g in grid}) > 1  # the settings change the validation lists
+    assert tuning["ease_vote_searched"] and tuning["degraded"] == 0
+    # the vote changes the validation lists (not only rank_weight does)
+    assert any(len({round(g["ndcg"], 6) for g in grid if g["rank_weight"] == w}) > 1 for w in (0, 0.25))
     # the shadow models learnt from a part of the known ratings only: never from the test split
     known = pd.read_csv(evaluated / "temporal" / "known" / "ratings.csv")
     inner = pd.read_csv(evaluated / "temporal" / "tune" / "known" / "ratings.csv")
     pairs = set(zip(known["userId"], known["movieId"]))
     assert set(zip(inner["userId"], inner["movieId"])) < pairs and len(inner) < len(known)
     assert tuning["known_ratings"] == len(inner) and tuning["users"] > 100
+    # and the shadow jobs read that part: their features hold its ratings, not the known part's
+    from rayrec import uri
+    from rayrec.retrieval import read_ratings
+
+    shadow = read_ratings(uri.resolve_version(str(evaluated / "temporal" / "tune" / "artifacts" / "features"), "latest"))
+    assert len(shadow) == len(inner)
+    # the served index's ease λ was tuned on a split by the evaluated protocol
+    index = uri.resolve_version(str(evaluated / "temporal" / "artifacts" / "index"), "latest")
+    assert json.loads((Path(index) / "meta.json").read_text())["ease"]["validation"] == "temporal"
     assert "chosen on a `temporal` validation split" in (evaluated / "evaluation.md").read_text()

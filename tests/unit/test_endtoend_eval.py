@@ -197,6 +197,7 @@ def test_ease_path_lambda_is_tuned_on_the_named_protocols_split(tmp_path):
     (features / "ratings").mkdir(parents=True)
     r.to_parquet(features / "ratings" / "part-00000.parquet")
     lambdas = (1.0, 10.0, 100.0, 1000.0)
+    grids = []
     for protocol in ("random", "temporal"):
         weights, tuning = ease_weights(str(features), IndexConfig(artifacts=str(tmp_path), ease_lambdas=lambdas, ease_top_k=4, ease_validation=protocol))
         split = split_ratings(r, protocol)
@@ -204,8 +205,30 @@ def test_ease_path_lambda_is_tuned_on_the_named_protocols_split(tmp_path):
         best, grid = tune_ease(split.known, rel["userId"].to_numpy(), rel["movieId"].to_numpy(), lambdas=lambdas)
         assert tuning["validation"] == protocol and tuning["lambda"] == best
         assert tuning["valid_ndcg@10"] == {str(k): v for k, v in grid.items()}
+        grids.append(grid)
         want = fit_item_weights(r, best, top_k=4)  # served weights: every rating, not the split's known part
         np.testing.assert_array_equal(weights.targets, want.targets)
         np.testing.assert_array_equal(weights.weights, want.weights)
+    assert grids[0] != grids[1]  # the split named is the one scored
     with pytest.raises(ValueError, match="ease_validation"):
         IndexConfig(artifacts=str(tmp_path), ease_validation="weekly")
+
+
+def test_tuned_settings_merge_into_the_serving_settings_and_given_ones_are_refused(capsys):
+    """The tuner's vote and rank_weight go over the caller's serving settings without dropping any (other
+    paths' votes, quotas, rerank); settings the tuner chooses may not be given with --tune."""
+    from pipelines.evaluate import main
+    from rayrec.evaluation.endtoend import _with_vote, tuned_in
+    from rayrec.serving.bundle import ServingConfig
+
+    given = {"candidates": 120, "rerank": {"diversity": 0.2}, "recall": {"quotas": {"ease": 60, "embedding": 60}, "weights": {"embedding": 2.0}}}
+    got = ServingConfig.model_validate(_with_vote(given, 16.0, 0.5))
+    assert got.rank_weight == 0.5 and got.candidates == 120 and got.rerank.diversity == 0.2
+    assert got.recall.weights == {"embedding": 2.0, "ease": 16.0} and got.recall.quotas == {"ease": 60, "embedding": 60}
+    assert tuned_in(given) == []
+    assert tuned_in({"rank_weight": 0.3, "recall": {"weights": {"ease": 2}}}) == ["rank_weight", "recall.weights.ease"]
+    for serving in ('{"rank_weight": 0.3}', '{"recall": {"weights": {"ease": 2}}}'):
+        with pytest.raises(SystemExit) as e:
+            main(["--tune", "--serving", serving, "--dataset", "synthetic"])
+        assert e.value.code == 2
+        assert "--tune chooses" in capsys.readouterr().err

@@ -38,7 +38,7 @@ from rayrec.evaluation.baselines import Interactions, ease_scores, item_knn, mos
 from rayrec.evaluation.protocols import Split, split_ratings
 from rayrec.evaluation.topn import Relevance, list_metrics, pack_lists
 
-__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "tune_serving", "write_known", "STAGES", "PATH_STAGES"]
+__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "store_of", "tune_serving", "tuned_in", "TUNED", "write_known", "STAGES", "PATH_STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,9 @@ def _baselines(split: Split, rel: Relevance, k: int, neighbours: int) -> tuple[d
     return out, tuning
 
 
+TUNED = ("rank_weight", "recall.weights.ease")  # the settings tune_serving chooses
+
+
 def _with_vote(serving: dict[str, Any], vote: float, rank_weight: float) -> dict[str, Any]:
     """``serving`` with the ease path's fusion vote and ``rank_weight`` set (other settings kept)."""
     from rayrec.serving.bundle import ServingConfig
@@ -201,31 +204,60 @@ def _with_vote(serving: dict[str, Any], vote: float, rank_weight: float) -> dict
             "recall": {**recall.model_dump(mode="json"), "weights": {**recall.weights, "ease": vote}}}  # fmt: skip
 
 
+def tuned_in(serving: dict[str, Any]) -> list[str]:
+    """The settings of ``serving`` that :func:`tune_serving` would choose (and so overwrite)."""
+    recall = serving.get("recall") or {}
+    return [name for name, given in (("rank_weight", "rank_weight" in serving), ("recall.weights.ease", "ease" in (recall.get("weights") or {}))) if given]
+
+
+def store_of(artifacts: str) -> str:
+    """The online store of an evaluation's scratch artifacts, which its features job loads and its
+    serving reads: the SQLite file under them, whatever ``RAYREC_STORE_URL`` says (a shared store would
+    mix the splits' ratings: the held-out part of one would be history in another)."""
+    return str(Path(artifacts) / "online" / "store.sqlite")
+
+
 def tune_serving(
     data: MovieLens, known: pd.DataFrame, protocol: str, offline: Offline | None, workdir: str | Path, cfg: EndToEndConfig
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The served settings (``cfg.serving`` with the ease vote from ``cfg.tune_ease_votes`` and the
     ``rank_weight`` from ``cfg.rank_weight_grid``) whose final lists score the best NDCG@k on a
     validation split of ``known`` by ``protocol``: the offline jobs run on its known part into
-    ``workdir`` (``offline`` None: reuse what a previous run left there), every validation user is
-    served once per vote and reranked once per weight. Returns the settings and the grid's scores."""
+    ``workdir`` (``offline`` None: reuse what a previous run left there), every validation user (the
+    first ``cfg.max_users``) is served once per vote and reranked once per weight. The vote is searched
+    only where it can matter (the ease path recalls and the paths are fused by reciprocal rank).
+    Returns the settings and the grid's scores. ``cfg.serving`` must not set what is tuned."""
     from rayrec.serving.bundle import ServingConfig
     from rayrec.serving.service import RecommenderService
 
+    given = tuned_in(cfg.serving)
+    if given:
+        raise ValueError(f"serving settings {given} are what tuning chooses: leave them out, or do not tune")
     t = time.perf_counter()
     work = Path(workdir)
     inner = split_ratings(known, protocol)
     rel_df = inner.relevant
-    rel = Relevance.of(np.unique(inner.known["userId"].to_numpy(np.int64)), rel_df["userId"].to_numpy(), rel_df["movieId"].to_numpy())
+    users = np.unique(inner.known["userId"].to_numpy(np.int64))
+    if cfg.max_users:
+        users = users[: cfg.max_users]
+        rel_df = rel_df[rel_df["userId"].isin(users)]
+    rel = Relevance.of(users, rel_df["userId"].to_numpy(), rel_df["movieId"].to_numpy())
     folder = write_known(data, inner.known, work / "known")
     artifacts = str(work / "artifacts")
     if offline is not None:
         offline(str(folder), artifacts)
     elif not (work / "artifacts").exists():
         raise FileNotFoundError(f"no tuning artifacts to reuse under {artifacts}: run without reuse first")
-    base = {"store_timeout_s": 10.0, "store_cooldown_s": 0.0, **cfg.serving}
+    # the shadow artifacts hold their own versions: a pinned version names one of the real run's
+    base = {"store_timeout_s": 10.0, "store_cooldown_s": 0.0,
+            **{key: v for key, v in cfg.serving.items() if not key.endswith("_version")}}  # fmt: skip
+    recall = ServingConfig.model_validate(base).recall
+    votes: tuple[float, ...] = cfg.tune_ease_votes
+    if recall.order != "rrf" or recall.quotas.get("ease", 0) <= 0:
+        votes = (recall.weights.get("ease", 1.0),)
     k = cfg.k
     grid: dict[tuple[float, float], float] = {}
+    degraded = 0
 
     async def serve(service: Any) -> list[tuple[Any, Any]]:
         out = []
@@ -234,10 +266,13 @@ def tune_serving(
             out.append((recalled, await service.rank_local(recalled)))
         return out
 
-    for vote in cfg.tune_ease_votes:
-        service = RecommenderService.create(artifacts, None, ServingConfig.model_validate(_with_vote(base, vote, 0.0)))
+    for vote in votes:
+        service = RecommenderService.create(artifacts, store_of(artifacts), ServingConfig.model_validate(_with_vote(base, vote, 0.0)))
         try:
+            if not any(p.name == "ease" for p in service.core.bundle.merger.paths):
+                votes = (vote,)  # no ease weights in the shadow index: the vote changes nothing
             requests = asyncio.run(serve(service))
+            degraded += sum(int(rk.scores is None) for _, rk in requests)
             core = service.core
             live = core.bundle
             for w in cfg.rank_weight_grid:
@@ -249,9 +284,12 @@ def tune_serving(
                 grid[(vote, w)] = list_metrics(pack_lists(lists, k), rel, ks=(k,), catalog_size=len(data.movies))[f"ndcg@{k}"]
         finally:
             service.close()
+        if len(votes) == 1:
+            break
     vote, weight = max(grid, key=lambda key: grid[key])
     info = {
-        "protocol": protocol, "users": rel.n_users, "known_ratings": len(inner.known), "chosen": {"ease_vote": vote, "rank_weight": weight},
+        "protocol": protocol, "users": rel.n_users, "known_ratings": len(inner.known), "degraded": degraded,
+        "chosen": {"ease_vote": vote, "rank_weight": weight}, "ease_vote_searched": len(votes) > 1,
         f"valid_ndcg@{k}": [{"ease_vote": v, "rank_weight": w, "ndcg": n} for (v, w), n in grid.items()],
         "wall_s": round(time.perf_counter() - t, 1),
     }  # fmt: skip
@@ -300,7 +338,7 @@ def run_end_to_end(
     # the serving defaults, with a store deadline no busy machine misses: the evaluation scores the
     # lists, not the store's latency (a degraded answer would be counted in info["degraded"])
     serving = ServingConfig.model_validate({"store_timeout_s": 10.0, "store_cooldown_s": 0.0, **settings})
-    service = RecommenderService.create(artifacts, None, serving)
+    service = RecommenderService.create(artifacts, store_of(artifacts), serving)
     collector = _Collector(service, cfg)
     try:
         asyncio.run(collector.run(rel.user_ids))

@@ -94,7 +94,9 @@ class RecallConfig(BaseModel):
     # a path's vote in the fusion, where it should differ from its quota's share (quota / largest quota).
     # ease 4: pipelines.evaluate on ml-latest-small (the splits the README reports), the same models served
     # with votes 1 / 2 / 4 / 8 / 16: served NDCG@10 temporal 0.144 / 0.141 / 0.143 / 0.137 / 0.132, random
-    # 0.280 / 0.326 / 0.341 / 0.353 / 0.360: the random split gains most, the temporal one falls from 8 on
+    # 0.280 / 0.326 / 0.341 / 0.353 / 0.360: the random split gains most, the temporal one falls from 8 on.
+    # A compromise across both: `pipelines.evaluate --tune` picks the vote per protocol on a validation split
+    # (1 for temporal, 16 for random there)
     weights: dict[str, float] = Field(default_factory=lambda: {"ease": 4.0})
 
     @field_validator("quotas")
