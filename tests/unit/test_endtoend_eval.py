@@ -210,6 +210,17 @@ def test_ease_path_lambda_is_tuned_on_the_named_protocols_split(tmp_path):
         np.testing.assert_array_equal(weights.targets, want.targets)
         np.testing.assert_array_equal(weights.weights, want.weights)
     assert grids[0] != grids[1]  # the split named is the one scored
+    # "features": the features' own samples, fit on train, relevant = liked test rows
+    r = r.assign(label=(r["rating"] >= 3.5).astype(np.int64))
+    late = r["timestamp"] >= r["timestamp"].quantile(0.8)
+    for part, rows in (("train", r[~late]), ("test", r[late])):
+        (features / "samples" / part).mkdir(parents=True)
+        rows.to_parquet(features / "samples" / part / "part-00000.parquet")
+    weights, tuning = ease_weights(str(features), IndexConfig(artifacts=str(tmp_path), ease_lambdas=lambdas, ease_top_k=4))
+    liked = r[late & (r["label"] == 1)]
+    best, grid = tune_ease(r[~late], liked["userId"].to_numpy(), liked["movieId"].to_numpy(), lambdas=lambdas)
+    assert tuning["validation"] == "features" and tuning["lambda"] == best and tuning["valid_ndcg@10"] == {str(k): v for k, v in grid.items()}
+    np.testing.assert_array_equal(weights.weights, fit_item_weights(r, best, top_k=4).weights)
     with pytest.raises(ValueError, match="ease_validation"):
         IndexConfig(artifacts=str(tmp_path), ease_validation="weekly")
 

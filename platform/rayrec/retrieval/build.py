@@ -141,8 +141,9 @@ def ease_weights(features: str, cfg: IndexConfig) -> tuple[ItemWeights, dict[str
     from rayrec.evaluation.baselines import tune_ease
 
     t = time.perf_counter()
-    every = read_parquet(uri.join(features, "ratings"), ["userId", "movieId", "rating", "timestamp"])
-    if cfg.ease_validation == "features":
+    by_protocol = cfg.ease_validation != "features"  # a protocol's split needs the ratings and their times
+    every = read_parquet(uri.join(features, "ratings"), ["userId", "movieId", *(["rating", "timestamp"] if by_protocol else [])])
+    if not by_protocol:
         cols = ["userId", "movieId", "rating", "label"]
         train = read_parquet(uri.join(features, "samples", "train"), cols)
         test = read_parquet(uri.join(features, "samples", "test"), cols)
