@@ -142,19 +142,23 @@ class _Collector:
 
     def sweep(self, rel: Relevance, metrics: Callable[[np.ndarray], dict[str, float]], **change: Any) -> dict[str, float]:
         """Metrics of the served list with one setting changed (rerank only, same candidates)."""
-        core = self.service.core
-        live = core.bundle
-        cfg = live.config
+        cfg = self.service.core.bundle.config
         if "diversity" in change:
             cfg = cfg.model_copy(update={"rerank": cfg.rerank.model_copy(update=change)})
         else:
             cfg = cfg.model_copy(update=change)
-        core.bundle = live.with_config(cfg)
-        try:
-            lists = [[it.movie_id for it in core.rerank(r, rk).items] for r, rk in self.requests]
-        finally:
-            core.bundle = live
-        return metrics(pack_lists(lists, self.cfg.k))
+        return metrics(pack_lists(_reranked(self.service.core, self.requests, cfg), self.cfg.k))
+
+
+def _reranked(core: Any, requests: Sequence[tuple[Any, Any]], config: Any) -> list[list[int]]:
+    """The final lists of already recalled and ranked ``requests`` reranked under serving ``config``
+    (the loaded bundle is restored after)."""
+    live = core.bundle
+    core.bundle = live.with_config(config)
+    try:
+        return [[it.movie_id for it in core.rerank(r, rk).items] for r, rk in requests]
+    finally:
+        core.bundle = live
 
 
 def _baselines(split: Split, rel: Relevance, k: int, neighbours: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -193,6 +197,9 @@ def _baselines(split: Split, rel: Relevance, k: int, neighbours: int) -> tuple[d
 
 
 TUNED = ("rank_weight", "recall.weights.ease")  # the settings tune_serving chooses
+# serving settings of every evaluation run: a store deadline no busy machine misses (the evaluation scores
+# the lists, not the store's latency; a degraded answer is counted)
+_EVAL_STORE = {"store_timeout_s": 10.0, "store_cooldown_s": 0.0}
 
 
 def _with_vote(serving: dict[str, Any], vote: float, rank_weight: float) -> dict[str, Any]:
@@ -206,8 +213,15 @@ def _with_vote(serving: dict[str, Any], vote: float, rank_weight: float) -> dict
 
 def tuned_in(serving: dict[str, Any]) -> list[str]:
     """The settings of ``serving`` that :func:`tune_serving` would choose (and so overwrite)."""
-    recall = serving.get("recall") or {}
-    return [name for name, given in (("rank_weight", "rank_weight" in serving), ("recall.weights.ease", "ease" in (recall.get("weights") or {}))) if given]
+    out = []
+    for name in TUNED:
+        *parents, leaf = name.split(".")
+        node = serving
+        for key in parents:
+            node = node.get(key) or {}
+        if leaf in node:
+            out.append(name)
+    return out
 
 
 def store_of(artifacts: str) -> str:
@@ -249,12 +263,11 @@ def tune_serving(
     elif not (work / "artifacts").exists():
         raise FileNotFoundError(f"no tuning artifacts to reuse under {artifacts}: run without reuse first")
     # the shadow artifacts hold their own versions: a pinned version names one of the real run's
-    base = {"store_timeout_s": 10.0, "store_cooldown_s": 0.0,
-            **{key: v for key, v in cfg.serving.items() if not key.endswith("_version")}}  # fmt: skip
+    base = {**_EVAL_STORE, **{key: v for key, v in cfg.serving.items() if not key.endswith("_version")}}
     recall = ServingConfig.model_validate(base).recall
-    votes: tuple[float, ...] = cfg.tune_ease_votes
-    if recall.order != "rrf" or recall.quotas.get("ease", 0) <= 0:
-        votes = (recall.weights.get("ease", 1.0),)
+    # the vote matters only where the ease path recalls and the paths are fused by reciprocal rank
+    searched = recall.order == "rrf" and recall.quotas.get("ease", 0) > 0
+    votes = cfg.tune_ease_votes if searched else (recall.weights.get("ease", 1.0),)
     k = cfg.k
     grid: dict[tuple[float, float], float] = {}
     degraded = 0
@@ -270,26 +283,21 @@ def tune_serving(
         service = RecommenderService.create(artifacts, store_of(artifacts), ServingConfig.model_validate(_with_vote(base, vote, 0.0)))
         try:
             if not any(p.name == "ease" for p in service.core.bundle.merger.paths):
-                votes = (vote,)  # no ease weights in the shadow index: the vote changes nothing
+                searched = False  # no ease weights in the shadow index: the vote changes nothing
             requests = asyncio.run(serve(service))
             degraded += sum(int(rk.scores is None) for _, rk in requests)
-            core = service.core
-            live = core.bundle
+            served = service.core.bundle.config
             for w in cfg.rank_weight_grid:
-                core.bundle = live.with_config(live.config.model_copy(update={"rank_weight": w}))
-                try:
-                    lists = [[it.movie_id for it in core.rerank(r, rk).items] for r, rk in requests]
-                finally:
-                    core.bundle = live
+                lists = _reranked(service.core, requests, served.model_copy(update={"rank_weight": w}))
                 grid[(vote, w)] = list_metrics(pack_lists(lists, k), rel, ks=(k,), catalog_size=len(data.movies))[f"ndcg@{k}"]
         finally:
             service.close()
-        if len(votes) == 1:
+        if not searched:
             break
     vote, weight = max(grid, key=lambda key: grid[key])
     info = {
         "protocol": protocol, "users": rel.n_users, "known_ratings": len(inner.known), "degraded": degraded,
-        "chosen": {"ease_vote": vote, "rank_weight": weight}, "ease_vote_searched": len(votes) > 1,
+        "chosen": {"ease_vote": vote, "rank_weight": weight}, "ease_vote_searched": searched,
         f"valid_ndcg@{k}": [{"ease_vote": v, "rank_weight": w, "ndcg": n} for (v, w), n in grid.items()],
         "wall_s": round(time.perf_counter() - t, 1),
     }  # fmt: skip
@@ -335,9 +343,7 @@ def run_end_to_end(
     timings["offline_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    # the serving defaults, with a store deadline no busy machine misses: the evaluation scores the
-    # lists, not the store's latency (a degraded answer would be counted in info["degraded"])
-    serving = ServingConfig.model_validate({"store_timeout_s": 10.0, "store_cooldown_s": 0.0, **settings})
+    serving = ServingConfig.model_validate({**_EVAL_STORE, **settings})  # degraded answers: info["degraded"]
     service = RecommenderService.create(artifacts, store_of(artifacts), serving)
     collector = _Collector(service, cfg)
     try:
