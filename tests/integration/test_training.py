@@ -260,3 +260,61 @@ def test_a_job_is_tracked_in_mlflow_when_a_tracking_uri_is_set(ray_session, arti
     assert [m.step for m in client.get_metric_history(run.info.run_id, "history.loss")] == [0, 1]
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {p.name for p in Path(result.path).iterdir() if p.is_file()} <= logged
+
+
+def test_an_epochs_batches_deal_every_row_once_in_a_seeded_order(ray_session):
+    """The loop's batches: every row of the shard exactly once per epoch, full batches (the last one
+    partial unless dropped), windows dealt in an order the seed fixes, a new order for a new seed."""
+    import ray
+
+    from rayrec.training.loop import shuffled_batches
+
+    ids = np.arange(2_500, dtype=np.int64)
+    ds = ray.data.from_pandas(pd.DataFrame({"item_id": ids, "twice": ids * 2}))  # one block: read in order
+
+    def epoch(seed: int, drop_last: bool) -> list[dict[str, torch.Tensor]]:
+        return list(shuffled_batches(ds.iterator(), 100, 1_000, seed=seed, drop_last=drop_last, device=torch.device("cpu")))
+
+    batches = epoch(1, drop_last=False)
+    ids = torch.cat([b["item_id"] for b in batches]).numpy()
+    assert sorted(ids.tolist()) == list(range(2_500))  # every row once
+    assert [len(b["item_id"]) for b in batches] == [100] * 25
+    assert all(torch.equal(b["twice"], b["item_id"] * 2) for b in batches)  # columns stay aligned
+    assert not np.array_equal(ids, np.arange(2_500))  # dealt, not in stored order
+    # a window is 1,000 rows: rows are mixed within it, never across windows
+    assert all(set(ids[w : w + 1_000] // 1_000) == {w // 1_000} for w in range(0, 2_500, 1_000))
+    assert np.array_equal(ids, torch.cat([b["item_id"] for b in epoch(1, drop_last=False)]).numpy())  # seeded
+    assert not np.array_equal(ids, torch.cat([b["item_id"] for b in epoch(2, drop_last=False)]).numpy())
+
+    # 2,500 rows in windows of 1,000 dealt in batches of 300 (the window rounds down to 900): the
+    # last window's 700 rows leave a partial batch of 100, kept or dropped
+    sizes = [len(b["item_id"]) for b in shuffled_batches(ds.iterator(), 300, 1_000, seed=1, drop_last=False, device=torch.device("cpu"))]
+    assert sizes == [300] * 8 + [100] and sum(sizes) == 2_500
+    dropped = list(shuffled_batches(ds.iterator(), 300, 1_000, seed=1, drop_last=True, device=torch.device("cpu")))
+    assert [len(b["item_id"]) for b in dropped] == [300] * 8
+
+
+def test_the_optimizer_is_fused_adamw_with_the_models_groups():
+    from rayrec.training.loop import make_optimizer
+
+    sizes = {"user_vocab": 50, "item_vocab": 40, "genre_vocab": 5, "user_rating_count_buckets": 4, "item_rating_count_buckets": 4,
+             "item_year_buckets": 4, "user_dense": 3, "item_dense": 2}  # fmt: skip
+    model = build_model("ranker", model_config("ranker"), sizes)
+    opt = make_optimizer(model, TrainConfig(lr=0.01, weight_decay=0.1))
+    assert isinstance(opt, torch.optim.AdamW) and all(g["fused"] for g in opt.param_groups)
+    assert [g["weight_decay"] for g in opt.param_groups] == [model.config.movie_weight_decay, 0.1]
+    assert all(g["lr"] == 0.01 for g in opt.param_groups)
+    # the fused kernel takes the steps the one-tensor-at-a-time AdamW takes
+    twin = build_model("ranker", model_config("ranker"), sizes)
+    twin.load_state_dict(model.state_dict())
+    plain = torch.optim.AdamW(twin.param_groups(0.1), lr=0.01, foreach=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(model.parameters(), twin.parameters()):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        opt.step()
+        plain.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), twin.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), before))  # every tensor moved

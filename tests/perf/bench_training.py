@@ -32,6 +32,7 @@ from rayrec.models.inputs import encode_pairs, to_tensors
 from rayrec.training import default_train_config
 from rayrec.training.data import open_features, to_dataset
 from rayrec.training.jobs import ranker_rows, retriever_rows
+from rayrec.training.loop import make_optimizer
 from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RankTask, RetrieveTask
 from rayrec.training.trainer import fit
 
@@ -57,7 +58,7 @@ def plain_loop(task, arrays: dict[str, np.ndarray], tc) -> list[float]:  # noqa:
     torch.manual_seed(tc.seed)
     torch.set_flush_denormal(True)
     model = task.build()
-    opt = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr)
+    opt = make_optimizer(model, tc)  # the training loop's optimizer
     data = to_tensors(arrays)
     n = len(arrays["item_id"])
     rates = []

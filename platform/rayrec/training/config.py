@@ -33,7 +33,7 @@ class TrainConfig:
     placement: Literal["SPREAD", "PACK"] = "SPREAD"
     amp: bool = True  # mixed precision (bfloat16 autocast) when the device is CUDA
     max_failures: int = 2  # worker-failure restarts from the last checkpoint
-    shuffle_buffer: int = 100_000  # rows in each worker's local shuffle buffer
+    shuffle_buffer: int = 100_000  # rows each worker reads at once and deals into batches in a random order
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

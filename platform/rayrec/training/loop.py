@@ -14,6 +14,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from rayrec.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, state_to_cpu
 from rayrec.training.config import TrainConfig
 
-__all__ = ["train_loop_per_worker", "new_progress"]
+__all__ = ["train_loop_per_worker", "new_progress", "make_optimizer"]
 
 log = logging.getLogger("rayrec.training")
 
@@ -65,6 +66,49 @@ def _sum(values: list[float], device: torch.device, world: int) -> list[float]:
     return t.tolist()
 
 
+#: devices with PyTorch's fused AdamW kernel
+_FUSED_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def make_optimizer(model: Any, tc: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the model's parameter groups (``model.param_groups``), with PyTorch's fused kernel
+    where every parameter lives on a device that has it.
+
+    The embedding tables' gradients are dense, so every step updates every row of every table: the
+    update grows with the vocabularies, not with the batch. The default (one tensor at a time)
+    implementation made it most of a CPU step at ml-25m's 162k users and 62k movies (Ranker, batch
+    1024, one thread: 16 ms of a 24 ms step); the fused kernel does the same update in 1.7 ms.
+    """
+    groups = model.param_groups(tc.weight_decay)
+    devices = {p.device.type for g in groups for p in g["params"]}
+    return torch.optim.AdamW(groups, lr=tc.lr, fused=devices <= _FUSED_DEVICES)
+
+
+def shuffled_batches(
+    shard: Any, batch_size: int, window: int, *, seed: int, drop_last: bool, device: torch.device
+) -> Iterator[dict[str, torch.Tensor]]:
+    """This worker's batches for one epoch: the shard read a window of ``window`` rows at a time (a
+    multiple of ``batch_size``), each window's rows dealt into batches in a random order (``seed``).
+
+    The training rows are stored in a random order (:func:`rayrec.training.data.to_dataset_chunks`),
+    so the windows are random samples already; the permutation makes every epoch's batches new
+    mixtures. This replaces Ray Data's local shuffle buffer, which costs about 1.2 ms a batch of 1,024
+    ranker rows more on one CPU thread (1.57 against 0.33 ms; a ranker step is about 6 ms), for the
+    same kind of mixing: that buffer also only mixes rows that arrive close together. On a GPU a
+    window moves to the device once and is dealt there.
+    """
+    window = max(1, window // batch_size) * batch_size
+    generator = torch.Generator().manual_seed(seed)
+    for rows in shard.iter_torch_batches(batch_size=window, pin_memory=device.type == "cuda"):
+        rows = {k: v.to(device, non_blocking=True) for k, v in rows.items()}
+        n = len(next(iter(rows.values())))
+        order = torch.randperm(n, generator=generator).to(device)
+        end = n - n % batch_size if drop_last else n
+        for start in range(0, end, batch_size):
+            take = order[start : start + batch_size]
+            yield {k: v[take] for k, v in rows.items()}
+
+
 def _schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int) -> Any:
     if tc.schedule == "constant":
         return None
@@ -105,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     progress["workers"] = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
                                    "device": str(device)}, world)  # fmt: skip
     model = ray.train.torch.prepare_model(raw)  # to the device; DDP when world > 1
-    optimizer = torch.optim.AdamW(raw.param_groups(tc.weight_decay), lr=tc.lr)
+    optimizer = make_optimizer(raw, tc)
     per_worker = task.rows // world
     steps = max(1, per_worker // tc.batch_size if task.drop_last else math.ceil(per_worker / tc.batch_size))
     scheduler = _schedule(optimizer, tc, steps)
@@ -133,14 +177,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
-        batches = shard.iter_torch_batches(
-            batch_size=tc.batch_size,
-            device=device,
-            drop_last=task.drop_last,
-            local_shuffle_buffer_size=tc.shuffle_buffer,
-            local_shuffle_seed=tc.seed * 100_003 + epoch * 101 + rank,
-            pin_memory=device.type == "cuda",  # page-locked host batches: faster, asynchronous copies to the GPU
-        )
+        batches = shuffled_batches(
+            shard, tc.batch_size, tc.shuffle_buffer, seed=tc.seed * 100_003 + epoch * 101 + rank,
+            drop_last=task.drop_last, device=device,
+        )  # fmt: skip
         for batch in batches:
             amp = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
             with amp:
