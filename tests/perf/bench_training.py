@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}: {n:,} training rows (features {fv.version}), batch {tc.batch_size}, {tc.epochs} epochs; "
           f"ray.init {ray_start:.1f}s; torch threads in this process {torch.get_num_threads()}")  # fmt: skip
 
-    results: list[tuple[str, float, float]] = []
+    results: list[tuple[str, float, float, str]] = []
     threads = torch.get_num_threads()
     # the plain loop with 1 thread like each Ray worker (0.5 CPU each), then with this process's threads
     for n_threads in sorted({1, threads}):
         torch.set_num_threads(n_threads)
         t = time.perf_counter()
         rates = plain_loop(task, arrays, tc)
-        results.append((f"plain PyTorch ({n_threads} thr)", steady(rates), time.perf_counter() - t))
+        results.append((f"plain PyTorch ({n_threads} thr)", steady(rates), time.perf_counter() - t, ""))
     torch.set_num_threads(threads)
     for w in args.workers:
         with tempfile.TemporaryDirectory() as storage:
@@ -127,12 +127,16 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - t
         rates = [h["samples_per_s"] for h in out.progress["history"]]
         worker_threads = out.progress["history"][-1].get("torch_threads", "?")
-        results.append((f"Ray Train, {w} worker(s) ({worker_threads} thr)", steady(rates), wall))
+        # of the steady epochs' training time: waiting for input, and for the first batch alone
+        later = out.progress["history"][1:] or out.progress["history"]
+        wait = statistics.median(h["input_wait_s"] / h["train_s"] for h in later)
+        first = statistics.median(h["first_batch_s"] for h in later)
+        results.append((f"Ray Train, {w} worker(s) ({worker_threads} thr)", steady(rates), wall, f"{wait:.1%} ({first:.2f} s first batch)"))
 
     base = results[0][1]  # the plain loop, 1 thread: the same compute each Ray worker gets
-    print(f"\n{'setting':<34} {'samples/s':>12} {'ratio':>7} {'wall s':>8}")
-    for name, rate, wall in results:
-        print(f"{name:<34} {rate:>12,.0f} {rate / base:>7.2f} {wall:>8.1f}")
+    print(f"\n{'setting':<34} {'samples/s':>12} {'ratio':>7} {'wall s':>8}  input wait")
+    for name, rate, wall, wait in results:
+        print(f"{name:<34} {rate:>12,.0f} {rate / base:>7.2f} {wall:>8.1f}  {wait}")
     return 0
 
 

@@ -99,7 +99,7 @@ def shuffled_batches(
     """
     window = max(1, window // batch_size) * batch_size
     generator = torch.Generator().manual_seed(seed)
-    for rows in shard.iter_torch_batches(batch_size=window, pin_memory=device.type == "cuda"):
+    for rows in shard.iter_torch_batches(batch_size=window, pin_memory=device.type == "cuda", prefetch_batches=0):
         rows = {k: v.to(device, non_blocking=True) for k, v in rows.items()}
         n = len(next(iter(rows.values())))
         order = torch.randperm(n, generator=generator).to(device)
@@ -181,7 +181,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             shard, tc.batch_size, tc.shuffle_buffer, seed=tc.seed * 100_003 + epoch * 101 + rank,
             drop_last=task.drop_last, device=device,
         )  # fmt: skip
-        for batch in batches:
+        # time spent waiting for the input (the first batch: the shard's reading starting up)
+        waited, first_s = 0.0, 0.0
+        while True:
+            t1 = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - t1
+            if seen == 0:
+                first_s = waited
+            if batch is None:
+                break
             amp = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
             with amp:
                 loss = task.loss(model, raw, batch)
@@ -216,6 +225,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "loss": total_loss / max(total_seen, 1.0),
             "samples_per_s": total_seen / max(train_s, 1e-9),
             "train_s": train_s,
+            "input_wait_s": waited,
+            "first_batch_s": first_s,
             **{f"valid_{k}": v for k, v in metrics.items()},
             "best_epoch": progress["best_epoch"],
             "stopped": progress["stopped"],
