@@ -257,7 +257,11 @@ def test_page_shows_the_variant_and_counts_a_click_for_its_list(scratch, tmp_pat
         finally:
             store.close()
         assert clicks, "the click on the list was posted with its request id"
-        shown = [r for _, r in store_read(store_url, IMPRESSIONS_LOG) if r["request_id"] == clicks[-1]["request_id"]]
+        shown: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while not shown and time.monotonic() < deadline:  # impressions are written in batches, a moment later
+            shown = [r for _, r in store_read(store_url, IMPRESSIONS_LOG) if r["request_id"] == clicks[-1]["request_id"]]
+            time.sleep(0.05)
         assert shown and movie in shown[0]["items"] and shown[0]["experiment"] == "page-il"
     finally:
         if page is not None:

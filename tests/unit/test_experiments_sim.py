@@ -4,6 +4,7 @@ synthetic generator's hidden preferences."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,39 @@ def test_impressions_are_batched_kept_through_an_outage_and_capped() -> None:
     ids = [int(r["request_id"]) for batch in written for r in batch]
     assert ids == list(range(10, 60)), "written once each, in order"
     assert max(len(b) for b in written) <= 20 and log.written == 50 and log.failures >= 1
+
+
+def test_impressions_queued_within_the_linger_go_in_one_write_and_flush_does_not_wait() -> None:
+    written: list[list[dict]] = []
+
+    async def write(records: list[dict]) -> None:
+        written.append(records)
+
+    async def run() -> tuple[float, int]:
+        log = ImpressionLog(write, linger_s=0.2)
+        for i in range(5):
+            log.record({"request_id": str(i)})
+            await asyncio.sleep(0.01)  # requests arriving one after another
+        assert not written, "nothing is written before the linger is over"
+        await asyncio.sleep(0.4)
+        assert [len(b) for b in written] == [5], "the records of one linger go in one write"
+        full = ImpressionLog(write, linger_s=30.0, batch=3)
+        for i in range(3):
+            full.record({"request_id": f"full{i}"})
+        await asyncio.sleep(0.05)
+        assert full.pending == 0 and len(written[-1]) == 3, "a full batch is written without waiting for the linger"
+        slow = ImpressionLog(write, linger_s=30.0)
+        slow.record({"request_id": "late"})
+        await asyncio.sleep(0.05)  # its writer is lingering now
+        t = time.monotonic()
+        assert await slow.flush(timeout_s=10.0)
+        return time.monotonic() - t, slow.pending
+
+    took, pending = asyncio.run(run())
+    assert written[-1] == [{"request_id": "late"}] and pending == 0
+    assert took < 5.0, f"flush writes at once, without the 30 s linger (took {took:.1f}s)"
+    with pytest.raises(ValueError, match="linger_s"):
+        ImpressionLog(write, linger_s=-1.0)
 
 
 def _lists(p_a: float, p_b: float, users: int = 500, k: int = 10, overlap: int = 6) -> ServedLists:

@@ -5,8 +5,9 @@ items in list order, and the time. Clicks and ratings posted with the request id
 by the analysis job (:mod:`rayrec.experiments.analysis`).
 
 Writing is off the request path and batched (group commit): a request queues its record and returns;
-one writer appends everything queued in one store call, and whatever queued meanwhile goes in the
-next call. A store outage keeps records queued (up to ``capacity``; beyond it the oldest are
+one writer waits ``linger_s`` for more records (at low traffic a write per request cost a replica
+about as much as the request's own compute: a store call on another thread, and its commit), then
+appends everything queued in one store call, and whatever queued meanwhile goes in the next call. A store outage keeps records queued (up to ``capacity``; beyond it the oldest are
 dropped and counted) and they are written once it is back.
 """
 
@@ -53,9 +54,13 @@ class ImpressionLog:
     """Queue impression records and append them in batches through ``write`` (an async callable
     that appends a list of records, e.g. the store guard's write path)."""
 
-    def __init__(self, write: Writer, *, capacity: int = 20_000, batch: int = 500) -> None:
+    def __init__(self, write: Writer, *, capacity: int = 20_000, batch: int = 500, linger_s: float = 0.05) -> None:
+        if linger_s < 0:
+            raise ValueError(f"linger_s must be ≥ 0, got {linger_s}")
         self._write = write
-        self.capacity, self.batch = capacity, batch
+        self.capacity, self.batch, self.linger_s = capacity, batch, linger_s
+        self._flushing = False
+        self._lingering: asyncio.Future[None] | None = None  # done early by a flush, or a full batch
         self._queue: deque[dict[str, Any]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.written = 0
@@ -74,10 +79,27 @@ class ImpressionLog:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("impression log: %d record(s) dropped, the store has not taken them", self.dropped)
         self._queue.append(dict(rec))
+        if len(self._queue) >= self.batch:
+            self._wake()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
+    def _wake(self) -> None:
+        """End the writer's linger now."""
+        if self._lingering is not None and not self._lingering.done():
+            self._lingering.set_result(None)
+
     async def _drain(self) -> None:
+        if self.linger_s > 0 and len(self._queue) < self.batch and not self._flushing:
+            # the records of the next linger_s go in the same write
+            loop = asyncio.get_running_loop()
+            self._lingering = waiter = loop.create_future()
+            timer = loop.call_later(self.linger_s, self._wake)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._lingering = None
         while self._queue:
             chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
             try:
@@ -95,6 +117,14 @@ class ImpressionLog:
     async def flush(self, timeout_s: float = 10.0) -> bool:
         """Write everything queued; True when the queue is empty afterwards."""
         deadline = time.monotonic() + timeout_s
+        self._flushing = True  # no linger: write now
+        self._wake()
+        try:
+            return await self._flush(deadline)
+        finally:
+            self._flushing = False
+
+    async def _flush(self, deadline: float) -> bool:
         while self._queue and time.monotonic() < deadline:
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._drain())
