@@ -1,6 +1,6 @@
 """The index job: item embeddings → faiss index (+ build-time recall vs exact and latency) → index/LATEST.
 
-    python -m pipelines.index [--artifacts URI] [--model-version latest] [--factory Flat|HNSW32|IVF|LSH]
+    python -m pipelines.index [--artifacts URI] [--model-version latest] [--factory auto|Flat|HNSW32|IVF|LSH]
                               [--search-params efSearch=128] [--embeddings model|svd] [--no-publish]
                               [--evaluate] [--config recall.yaml] [--quota embedding=100 ...]
                               [--ease-validation features|temporal|random]
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the retriever's item embeddings (default) or a PureSVD baseline of the train samples")
     parser.add_argument("--model-version", default="latest", help="retriever version to read embeddings from")
     parser.add_argument("--features-version", default="latest", help="features version (svd, evaluation)")
-    parser.add_argument("--factory", default="Flat", help="faiss factory: Flat (exact), HNSW32, IVF (auto lists), IVF1024,Flat, LSH")
+    parser.add_argument("--factory", default="auto",
+                        help="auto (chosen by measured recall and latency: exact unless HNSW is much faster at recall@100 ≥ 0.95), "
+                             "or a faiss factory: Flat (exact), HNSW32, IVF (auto lists), IVF1024,Flat, LSH")
     parser.add_argument("--search-params", default=None, help="faiss search parameters, e.g. efSearch=128 or nprobe=16")
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build effort (faiss default 40)")
     parser.add_argument("--ease-validation", default="features", choices=["features", *PROTOCOLS],

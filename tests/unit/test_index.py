@@ -205,3 +205,55 @@ def test_neighbours_see_items_added_live(data):
     after, scores = index.neighbours([ids[0]], 5)
     assert twin not in before[0] and set(after[0, :2].tolist()) == {int(ids[0]), twin}
     assert scores[0, 1] == pytest.approx(1.0, abs=1e-5)
+
+
+def _auto(monkeypatch, data, latency_ms: dict[str, float]):
+    """build_index with ``factory="auto"`` over real Flat and HNSW indexes whose measured recall is
+    real and whose p50 latency is the given one per search setting (timings are the machine's, so
+    the rule is checked on fixed ones)."""
+    from rayrec.retrieval import build as build_mod
+    from rayrec.retrieval.embeddings import ItemEmbeddings
+
+    real = build_mod.measure
+
+    def timed(index, queries, k=100, *, latency_queries=200):
+        out = real(index, queries, k, latency_queries=0)
+        out["latency_ms"] = {**out["latency_ms"], "p50": latency_ms[index.search_params or index.factory]}
+        return out
+
+    monkeypatch.setattr(build_mod, "measure", timed)
+    ids, x = data
+    emb = ItemEmbeddings(ids, x, {"model_version": "test"})
+    return build_mod.build_index(emb, build_mod.IndexConfig(recall_queries=300, latency_queries=0))
+
+
+def test_auto_index_keeps_exact_search_unless_a_graph_is_much_faster_at_high_recall(monkeypatch, data):
+    from rayrec.retrieval.build import AUTO_MIN_RECALL
+
+    slow_exact = {"Flat": 0.8, "efSearch=64": 0.1, "efSearch=128": 0.15, "efSearch=256": 0.3, "efSearch=512": 0.5}
+    index = _auto(monkeypatch, data, slow_exact)
+    trials = index.meta["auto"]["trials"]
+    assert index.factory == "HNSW32" and index.meta["recall_at_100"] >= AUTO_MIN_RECALL
+    # the shallowest search depth that reaches the recall floor is chosen, and the ones above it were tried first
+    reached = [t for t in trials[1:] if t["recall_at_100"] >= AUTO_MIN_RECALL]
+    assert index.search_params == reached[0]["search_params"] == trials[-1]["search_params"]
+    assert all(t["recall_at_100"] < AUTO_MIN_RECALL for t in trials[1:-1])
+    assert index.meta["auto"]["chosen"]["factory"] == "HNSW32"
+    # exact search already fast: no graph is built
+    fast_exact = _auto(monkeypatch, data, {**slow_exact, "Flat": 0.2})
+    assert fast_exact.factory == "Flat" and [t["factory"] for t in fast_exact.meta["auto"]["trials"]] == ["Flat"]
+    # a graph that saves time but less than half: exact search stays, with the graph's trials recorded
+    close = _auto(monkeypatch, data, {**slow_exact, "Flat": 0.45, "efSearch=64": 0.3, "efSearch=128": 0.3,
+                                      "efSearch=256": 0.3, "efSearch=512": 0.3})  # fmt: skip
+    assert close.factory == "Flat" and close.meta["recall_at_100"] == 1.0 and len(close.meta["auto"]["trials"]) > 1
+    got, _ = close.search(data[1][:5], 10)
+    want, _ = brute_force(data[1], data[0], data[1][:5], 10)
+    assert (got == want).all(), "the exact index chosen answers exactly"
+
+
+def test_auto_refuses_search_params():
+    from rayrec.retrieval.build import IndexConfig
+
+    with pytest.raises(ValueError, match="auto"):
+        IndexConfig(factory="auto", search_params="efSearch=64")
+    assert IndexConfig(factory="HNSW32", search_params="efSearch=64").search_params == "efSearch=64"

@@ -35,6 +35,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = ["ItemIndex", "resolve_factory", "default_search_params", "normalize", "measure"]
 
@@ -219,6 +220,15 @@ class ItemIndex:
         index.add(x)
         params = default_search_params(concrete) if search_params is None else search_params
         return cls(index, movie_ids, x, factory=concrete, search_params=params)
+
+    def set_search_params(self, search_params: str) -> None:
+        """Change the search-time knobs (e.g. ``"efSearch=256"``) of the built index."""
+        with self._lock.write():
+            if search_params:
+                faiss.ParameterSpace().set_index_parameters(self._index, search_params)
+            self.search_params = search_params
+        with self._kept_lock:  # neighbour lists searched with the old knobs
+            self._kept, self._kept_slots = {}, 0
 
     # -- reads --------------------------------------------------------------------------------
     @property
@@ -445,7 +455,8 @@ def _compact(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, n
 
 def measure(index: ItemIndex, queries: np.ndarray, k: int = 100, *, latency_queries: int = 200) -> dict[str, Any]:
     """Recall@k of ``index`` against exact inner-product search over the same vectors, and its query
-    latency: single-query p50/p99 (ms) over ``latency_queries`` queries and batched QPS (all queries in
+    latency: single-query p50/p99 (ms) over ``latency_queries`` queries on one thread (as a serving
+    replica searches) and batched QPS (all queries in
     one call). Recall per query is |approx ∩ exact| / |exact|, averaged."""
     _, ids_row, vecs = index.snapshot()
     live = ids_row >= 0
@@ -461,10 +472,11 @@ def measure(index: ItemIndex, queries: np.ndarray, k: int = 100, *, latency_quer
     batch_s = time.perf_counter() - t
     hits = [len(np.intersect1d(g[g >= 0], e[e >= 0])) / max(1, int((e >= 0).sum())) for g, e in zip(got, truth)]
     lat = []
-    for row in q[:latency_queries]:
-        t = time.perf_counter()
-        index.search(row[None, :], kk)
-        lat.append((time.perf_counter() - t) * 1000.0)
+    with threadpool_limits(limits=1):  # one BLAS thread, as in a serving replica (faiss: see search)
+        for row in q[:latency_queries]:
+            t = time.perf_counter()
+            index.search(row[None, :], kk)
+            lat.append((time.perf_counter() - t) * 1000.0)
     lat_a = np.asarray(lat) if lat else np.zeros(1)
     return {
         f"recall_at_{k}": float(np.mean(hits)) if hits else float("nan"),
