@@ -44,6 +44,23 @@ def test_rows_are_kept_for_ttl_then_read_again(store) -> None:
     assert fresh[2] is first[1]  # re-read unchanged: still the same dict
 
 
+def test_kept_answers_only_when_every_row_is_kept_and_fresh(store) -> None:
+    rows = ItemRows(ttl_s=60)
+    assert rows.kept([1, 2]) is None  # nothing read yet
+    first = rows.get(store, [1, 2, 3])
+    got = rows.kept([3, 1, 1])
+    assert got is not None and got[0] is first[2] and got[1] is got[2] is first[0] and store.calls == 1
+    assert rows.kept([1, 4]) is None, "one row not kept: the caller goes to the store"
+    rows.get(store, [10, 77])  # 77 is not in the store, so it is never kept
+    assert rows.kept([10, 77]) is None and rows.kept([10]) is not None
+    short = ItemRows(ttl_s=0.2)
+    short.get(store, [5])
+    time.sleep(0.25)
+    assert short.kept([5]) is None, "a row older than the ttl is read again"
+    assert ItemRows(ttl_s=0).kept([]) is None, "no cache: always the store"
+    assert store.calls == 3
+
+
 def test_missing_rows_are_not_kept_and_zero_ttl_reads_through(store) -> None:
     rows = ItemRows(ttl_s=30)
     assert rows.get(store, [10, 77])[1] is None

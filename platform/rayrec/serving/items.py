@@ -74,5 +74,21 @@ class ItemRows:
             out[i] = got[ids[i]]
         return out
 
+    def kept(self, ids: Sequence[int]) -> list[Row] | None:
+        """Rows of ``ids`` when every one is kept and younger than ``ttl_s``: no store call, so the
+        caller need not go to the store's thread; None when any is missing or old (then :meth:`get`)."""
+        if self.ttl_s <= 0:
+            return None
+        oldest = time.monotonic() - self.ttl_s
+        kept = self._rows
+        out: list[Row] = []
+        for m in ids:
+            hit = kept.get(int(m))
+            if hit is None or hit[0] < oldest:
+                return None
+            out.append(hit[1])
+        self.hits += len(out)
+        return out
+
     def __len__(self) -> int:
         return len(self._rows)

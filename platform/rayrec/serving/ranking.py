@@ -56,13 +56,27 @@ class RankStage:
 
     def fetch(self, store: OnlineStore, batch: Sequence[Recalled]) -> list[tuple[list[Any], list[Any]]]:
         """Item rows of every request in ``batch`` (candidates, then recent likes), one store call."""
+        unique = self._wanted(batch)
+        got = dict(zip(unique, self.items.get(store, unique))) if unique else {}
+        return self._per_request(batch, got)
+
+    def fetch_kept(self, batch: Sequence[Recalled]) -> list[tuple[list[Any], list[Any]]] | None:
+        """:meth:`fetch` from the item cache alone, when it holds every row fresh (no store call);
+        else None."""
+        unique = self._wanted(batch)
+        rows = self.items.kept(unique)
+        return None if rows is None else self._per_request(batch, dict(zip(unique, rows)))
+
+    def _wanted(self, batch: Sequence[Recalled]) -> list[int]:
         wanted: list[int] = []
         for r in batch:
             wanted += r.ids.tolist()
             wanted += list(r.liked[:REASON_SEEDS])
-        unique = list(dict.fromkeys(wanted))
         self.items.ttl_s = self.bundle.config.item_cache_s
-        got = dict(zip(unique, self.items.get(store, unique))) if unique else {}
+        return list(dict.fromkeys(wanted))
+
+    @staticmethod
+    def _per_request(batch: Sequence[Recalled], got: dict[int, Any]) -> list[tuple[list[Any], list[Any]]]:
         return [([got[m] for m in r.ids.tolist()], [got[m] for m in r.liked[:REASON_SEEDS]]) for r in batch]
 
     def score(self, batch: Sequence[Recalled], rows: Sequence[list[Any]]) -> tuple[list[np.ndarray] | None, str | None]:

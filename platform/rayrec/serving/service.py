@@ -187,7 +187,11 @@ class RecommenderService:
         """Item rows and ranker scores for several requests: one store call, one forward pass (per
         experiment arm in the batch: each arm ranks with its own model)."""
         t = time.perf_counter()
-        fetched = await self.guard.run(self.core_for(batch[0].arm if batch else None).fetch, self.store, batch)
+        core = self.core_for(batch[0].arm if batch else None)
+        # rows the item cache holds fresh need no store call, so no hop to the store's thread either
+        fetched = core.fetch_kept(batch)
+        if fetched is None:
+            fetched = await self.guard.run(core.fetch, self.store, batch)
         store_ms = (time.perf_counter() - t) * 1e3
         arms = list(dict.fromkeys(r.arm for r in batch))
         if len(arms) == 1:
