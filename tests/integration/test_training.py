@@ -168,6 +168,8 @@ def test_retriever_job_stops_early_and_a_failed_publish_leaves_latest(ray_sessio
     history = result.metrics["valid"]["history"]
     assert [h["epoch"] for h in history] == list(range(tc.patience + 1)), history
     assert history[-1]["stopped"] and not any(h["stopped"] for h in history[:-1])
+    for h in history:  # the input waits are parts of the epoch's time
+        assert 0.0 < h["first_batch_s"] <= h["input_wait_s"] <= h["train_s"], h
     assert result.final is result.select and result.final.epochs_run == tc.patience + 1
     assert result.metrics["valid"]["best_epoch"] == 1  # no later epoch beat the first
     assert uri.latest(root) == result.version != before
@@ -318,3 +320,17 @@ def test_the_optimizer_is_fused_adamw_with_the_models_groups():
         plain.step()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), twin.parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), before))  # every tensor moved
+
+
+def test_waited_times_the_waits_for_an_iterators_items() -> None:
+    from rayrec.training.loop import _Waited
+
+    def slow():
+        for pause in (0.05, 0.01, 0.01):
+            time.sleep(pause)
+            yield pause
+
+    items = _Waited(slow())
+    assert items.first_s is None and items.waited == 0.0
+    assert list(items) == [0.05, 0.01, 0.01]
+    assert items.first_s is not None and 0.05 <= items.first_s < 0.5 and items.waited >= 0.07

@@ -15,7 +15,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -82,6 +82,29 @@ def make_optimizer(model: Any, tc: TrainConfig) -> torch.optim.AdamW:
     groups = model.param_groups(tc.weight_decay)
     devices = {p.device.type for g in groups for p in g["params"]}
     return torch.optim.AdamW(groups, lr=tc.lr, fused=devices <= _FUSED_DEVICES)
+
+
+T = TypeVar("T")
+
+
+class _Waited(Iterator[T]):
+    """An iterator's items, timing the waits for them: ``waited`` in all, ``first_s`` for the first
+    (for an epoch's batches: the shard's reading starting up)."""
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self.waited = 0.0
+        self.first_s: float | None = None
+
+    def __next__(self) -> T:
+        t = time.perf_counter()
+        try:
+            return next(self._items)
+        finally:
+            took = time.perf_counter() - t
+            self.waited += took
+            if self.first_s is None:
+                self.first_s = took
 
 
 def shuffled_batches(
@@ -177,20 +200,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
-        batches = shuffled_batches(
+        batches = _Waited(shuffled_batches(
             shard, tc.batch_size, tc.shuffle_buffer, seed=tc.seed * 100_003 + epoch * 101 + rank,
             drop_last=task.drop_last, device=device,
-        )  # fmt: skip
-        # time spent waiting for the input (the first batch: the shard's reading starting up)
-        waited, first_s = 0.0, 0.0
-        while True:
-            t1 = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - t1
-            if seen == 0:
-                first_s = waited
-            if batch is None:
-                break
+        ))  # fmt: skip
+        for batch in batches:
             amp = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
             with amp:
                 loss = task.loss(model, raw, batch)
@@ -225,8 +239,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "loss": total_loss / max(total_seen, 1.0),
             "samples_per_s": total_seen / max(train_s, 1e-9),
             "train_s": train_s,
-            "input_wait_s": waited,
-            "first_batch_s": first_s,
+            "input_wait_s": batches.waited,
+            "first_batch_s": batches.first_s or 0.0,
             **{f"valid_{k}": v for k, v in metrics.items()},
             "best_epoch": progress["best_epoch"],
             "stopped": progress["stopped"],
