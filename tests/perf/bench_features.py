@@ -10,7 +10,9 @@ the speed a single machine gets without Ray. Both outputs are compared row for r
 in the test suite and would not finish at these sizes.)
 
 Peak memory: the highest summed RSS of this process and all its children (Ray's raylet, GCS and
-workers) sampled every 100 ms; shared pages count once per process, so it is an upper bound.
+workers) sampled every 100 ms; shared pages count once per process, so it is an upper bound. Beside
+it, the highest summed PSS (each shared page divided among the processes that map it: Ray's object
+store is shared memory that every worker reading a block maps), the tree's actual footprint.
 """
 
 from __future__ import annotations
@@ -37,30 +39,37 @@ from rayrec.features.spec import FeatureSpec, SpecPartial
 
 
 class PeakRss:
-    """Highest summed RSS of this process tree, sampled in a thread."""
+    """Highest summed RSS (``peak``) and PSS (``peak_pss``) of this process tree, sampled in a thread."""
 
     def __init__(self, interval: float = 0.1) -> None:
-        self.interval, self.peak = interval, 0
+        self.interval, self.peak, self.peak_pss = interval, 0, 0
+        self.peak_pss_at = 0.0  # seconds after the start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         me = psutil.Process()
-        total = me.memory_info().rss
-        for c in me.children(recursive=True):
+        rss = pss = 0
+        for p in (me, *me.children(recursive=True)):
             try:
-                total += c.memory_info().rss
+                full = p.memory_full_info()
             except psutil.Error:
-                pass
-        return total
+                continue
+            rss += full.rss
+            pss += full.pss
+        return rss, pss
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            rss, pss = self._sample()
+            if pss > self.peak_pss:
+                self.peak_pss, self.peak_pss_at = pss, time.perf_counter() - self._t0
+            self.peak = max(self.peak, rss)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRss:
-        self.peak = self._sample()
+        self._t0 = time.perf_counter()
+        self.peak, self.peak_pss = self._sample()
         self._thread.start()
         return self
 
@@ -104,12 +113,15 @@ def run_one(name: str, data: MovieLens, workdir: str) -> dict:
         for c in ("label", "user_rating_count", "user_rating_mean", "item_rating_count", "item_rating_std")
     ) and all(list(x) == list(y) for x, y in zip(got["user_recent_items"], exp["user_recent_items"]))
     print(f"\n== {name}: {n:,} ratings ==", flush=True)
-    print(f"  ray data  {ray_s:7.1f} s  {n / ray_s:11,.0f} ratings/s  peak RSS (tree) {mem_ray.peak / 2**30:5.2f} GiB")
+    print(f"  ray data  {ray_s:7.1f} s  {n / ray_s:11,.0f} ratings/s  peak RSS (tree) {mem_ray.peak / 2**30:5.2f} GiB"
+          f"  PSS {mem_ray.peak_pss / 2**30:5.2f} GiB (at {mem_ray.peak_pss_at:.0f} s)")
     print("            stages: " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items()))
-    print(f"  pandas    {pd_s:7.1f} s  {n / pd_s:11,.0f} ratings/s  peak RSS (tree) {mem_pd.peak / 2**30:5.2f} GiB")
+    print(f"  pandas    {pd_s:7.1f} s  {n / pd_s:11,.0f} ratings/s  peak RSS (tree) {mem_pd.peak / 2**30:5.2f} GiB"
+          f"  PSS {mem_pd.peak_pss / 2**30:5.2f} GiB")
     print(f"  throughput ratio ray/pandas = {pd_s / ray_s:.2f}   outputs agree: {agree}", flush=True)
     ray.data.DataContext.get_current()  # keep Ray up between datasets
-    return {"name": name, "ratings": n, "ray_s": ray_s, "pandas_s": pd_s, "agree": agree}
+    return {"name": name, "ratings": n, "ray_s": ray_s, "pandas_s": pd_s, "agree": agree,
+            "ray_pss_gib": mem_ray.peak_pss / 2**30, "pandas_pss_gib": mem_pd.peak_pss / 2**30}  # fmt: skip
 
 
 def main() -> int:
@@ -141,7 +153,8 @@ def main() -> int:
     print("\nsummary")
     for r in results:
         print(f"  {r['name']:<22} ray {r['ray_s']:6.1f}s  pandas {r['pandas_s']:6.1f}s  "
-              f"ratio {r['pandas_s'] / r['ray_s']:.2f}  agree {r['agree']}")
+              f"ratio {r['pandas_s'] / r['ray_s']:.2f}  peak PSS ray {r['ray_pss_gib']:.2f} GiB, "
+              f"pandas {r['pandas_pss_gib']:.2f} GiB  agree {r['agree']}")
     return 0 if all(r["agree"] for r in results) else 1
 
 
