@@ -7,8 +7,9 @@ by the analysis job (:mod:`rayrec.experiments.analysis`).
 Writing is off the request path and batched (group commit): a request queues its record and returns;
 one writer waits ``linger_s`` for more records (at low traffic a write per request cost a replica
 about as much as the request's own compute: a store call on another thread, and its commit), then
-appends everything queued in one store call, and whatever queued meanwhile goes in the next call. A store outage keeps records queued (up to ``capacity``; beyond it the oldest are
-dropped and counted) and they are written once it is back.
+appends everything queued in one store call, and whatever queued meanwhile goes in the next call.
+A flush, or a full batch, ends the wait. A store outage keeps records queued (up to ``capacity``;
+beyond it the oldest are dropped and counted) and they are written once it is back.
 """
 
 from __future__ import annotations
