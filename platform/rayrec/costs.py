@@ -30,13 +30,16 @@ def _footprint(p: psutil.Process) -> int:
 
 class TreeMemory:
     """Samples the memory of process ``pid`` (default: this one) and all its descendants every
-    ``interval`` seconds while in use as a context manager; ``peak`` is the largest sum seen (bytes)."""
+    ``interval`` seconds while in use as a context manager; ``peak`` is the largest sum seen (bytes),
+    ``peak_at`` when it was seen (seconds after entering)."""
 
     def __init__(self, pid: int | None = None, interval: float = 0.5) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peak_at = 0.0
         self.samples = 0
+        self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,7 +54,8 @@ class TreeMemory:
                 total += _footprint(p)
             except psutil.Error:  # a process that ended between listing and reading
                 continue
-        self.peak = max(self.peak, total)
+        if total > self.peak:
+            self.peak, self.peak_at = total, time.perf_counter() - self._t0
         self.samples += 1
         return total
 
@@ -60,6 +64,7 @@ class TreeMemory:
             self.sample()
 
     def __enter__(self) -> TreeMemory:
+        self._t0 = time.perf_counter()
         self.sample()
         self._thread = threading.Thread(target=self._run, name="rayrec-tree-memory", daemon=True)
         self._thread.start()

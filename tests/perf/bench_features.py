@@ -11,8 +11,9 @@ in the test suite and would not finish at these sizes.)
 
 Peak memory: the highest summed RSS of this process and all its children (Ray's raylet, GCS and
 workers) sampled every 100 ms; shared pages count once per process, so it is an upper bound. Beside
-it, the highest summed PSS (each shared page divided among the processes that map it: Ray's object
-store is shared memory that every worker reading a block maps), the tree's actual footprint.
+it, the highest summed PSS (:class:`rayrec.costs.TreeMemory`, what the scale run reports: each shared
+page divided among the processes that map it, and Ray's object store is shared memory that every
+worker reading a block maps), the tree's actual footprint.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pandas as pd
 import psutil
 
 from rayrec.config import shared_movielens_dir
+from rayrec.costs import TreeMemory
 from rayrec.data import SyntheticConfig, generate, read_movielens
 from rayrec.data.movielens import MovieLens
 from rayrec.features import FeaturesConfig, run_features
@@ -39,37 +41,30 @@ from rayrec.features.spec import FeatureSpec, SpecPartial
 
 
 class PeakRss:
-    """Highest summed RSS (``peak``) and PSS (``peak_pss``) of this process tree, sampled in a thread."""
+    """Highest summed RSS of this process tree, sampled in a thread."""
 
     def __init__(self, interval: float = 0.1) -> None:
-        self.interval, self.peak, self.peak_pss = interval, 0, 0
-        self.peak_pss_at = 0.0  # seconds after the start
+        self.interval, self.peak = interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> tuple[int, int]:
+    def _sample(self) -> int:
         me = psutil.Process()
-        rss = pss = 0
-        for p in (me, *me.children(recursive=True)):
+        total = me.memory_info().rss
+        for c in me.children(recursive=True):
             try:
-                full = p.memory_full_info()
+                total += c.memory_info().rss
             except psutil.Error:
-                continue
-            rss += full.rss
-            pss += full.pss
-        return rss, pss
+                pass
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, pss = self._sample()
-            if pss > self.peak_pss:
-                self.peak_pss, self.peak_pss_at = pss, time.perf_counter() - self._t0
-            self.peak = max(self.peak, rss)
+            self.peak = max(self.peak, self._sample())
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRss:
-        self._t0 = time.perf_counter()
-        self.peak, self.peak_pss = self._sample()
+        self.peak = self._sample()
         self._thread.start()
         return self
 
@@ -95,12 +90,12 @@ def run_one(name: str, data: MovieLens, workdir: str) -> dict:
     import ray
 
     n = len(data.ratings)
-    with PeakRss() as mem_pd:
+    with PeakRss() as mem_pd, TreeMemory(interval=0.1) as pss_pd:
         t = time.perf_counter()
         os.makedirs(f"{workdir}/pandas", exist_ok=True)
         ref = pandas_features(data, f"{workdir}/pandas")
         pd_s = time.perf_counter() - t
-    with PeakRss() as mem_ray:
+    with PeakRss() as mem_ray, TreeMemory(interval=0.1) as pss_ray:
         t = time.perf_counter()
         res = run_features(data, FeaturesConfig(artifacts=f"{workdir}/ray"))
         ray_s = time.perf_counter() - t
@@ -114,14 +109,14 @@ def run_one(name: str, data: MovieLens, workdir: str) -> dict:
     ) and all(list(x) == list(y) for x, y in zip(got["user_recent_items"], exp["user_recent_items"]))
     print(f"\n== {name}: {n:,} ratings ==", flush=True)
     print(f"  ray data  {ray_s:7.1f} s  {n / ray_s:11,.0f} ratings/s  peak RSS (tree) {mem_ray.peak / 2**30:5.2f} GiB"
-          f"  PSS {mem_ray.peak_pss / 2**30:5.2f} GiB (at {mem_ray.peak_pss_at:.0f} s)")
+          f"  PSS {pss_ray.peak / 2**30:5.2f} GiB (at {pss_ray.peak_at:.0f} s)")
     print("            stages: " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items()))
     print(f"  pandas    {pd_s:7.1f} s  {n / pd_s:11,.0f} ratings/s  peak RSS (tree) {mem_pd.peak / 2**30:5.2f} GiB"
-          f"  PSS {mem_pd.peak_pss / 2**30:5.2f} GiB")
+          f"  PSS {pss_pd.peak / 2**30:5.2f} GiB")
     print(f"  throughput ratio ray/pandas = {pd_s / ray_s:.2f}   outputs agree: {agree}", flush=True)
     ray.data.DataContext.get_current()  # keep Ray up between datasets
     return {"name": name, "ratings": n, "ray_s": ray_s, "pandas_s": pd_s, "agree": agree,
-            "ray_pss_gib": mem_ray.peak_pss / 2**30, "pandas_pss_gib": mem_pd.peak_pss / 2**30}  # fmt: skip
+            "ray_pss_gib": pss_ray.peak / 2**30, "pandas_pss_gib": pss_pd.peak / 2**30}  # fmt: skip
 
 
 def main() -> int:

@@ -44,6 +44,21 @@ def test_tree_memory_counts_the_memory_of_a_grandchild_process():
         proc.wait(10)
 
 
+def test_tree_memory_says_when_the_peak_came() -> None:
+    grows = "import time; time.sleep(0.5); b = b'x' * (300 * 2**20); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", grows])
+    try:
+        with TreeMemory(proc.pid, interval=0.05) as mem:
+            deadline = time.monotonic() + 30
+            while mem.peak < 300 * MIB and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert mem.peak >= 300 * MIB, mem.peak / MIB
+        assert mem.peak_at >= 0.5, "the peak came after the child's half-second sleep"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_costs_table_and_json():
     costs = Costs(interval=0.05)
     with costs.step("data"):

@@ -456,8 +456,8 @@ def _compact(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, n
 def measure(index: ItemIndex, queries: np.ndarray, k: int = 100, *, latency_queries: int = 200) -> dict[str, Any]:
     """Recall@k of ``index`` against exact inner-product search over the same vectors, and its query
     latency: single-query p50/p99 (ms) over ``latency_queries`` queries on one thread (as a serving
-    replica searches) and batched QPS (all queries in
-    one call). Recall per query is |approx ∩ exact| / |exact|, averaged."""
+    replica searches) and batched QPS (all queries in one call). Recall per query is
+    |approx ∩ exact| / |exact|, averaged."""
     _, ids_row, vecs = index.snapshot()
     live = ids_row >= 0
     exact = faiss.IndexFlatIP(index.dim)
