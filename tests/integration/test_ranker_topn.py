@@ -79,12 +79,46 @@ def test_ranker_rows_are_built_chunk_by_chunk(ray_session, artifacts, monkeypatc
     assert not any((u, m) in known for u, m in zip(negs["userId"].tolist(), negs["movieId"].tolist()))
     ds, n = to_dataset_chunks(iter(chunks), fv.spec)
     assert n == ds.count() == sum(len(c) for c in chunks)
+    # integer columns are stored as int32 (the loop widens them), with the values the encoder gives
+    stored = ds.take_batch(ds.count(), batch_format="numpy")
+    encoded = encode_pairs(fv.spec, pd.concat(chunks, ignore_index=True))
+    assert stored.keys() == encoded.keys()
+    for k, v in encoded.items():
+        assert stored[k].dtype == (np.int32 if v.dtype.kind == "i" else v.dtype), k
+        # the rows are stored in another order: the same values, column by column
+        got, want = np.sort(stored[k].reshape(len(v), -1), axis=0), np.sort(v.reshape(len(v), -1), axis=0)
+        assert np.array_equal(got, want, equal_nan=v.dtype.kind == "f"), k
     assert ds.num_blocks() == 8 * len(chunks)
     assert float(ds.sum("interact")) == len(fv.train)
     # rows in a random order within each chunk: every block mixes rated rows and negatives (about 1 in
     # 5 rated), so no training batch is all of one kind
     shares = [float(b["interact"].mean()) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
     assert len(shares) == ds.num_blocks() and all(0.1 < s < 0.35 for s in shares), shares
+
+
+def test_the_topn_test_rows_are_built_and_scored_chunk_by_chunk(artifacts, monkeypatch):
+    """The job's top-N test metric: one chunk scores exactly the one-shot rows; in chunks, the rows
+    are those the training chunks would draw (same seeds), scored the same."""
+    from rayrec.models.ranker import RankerConfig
+    from rayrec.training import jobs
+
+    fv = open_features(artifacts)
+    mc = RankerConfig()
+    sources = jobs.RankerSources.of(fv, mc)
+    model = build_model("ranker", mc, fv.spec)
+    model.eval()
+    labels, scores = jobs._topn_test(model, fv, mc, 5, sources)
+    whole = ranker_rows(fv.test, fv, mc, 5, sources)
+    assert np.array_equal(labels, whole["label"].to_numpy())
+    assert np.allclose(scores, predict_ranker(model, encode_pairs(fv.spec, whole)))
+    monkeypatch.setattr(jobs, "RANKER_CHUNK_ROWS", 300)
+    assert len(fv.test) > 2 * 300
+    labels, scores = jobs._topn_test(model, fv, mc, 5, sources)
+    chunks = list(jobs._ranker_chunks(fv.test, fv, mc, 5, sources))
+    assert len(chunks) == -(-len(fv.test) // 300)
+    assert np.array_equal(labels, np.concatenate([c["label"].to_numpy() for c in chunks]))
+    assert np.allclose(scores, np.concatenate([predict_ranker(model, encode_pairs(fv.spec, c)) for c in chunks]))
+    assert 4.5 * len(fv.test) <= len(labels) <= 5 * len(fv.test)  # each rated row with its ~4 negatives
 
 
 def test_a_ranker_with_the_ease_input_and_candidate_rows_trains_publishes_and_serves(ray_session, artifacts, monkeypatch):

@@ -272,7 +272,8 @@ def test_an_epochs_batches_deal_every_row_once_in_a_seeded_order(ray_session):
     from rayrec.training.loop import shuffled_batches
 
     ids = np.arange(2_500, dtype=np.int64)
-    ds = ray.data.from_pandas(pd.DataFrame({"item_id": ids, "twice": ids * 2}))  # one block: read in order
+    # one block: read in order; "twice" stored as int32, as the training data's integer columns are
+    ds = ray.data.from_pandas(pd.DataFrame({"item_id": ids, "twice": (ids * 2).astype(np.int32)}))
 
     def epoch(seed: int, drop_last: bool) -> list[dict[str, torch.Tensor]]:
         return list(shuffled_batches(ds.iterator(), 100, 1_000, seed=seed, drop_last=drop_last, device=torch.device("cpu")))
@@ -282,6 +283,7 @@ def test_an_epochs_batches_deal_every_row_once_in_a_seeded_order(ray_session):
     assert sorted(ids.tolist()) == list(range(2_500))  # every row once
     assert [len(b["item_id"]) for b in batches] == [100] * 25
     assert all(torch.equal(b["twice"], b["item_id"] * 2) for b in batches)  # columns stay aligned
+    assert all(b["twice"].dtype == torch.int64 for b in batches)  # widened for the models' lookups
     assert not np.array_equal(ids, np.arange(2_500))  # dealt, not in stored order
     # a window is 1,000 rows: rows are mixed within it, never across windows
     assert all(set(ids[w : w + 1_000] // 1_000) == {w // 1_000} for w in range(0, 2_500, 1_000))

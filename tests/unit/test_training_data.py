@@ -134,3 +134,17 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     sched2.load_state_dict(state["scheduler"])
     assert sched2.last_epoch == sched.last_epoch and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert state["epoch"] == 1 and state["progress"] == progress and state["best"] is not None
+
+
+def test_stored_training_columns_are_narrowed_to_int32_and_overflow_is_refused():
+    """The object store keeps integer columns as int32 (floats untouched); a value int32 cannot hold
+    is an error naming the column, never a wrapped code."""
+    from rayrec.training.data import narrowed
+
+    out = narrowed({"codes": np.array([[0, 7], [2**31 - 1, 3]], dtype=np.int64), "dense": np.array([0.5, 1.5], np.float32)})
+    assert out["codes"].dtype == np.int32 and out["codes"].tolist() == [[0, 7], [2**31 - 1, 3]]
+    assert out["dense"].dtype == np.float32
+    with pytest.raises(ValueError, match="'history_end'.*int32"):
+        narrowed({"history_end": np.array([1, 2**31], dtype=np.int64)})
+    with pytest.raises(ValueError, match="'user_id'"):
+        narrowed({"user_id": np.array([-(2**31) - 1], dtype=np.int64)})

@@ -18,7 +18,7 @@ import torch
 from rayrec.features.pointintime import ITEM_FEATURES, N_RECENT_ITEMS, USER_FEATURES
 from rayrec.features.spec import FeatureSpec
 
-__all__ = ["HISTORY", "encode_users", "encode_items", "encode_pairs", "to_tensors", "item_columns", "user_columns"]
+__all__ = ["HISTORY", "encode_users", "encode_items", "encode_pairs", "to_tensors", "wide", "item_columns", "user_columns"]
 
 HISTORY = "history_items"  # optional column: the user's liked movieIds, most recent first
 
@@ -52,6 +52,12 @@ def encode_pairs(spec: FeatureSpec, rows: Rows, history_len: int | None = None) 
         if target in rows:
             out[target] = np.asarray(rows[target], dtype=np.float32)
     return out
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """An integer tensor as int64 (what the models' lookups and offsets take), however narrow it was
+    stored; other tensors as they are."""
+    return t.long() if t.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8) else t
 
 
 def to_tensors(arrays: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -43,6 +43,7 @@ __all__ = [
     "data_range",
     "to_dataset",
     "to_dataset_chunks",
+    "narrowed",
 ]
 
 
@@ -179,6 +180,22 @@ def to_dataset(
     return to_dataset_chunks([rows], spec, history_len, blocks_per_chunk=blocks, seed=seed, carry=carry)[0]
 
 
+_INT32 = np.iinfo(np.int32)
+
+
+def narrowed(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with every integer array as int32 (floats as they are); a value beyond int32's
+    range is a ValueError naming the column."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in arrays.items():
+        if v.dtype.kind in "iu" and v.dtype != np.int32:
+            if v.size and (int(v.min()) < _INT32.min or int(v.max()) > _INT32.max):
+                raise ValueError(f"column {k!r} holds values beyond int32 ({int(v.min())}..{int(v.max())}): cannot store it narrowed")
+            v = v.astype(np.int32)
+        out[k] = v
+    return out
+
+
 def to_dataset_chunks(
     chunks: Iterable[pd.DataFrame],
     spec: FeatureSpec,
@@ -195,8 +212,12 @@ def to_dataset_chunks(
     ``blocks_per_chunk`` blocks, each straight to the object store: only the models' input arrays
     are stored (no Arrow copy of the feature rows, list columns and all, and no pandas copy of them
     in a Ray worker). The blocks are the driver's own objects: a node lost mid-training loses at
-    most copies of them, never their only one. Columns named in ``carry`` go in as they are
-    (int64)."""
+    most copies of them, never their only one. Columns named in ``carry`` go in with the rest.
+
+    Integer columns (vocabulary codes, buckets, ``carry``'s offsets) are stored as int32, which
+    :func:`rayrec.training.loop.shuffled_batches` widens back to int64 a window at a time: every
+    ranker row is 116 bytes instead of 188 in the object store and in a worker's window (38% less
+    at any scale). A value int32 cannot hold is refused, never wrapped."""
     import ray
     from ray.data.extensions import ArrowTensorArray
 
@@ -206,7 +227,7 @@ def to_dataset_chunks(
     for chunk in chunks:
         if len(chunk) == 0 and refs:
             continue
-        arrays = encode_pairs(spec, chunk, history_len) | {c: chunk[c].to_numpy(np.int64) for c in carry}
+        arrays = narrowed(encode_pairs(spec, chunk, history_len) | {c: chunk[c].to_numpy(np.int64) for c in carry})
         # rows in a random order: a chunk comes user by user, and the ranker's rated rows before
         # their sampled negatives; a shuffle buffer alone would feed whole batches of one kind
         order = rng.permutation(len(chunk))

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from torch import nn
 
 from rayrec import registry, tracking, uri
 from rayrec.config import default_artifacts
@@ -53,6 +54,7 @@ from rayrec.training.data import (
     read_table,
     temporal_holdout,
     to_dataset,
+    narrowed,
     to_dataset_chunks,
     users_at,
 )
@@ -260,6 +262,19 @@ def _ranker_chunks(
         yield out
 
 
+def _topn_test(model: nn.Module, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of the test rows with their sampled negatives, built and scored a chunk of
+    RANKER_CHUNK_ROWS rated rows at a time (seeds as :func:`_ranker_chunks` draws them), so only one
+    chunk's feature rows are held at once."""
+    labels: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    for i, start in enumerate(range(0, max(len(fv.test), 1), RANKER_CHUNK_ROWS)):
+        rows = ranker_rows(fv.test.iloc[start : start + RANKER_CHUNK_ROWS], fv, mc, seed if i == 0 else [seed, i], sources)
+        labels.append(rows["label"].to_numpy())
+        scores.append(predict_ranker(model, encode_pairs(fv.spec, rows)))
+    return np.concatenate(labels), np.concatenate(scores)
+
+
 def _ranker_task(
     cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None, sources: RankerSources | None = None
 ) -> tuple[Any, Any]:
@@ -267,7 +282,8 @@ def _ranker_task(
     sources = sources or RankerSources.of(fv, mc)  # one for the training and validation rows
     ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sources), spec, seed=seed)
     vrows = ranker_rows(valid, fv, mc, seed + 1, sources) if valid is not None else None
-    task = RankTask(mc, spec.sizes, rows=n_rows, valid=encode_pairs(spec, vrows) if vrows is not None else None)
+    # the validation rows go to every worker with the task: their integer columns as int32, as the training rows'
+    task = RankTask(mc, spec.sizes, rows=n_rows, valid=narrowed(encode_pairs(spec, vrows)) if vrows is not None else None)
     return task, ds
 
 
@@ -338,7 +354,9 @@ def run_job(cfg: JobConfig) -> JobResult:
         timings["select_s"] = time.perf_counter() - t
         print(f"[{cfg.name}] selected {select.best_epoch + 1} epoch(s): valid {task.metric} "
               f"{select.progress['best_metric']:.4f}", flush=True)  # fmt: skip
-        del task, ds  # the selection's rows leave the object store before the refit's are built
+        # the selection's rows leave the object store, and its split of the samples the driver, before
+        # the refit's are built
+        del task, ds, fit_rows, valid_rows
     tested = None
     if select is None or tc.refit:
         t = time.perf_counter()
@@ -348,8 +366,10 @@ def run_job(cfg: JobConfig) -> JobResult:
             refit_rows = pd.concat([fv.train, fv.test], ignore_index=True)
             tested = select  # the refit model has seen the test rows
         task, ds = make_task(cfg, fv, refit_rows, None)
+        del refit_rows  # encoded into ``ds`` (the driver's copy of train + test is not needed to fit)
         final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir)
         rows_used["refit"] = task.rows
+        del task, ds  # the refit's rows leave the object store before the test rows are built
         timings["refit_s"] = time.perf_counter() - t
     else:
         final = select
@@ -370,8 +390,7 @@ def run_job(cfg: JobConfig) -> JobResult:
             ratings = pd.concat([fv.train, fv.test])[["userId", "movieId"]]
             files[EASE_FILE] = fit_item_weights(ratings, mc.ease_lambda, top_k=mc.ease_top_k).to_bytes()
         if mc.objective == "topn":  # the ranking score: liked test rows against their sampled negatives
-            rows = ranker_rows(fv.test, fv, mc, tc.seed + 2, sources)
-            metrics["test_topn"] = classification_metrics(rows["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, rows)))
+            metrics["test_topn"] = classification_metrics(*_topn_test(model, fv, mc, tc.seed + 2, sources))
     else:
         assert isinstance(model, TwoTower)
         data = retrieval_data(fv.train, fv.test, fv.movies, fv.spec, mc.history_len)

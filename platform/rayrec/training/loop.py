@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from rayrec.models.inputs import wide
 from rayrec.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, state_to_cpu
 from rayrec.training.config import TrainConfig
 
@@ -119,11 +120,14 @@ def shuffled_batches(
     ranker rows more on one CPU thread (1.57 against 0.33 ms; a ranker step is about 6 ms), for the
     same kind of mixing: that buffer also only mixes rows that arrive close together. On a GPU a
     window moves to the device once and is dealt there.
+
+    Integer columns come as int64 whatever width they are stored in (the dataset keeps them as int32:
+    :func:`rayrec.training.data.to_dataset_chunks`), widened once per window, on the device.
     """
     window = max(1, window // batch_size) * batch_size
     generator = torch.Generator().manual_seed(seed)
     for rows in shard.iter_torch_batches(batch_size=window, pin_memory=device.type == "cuda", prefetch_batches=0):
-        rows = {k: v.to(device, non_blocking=True) for k, v in rows.items()}
+        rows = {k: wide(v.to(device, non_blocking=True)) for k, v in rows.items()}
         n = len(next(iter(rows.values())))
         order = torch.randperm(n, generator=generator).to(device)
         end = n - n % batch_size if drop_last else n

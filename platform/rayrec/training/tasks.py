@@ -19,7 +19,7 @@ from torch import nn
 from rayrec.evaluation.classification import classification_metrics
 from rayrec.evaluation.retrieval import RetrievalTask, evaluate
 from rayrec.models import build_model
-from rayrec.models.inputs import HISTORY
+from rayrec.models.inputs import HISTORY, wide
 from rayrec.models.two_tower import TwoTower
 
 __all__ = ["RankTask", "RetrieveTask", "RetrievalData", "predict_ranker", "encode_towers", "retrieval_metrics", "HISTORY_END", "HISTORY_LEN"]
@@ -33,10 +33,11 @@ HISTORY_END, HISTORY_LEN = "history_end", "history_len"
 
 def _chunks(arrays: Arrays, size: int, device: torch.device) -> Any:
     """``arrays`` in row chunks of ``size`` as tensors on ``device``. A read-only array (one Ray's
-    object store hands out) is copied chunk by chunk: torch does not take read-only memory."""
+    object store hands out) is copied chunk by chunk: torch does not take read-only memory. Integer
+    arrays stored narrow (the ranker's validation rows are int32) come as int64."""
     n = len(next(iter(arrays.values())))
     for start in range(0, n, size):
-        yield {k: torch.as_tensor(np.require(v[start : start + size], requirements="W")).to(device) for k, v in arrays.items()}
+        yield {k: wide(torch.as_tensor(np.require(v[start : start + size], requirements="W")).to(device)) for k, v in arrays.items()}
 
 
 @torch.no_grad()
