@@ -50,11 +50,11 @@ from rayrec.training.data import (
     data_range,
     items_at,
     history_index,
+    narrowed,
     open_features,
     read_table,
     temporal_holdout,
     to_dataset,
-    narrowed,
     to_dataset_chunks,
     users_at,
 )
@@ -238,19 +238,27 @@ def candidate_rows(rows: pd.DataFrame, sources: RankerSources, n: int, future: f
     return sources.with_ease(out)
 
 
+def _rated_chunks(
+    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(chunk, its :func:`ranker_rows`) of ``rows`` in chunks of RANKER_CHUNK_ROWS rated rows, built
+    as they are consumed; the first chunk draws from ``seed`` (one chunk: exactly
+    ``ranker_rows(rows, …, seed)``), chunk i > 0 from the stream [seed, i]."""
+    for i, start in enumerate(range(0, max(len(rows), 1), RANKER_CHUNK_ROWS)):
+        chunk = rows.iloc[start : start + RANKER_CHUNK_ROWS]
+        yield chunk, ranker_rows(chunk, fv, mc, seed if i == 0 else [seed, i], sources)
+
+
 def _ranker_chunks(
     rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources | None = None
 ) -> Iterator[pd.DataFrame]:
-    """:func:`ranker_rows` of ``rows`` in chunks of RANKER_CHUNK_ROWS rated rows, built as they are
-    consumed; the first chunk draws from ``seed`` (one chunk: exactly ``ranker_rows(rows, …, seed)``),
-    chunk i > 0 from the stream [seed, i]. With ``candidates``, each chunk also holds the candidate
-    rows (:func:`candidate_rows`) of the users it is the first to hold."""
+    """The training rows of ``rows``, chunk by chunk (:func:`_rated_chunks`). With ``candidates``,
+    each chunk also holds the candidate rows (:func:`candidate_rows`) of the users it is the first
+    to hold."""
     sources = sources or RankerSources.of(fv, mc)
     extra = candidate_rows(rows, sources, mc.candidates, mc.candidate_future) if mc.candidates > 0 else None
     done: set[int] = set()
-    for i, start in enumerate(range(0, max(len(rows), 1), RANKER_CHUNK_ROWS)):
-        chunk = rows.iloc[start : start + RANKER_CHUNK_ROWS]
-        out = ranker_rows(chunk, fv, mc, seed if i == 0 else [seed, i], sources)
+    for chunk, out in _rated_chunks(rows, fv, mc, seed, sources):
         if extra is not None:
             users = set(chunk["userId"].unique().tolist()) - done
             done |= users
@@ -263,13 +271,12 @@ def _ranker_chunks(
 
 
 def _topn_test(model: nn.Module, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, scores) of the test rows with their sampled negatives, built and scored a chunk of
-    RANKER_CHUNK_ROWS rated rows at a time (seeds as :func:`_ranker_chunks` draws them), so only one
-    chunk's feature rows are held at once."""
+    """(labels, scores) of the test rows with their sampled negatives, built and scored a chunk at a
+    time (:func:`_rated_chunks`, the training chunks' seeds), so only one chunk's feature rows are
+    held at once."""
     labels: list[np.ndarray] = []
     scores: list[np.ndarray] = []
-    for i, start in enumerate(range(0, max(len(fv.test), 1), RANKER_CHUNK_ROWS)):
-        rows = ranker_rows(fv.test.iloc[start : start + RANKER_CHUNK_ROWS], fv, mc, seed if i == 0 else [seed, i], sources)
+    for _, rows in _rated_chunks(fv.test, fv, mc, seed, sources):
         labels.append(rows["label"].to_numpy())
         scores.append(predict_ranker(model, encode_pairs(fv.spec, rows)))
     return np.concatenate(labels), np.concatenate(scores)
