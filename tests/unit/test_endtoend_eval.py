@@ -157,17 +157,18 @@ def test_ease_recall_path_ranks_as_dense_ease(n_users):
         want = top_unseen(dense[row : row + 1], x.matrix[row : row + 1] > 0, x.items, 5)[0]
         assert got.movie_ids.tolist() == want.tolist()
         assert not set(got.movie_ids.tolist()) & seen
-    sparse = fit_item_weights(r, lam, top_k=3)  # sparsified: each item keeps its 3 strongest targets
-    assert sparse.targets.shape == (len(x.items), 3)
-    assert (sparse.targets != np.arange(len(x.items))[:, None]).all()  # never an item for itself
+    sparse = fit_item_weights(r, lam, top_k=3)  # sparsified: 3 weights an item on average
+    assert len(sparse.targets) == 3 * len(x.items) and sparse.indptr[-1] == len(sparse.targets)
+    sources, targets, _ = sparse.pairs()
+    assert (sources != targets).all()  # never an item for itself
     # a history's scores are the kept weights summed per target, row by row (an unknown item adds nothing)
     history = np.asarray([*x.items[[0, 3, 7, 11]].tolist(), 10_000], dtype=np.int64)
     want_sum: dict[int, float] = {}
     for m in history[:-1].tolist():
         row = int(np.searchsorted(sparse.items, m))
-        for t, w in zip(sparse.targets[row].tolist(), sparse.weights[row].tolist()):
-            if t >= 0:
-                want_sum[t] = want_sum.get(t, 0.0) + w
+        a, b = int(sparse.indptr[row]), int(sparse.indptr[row + 1])
+        for t, w in zip(sparse.targets[a:b].tolist(), sparse.weights[a:b].tolist()):
+            want_sum[t] = want_sum.get(t, 0.0) + w
     rows, scores = sparse.scores(history)
     assert rows.tolist() == sorted(want_sum)
     np.testing.assert_allclose(scores, [want_sum[t] for t in sorted(want_sum)], rtol=1e-6)
@@ -177,8 +178,9 @@ def test_ease_sums_skip_missing_targets_and_keep_zero_weights():
     from rayrec.retrieval.ease import ItemWeights
 
     # item 10 points to 20 (0.5) and 30 (0.0: reached, sums to 0); 20 to 10 and nothing else (-1); 30 to nothing
-    w = ItemWeights(np.array([10, 20, 30], dtype=np.int64), np.array([[1, 2], [0, -1], [-1, -1]], dtype=np.int32),
-                    np.array([[0.5, 0.0], [0.25, 9.0], [7.0, 7.0]], dtype=np.float32), 1.0)  # fmt: skip
+    w = ItemWeights.from_rows(np.array([10, 20, 30], dtype=np.int64), np.array([[1, 2], [0, -1], [-1, -1]], dtype=np.int32),
+                              np.array([[0.5, 0.0], [0.25, 9.0], [7.0, 7.0]], dtype=np.float32), 1.0)  # fmt: skip
+    assert w.indptr.tolist() == [0, 2, 3, 3] and w.targets.tolist() == [1, 2, 0]
     rows, scores = w.scores(np.array([10, 20, 30, 99], dtype=np.int64))
     assert rows.tolist() == [0, 1, 2] and scores.tolist() == [0.25, 0.5, 0.0], "a -1 target adds nothing, a 0 weight still reaches"
     rows, scores = w.scores(np.array([30], dtype=np.int64))
@@ -193,7 +195,50 @@ def test_ease_weights_round_trip(tmp_path):
     w.save(str(tmp_path / "ease.npz"))
     back = ItemWeights.load(str(tmp_path / "ease.npz"))
     assert back.lam == 10.0 and np.array_equal(back.items, w.items) and np.array_equal(back.targets, w.targets)
+    np.testing.assert_array_equal(back.indptr, w.indptr)
     np.testing.assert_array_equal(back.weights, w.weights)
+    # a file of padded rows (-1: no target), as earlier versions wrote them, loads as the same weights
+    sources, targets, values = w.pairs()
+    width = int(np.diff(w.indptr).max())
+    padded_t = np.full((len(w.items), width), -1, dtype=np.int32)
+    padded_w = np.zeros((len(w.items), width), dtype=np.float32)
+    at = np.arange(len(targets)) - w.indptr[sources]
+    padded_t[sources, at], padded_w[sources, at] = targets, values
+    np.savez_compressed(tmp_path / "old.npz", items=w.items, targets=padded_t, weights=padded_w, lam=np.float64(10.0))
+    old = ItemWeights.load(str(tmp_path / "old.npz"))
+    assert np.array_equal(old.indptr, w.indptr) and np.array_equal(old.targets, w.targets)
+    np.testing.assert_array_equal(old.weights, w.weights)
+
+
+@pytest.mark.parametrize("top_k", [2, 5])
+def test_ease_weights_kept_are_the_strongest_over_all_items_capped_per_item(top_k):
+    """The kept weights are the exact model's, the top_k × items strongest by absolute value over
+    every item, except that no item keeps more than 4 × top_k: a weight is dropped only for being weaker
+    than every kept one, or for coming from an item that already keeps its 4 × top_k strongest."""
+    from rayrec.retrieval.ease import fit_item_weights
+
+    r = _ratings(n_users=25, n_items=40, seed=7)
+    x = Interactions.of(r)
+    lam = 5.0
+    n = len(x.items)
+    dense = ease_scores(x, lam)(np.eye(n, dtype=np.float32))  # row i: B[i, :] (the diagonal aside)
+    np.fill_diagonal(dense, 0.0)
+    w = fit_item_weights(r, lam, top_k=top_k)
+    sources, targets, values = w.pairs()
+    assert len(values) == top_k * n
+    np.testing.assert_allclose(values, dense[sources, targets], rtol=1e-4, atol=1e-6)
+    per_item = np.diff(w.indptr)
+    assert per_item.max() <= 4 * top_k and per_item.min() < top_k < per_item.max()  # ragged, not top_k each
+    kept = np.zeros((n, n), dtype=bool)
+    kept[sources, targets] = True
+    weakest = np.abs(values).min()
+    off = ~np.eye(n, dtype=bool)
+    dropped = off & ~kept
+    full = per_item == 4 * top_k
+    assert (np.abs(dense[dropped & ~full[:, None]]) <= weakest + 1e-6).all()
+    for i in np.flatnonzero(full):  # a capped item keeps its own strongest
+        assert np.abs(dense[i, dropped[i]]).max() <= np.abs(dense[i, kept[i]]).min() + 1e-6
+    assert all((np.diff(targets[a:b]) > 0).all() for a, b in zip(w.indptr[:-1], w.indptr[1:]))  # targets ascending
 
 
 def test_ease_path_lambda_is_tuned_on_the_named_protocols_split(tmp_path):

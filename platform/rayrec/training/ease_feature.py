@@ -56,10 +56,8 @@ class EaseFeature:
             rest = ratings[user_fold != f]
             w = fit_item_weights(rest[["userId", "movieId"]], lam, top_k=top_k, max_items=max_items)
             src = np.searchsorted(self.items, w.items)  # the fold's items in the global order
-            ok = w.targets >= 0
-            rows = np.repeat(src, w.targets.shape[1])[ok.reshape(-1)]
-            cols = src[w.targets[ok]]
-            self.weights.append(sparse.csr_matrix((w.weights[ok], (rows, cols)), shape=(n, n), dtype=np.float32))
+            sources, targets, values = w.pairs()
+            self.weights.append(sparse.csr_matrix((values, (src[sources], src[targets])), shape=(n, n), dtype=np.float32))
         # every user's ratings by time: user i's are [start[i], start[i + 1])
         order = np.lexsort((ts, users))
         self.hist_items = np.searchsorted(self.items, movies[order])
