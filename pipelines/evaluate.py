@@ -11,8 +11,11 @@ two: the store is an SQLite file under the scratch artifacts, and the index job 
 on a split by the evaluated protocol (``--ease-validation``), as the EASE baseline's λ is tuned.
 
 ``--tune`` first chooses the ease path's vote in the recall fusion and ``rank_weight`` on a validation
-split of the known part (shadow models trained on its known part, under ``<out>/<protocol>/tune``),
-then serves the test users with them (:func:`rayrec.evaluation.endtoend.tune_serving`).
+split of the known part (shadow models trained on its known part, under ``<out>/<protocol>/tune``), and
+fits a blend of the candidates' features (:mod:`rayrec.serving.blend`) on each vote's validation lists,
+kept when it beats the grid out of fold; then serves the test users with what it chose
+(:func:`rayrec.evaluation.endtoend.tune_serving`). The settings are in ``evaluation.json`` under
+``results[].info.serving_config``: its ``blend`` goes into a serving config as it is.
 """
 
 from __future__ import annotations

@@ -74,9 +74,23 @@ def test_serving_settings_are_tuned_on_a_validation_split_inside_the_known_part(
     # every vote × rank_weight pair scored, and the served settings are the best of them
     assert {(g["ease_vote"], g["rank_weight"]) for g in grid} == {(v, w) for v in (1, 4, 16, 64) for w in (0, 0.25, 0.5, 0.75, 1)}
     best = max(grid, key=lambda g: g["ndcg"])
-    assert tuning["chosen"] == {"ease_vote": best["ease_vote"], "rank_weight": best["rank_weight"]}
+    blend = tuning["blend"]
     served = result["info"]["serving_config"]
-    assert served["rank_weight"] == best["rank_weight"] and served["recall"]["weights"]["ease"] == best["ease_vote"]
+    assert tuning["chosen"] == {"ease_vote": served["recall"]["weights"]["ease"], "rank_weight": served["rank_weight"], "blend": blend["chosen"]}
+    # a blend was fit on every vote's validation lists; the best, scored out of fold, is served (with its
+    # vote) only when it beats the grid's best
+    assert blend["grid_best_ndcg@10"] == best["ndcg"]
+    fits = {b["ease_vote"]: b for b in blend["by_vote"]}
+    assert set(fits) == {1, 4, 16, 64} and all(0 < b["taken"] < b["rows"] for b in fits.values())
+    assert all(set(b["coefficients"]) >= {"bias", "position", "ranker", "ease", "path:ease"} for b in fits.values())
+    top = max(fits.values(), key=lambda b: b["valid_ndcg@10_out_of_fold"])
+    assert blend["chosen"] == (top["valid_ndcg@10_out_of_fold"] > best["ndcg"])
+    if blend["chosen"]:
+        assert served["blend"] == top["coefficients"] and served["recall"]["weights"]["ease"] == top["ease_vote"]
+    else:
+        assert served["blend"] == {}
+        assert served["rank_weight"] == best["rank_weight"] and served["recall"]["weights"]["ease"] == best["ease_vote"]
+    assert "blend " in (evaluated / "evaluation.md").read_text()
     assert tuning["ease_vote_searched"] and tuning["degraded"] == 0
     # the vote changes the validation lists (not only rank_weight does)
     assert any(len({round(g["ndcg"], 6) for g in grid if g["rank_weight"] == w}) > 1 for w in (0, 0.25))

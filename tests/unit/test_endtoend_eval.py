@@ -188,6 +188,26 @@ def test_ease_sums_skip_missing_targets_and_keep_zero_weights():
     assert w.score_of(np.array([10, 20]), np.array([30, 10, 20, 99])).tolist() == [0.0, 0.25, 0.5, 0.0]
 
 
+def test_ease_sums_of_a_recent_history_are_reused_and_pickling_leaves_them_behind():
+    import pickle
+
+    from rayrec.retrieval.ease import RECENT_SUMS, fit_item_weights
+
+    w = fit_item_weights(_ratings(), 10.0, top_k=4)
+    a, b = w.items[[0, 3, 7]], w.items[[1, 2]]
+    first = w.score_of(a, w.items)
+    assert w.score_of(a, w.items).tolist() == first.tolist() and len(w._recent) == 1  # the same history: one sum
+    other = w.score_of(b, w.items)
+    assert other.tolist() != first.tolist() and len(w._recent) == 2
+    for i in range(RECENT_SUMS + 2):  # the oldest sums make room
+        w.scores(w.items[[i]])
+    assert len(w._recent) == RECENT_SUMS and a.tobytes() not in w._recent
+    assert w.score_of(a, w.items).tolist() == first.tolist()  # summed again, the same
+    back = pickle.loads(pickle.dumps(w))
+    assert back._recent == {} and back.score_of(b, w.items).tolist() == other.tolist()
+    np.testing.assert_array_equal(back.targets, w.targets)
+
+
 def test_ease_weights_round_trip(tmp_path):
     from rayrec.retrieval.ease import ItemWeights, fit_item_weights
 

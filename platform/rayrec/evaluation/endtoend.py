@@ -60,6 +60,9 @@ class EndToEndConfig:
     serving: dict[str, Any] = field(default_factory=dict)  # ServingConfig settings over the defaults
     tune: bool = False  # choose the ease vote and rank_weight on a validation split first (tune_serving)
     tune_ease_votes: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0)
+    # also fit a blend (rayrec.serving.blend) on each vote's validation lists, kept when the best of them,
+    # scored out of fold, beats the grid's best there
+    tune_blend: bool = True
 
 
 @dataclass
@@ -196,7 +199,7 @@ def _baselines(split: Split, rel: Relevance, k: int, neighbours: int) -> tuple[d
     return out, tuning
 
 
-TUNED = ("rank_weight", "recall.weights.ease")  # the settings tune_serving chooses
+TUNED = ("rank_weight", "recall.weights.ease", "blend")  # the settings tune_serving chooses
 # serving settings of every evaluation run: a store deadline no busy machine misses (the evaluation scores
 # the lists, not the store's latency; a degraded answer is counted)
 _EVAL_STORE = {"store_timeout_s": 10.0, "store_cooldown_s": 0.0}
@@ -239,7 +242,9 @@ def tune_serving(
     validation split of ``known`` by ``protocol``: the offline jobs run on its known part into
     ``workdir`` (``offline`` None: reuse what a previous run left there), every validation user (the
     first ``cfg.max_users``) is served once per vote and reranked once per weight. The vote is searched
-    only where it can matter (the ease path recalls and the paths are fused by reciprocal rank).
+    only where it can matter (the ease path recalls and the paths are fused by reciprocal rank). With
+    ``cfg.tune_blend``, a blend (:mod:`rayrec.serving.blend`) is also fit on each vote's lists and scored
+    out of fold (:func:`_tune_blend`); the best one is served, with its vote, when it beats the grid's best.
     Returns the settings and the grid's scores. ``cfg.serving`` must not set what is tuned."""
     from rayrec.serving.bundle import ServingConfig
     from rayrec.serving.service import RecommenderService
@@ -279,6 +284,7 @@ def tune_serving(
             out.append((recalled, await service.rank_local(recalled)))
         return out
 
+    blends: dict[float, dict[str, Any]] = {}  # vote → its blend, fit and scored out of fold
     for vote in votes:
         service = RecommenderService.create(artifacts, store_of(artifacts), ServingConfig.model_validate(_with_vote(base, vote, 0.0)))
         try:
@@ -290,19 +296,69 @@ def tune_serving(
             for w in cfg.rank_weight_grid:
                 lists = _reranked(service.core, requests, served.model_copy(update={"rank_weight": w}))
                 grid[(vote, w)] = list_metrics(pack_lists(lists, k), rel, ks=(k,), catalog_size=len(data.movies))[f"ndcg@{k}"]
+            if cfg.tune_blend:
+                blends[vote] = _tune_blend(service.core, requests, rel, k, len(data.movies))
         finally:
             service.close()
         if not searched:
             break
     vote, weight = max(grid, key=lambda key: grid[key])
+    best = grid[(vote, weight)]
+    scored = {v: b[f"valid_ndcg@{k}_out_of_fold"] for v, b in blends.items() if b.get("coefficients")}
+    blended = bool(scored) and max(scored.values()) > best
+    if blended:  # the vote whose blend scored best, with that vote's best rank_weight (the blend does not use it)
+        vote = max(scored, key=lambda v: scored[v])
+        weight = max((w for v, w in grid if v == vote), key=lambda w: grid[(vote, w)])
+    chosen = _with_vote(cfg.serving, vote, weight)
+    if blended:
+        chosen = {**chosen, "blend": blends[vote]["coefficients"]}
+    blend_info = {"chosen": blended, f"grid_best_ndcg@{k}": best, "by_vote": [{"ease_vote": v, **b} for v, b in blends.items()]} if cfg.tune_blend else None
     info = {
         "protocol": protocol, "users": rel.n_users, "known_ratings": len(inner.known), "degraded": degraded,
-        "chosen": {"ease_vote": vote, "rank_weight": weight}, "ease_vote_searched": searched,
+        "chosen": {"ease_vote": vote, "rank_weight": weight, "blend": blended},
+        "ease_vote_searched": searched,
         f"valid_ndcg@{k}": [{"ease_vote": v, "rank_weight": w, "ndcg": n} for (v, w), n in grid.items()],
-        "wall_s": round(time.perf_counter() - t, 1),
+        "blend": blend_info, "wall_s": round(time.perf_counter() - t, 1),
     }  # fmt: skip
-    log.info("tuned serving on %d validation users: ease vote %g, rank_weight %g (NDCG@%d %.4f)", rel.n_users, vote, weight, k, grid[(vote, weight)])
-    return _with_vote(cfg.serving, vote, weight), info
+    log.info("tuned serving on %d validation users: ease vote %g, rank_weight %g (grid's best NDCG@%d %.4f), blend %s", rel.n_users, vote,
+             weight, k, best, f"chosen ({scored[vote]:.4f} out of fold)" if blended else "not chosen")  # fmt: skip
+    return chosen, info
+
+
+def _tune_blend(core: Any, requests: Sequence[tuple[Any, Any]], rel: Relevance, k: int, catalog_size: int) -> dict[str, Any]:
+    """A blend (:mod:`rayrec.serving.blend`) fit on the candidates of validation ``requests`` (labels:
+    the user's relevant items) and the NDCG@k of its reranked lists out of fold: the users in two halves,
+    each half's lists reranked under the coefficients fit on the other half (the lists a blend fit on
+    these very users would serve flatter them). The coefficients returned are fit on every user."""
+    from rayrec.serving.blend import FEATURES, candidate_features, fit_blend
+
+    relevant: dict[int, set[int]] = {}
+    for u, m in zip(rel.pairs_user.tolist(), rel.pairs_item.tolist()):
+        relevant.setdefault(int(u), set()).add(int(m))
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    fold: list[int] = []
+    for i, (r, rk) in enumerate(requests):  # request i is validation user i
+        if rk.scores is None or r.cold_start:  # answered in recall order: no blend applies
+            continue
+        popularity = np.asarray([(row or {}).get("item_rating_count") or 0 for row in rk.rows], dtype=np.float64)
+        xs.append(candidate_features(core.bundle, r, rk.scores, popularity))
+        ys.append(np.fromiter((int(m) in relevant.get(i, ()) for m in r.ids.tolist()), dtype=np.float64, count=len(r.ids)))
+        fold += [i % 2] * len(r.ids)
+    x, y, folds = (np.vstack(xs), np.concatenate(ys), np.asarray(fold)) if xs else (np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, int))
+    if not len(y) or y.min() == y.max() or any(y[folds == f].min() == y[folds == f].max() for f in (0, 1) if (folds == f).any()):
+        return {"why": "too few taken and untaken candidates to fit", "coefficients": None}
+    served = core.bundle.config
+    lists: list[list[int]] = [[] for _ in requests]
+    for f in (0, 1):
+        coefficients = fit_blend(x[folds != f], y[folds != f])
+        members = [i for i in range(len(requests)) if i % 2 == f]
+        got = _reranked(core, [requests[i] for i in members], served.model_copy(update={"blend": coefficients}))
+        for i, items in zip(members, got):
+            lists[i] = items
+    oof = list_metrics(pack_lists(lists, k), rel, ks=(k,), catalog_size=catalog_size)[f"ndcg@{k}"]
+    coefficients = fit_blend(x, y)
+    return {f"valid_ndcg@{k}_out_of_fold": oof, "coefficients": coefficients, "rows": int(len(y)), "taken": int(y.sum())}
 
 
 def run_end_to_end(

@@ -57,6 +57,16 @@ def markdown(result: Any) -> str:
         c = tuned["chosen"]
         lines.append(f"\nserved with the ease vote {c['ease_vote']:g} and rank_weight {c['rank_weight']:g}, chosen on a "
                      f"`{tuned['protocol']}` validation split of the known part ({tuned['users']} users, shadow models)")  # fmt: skip
+        blend = tuned.get("blend")
+        if blend:
+            k = next(key for key in blend if key.startswith("grid_best_ndcg@")).rsplit("@", 1)[1]
+            fits = [b for b in blend["by_vote"] if b.get("coefficients")]
+            scores = ", ".join(f"vote {b['ease_vote']:g} {b[f'valid_ndcg@{k}_out_of_fold']:.4f}" for b in fits) or "none fit"
+            lines.append(f"\nblend {'**chosen**' if blend['chosen'] else 'not chosen'}: validation NDCG@{k} out of fold {scores}, "
+                         f"against the grid's best {blend[f'grid_best_ndcg@{k}']:.4f}")  # fmt: skip
+            if blend["chosen"]:
+                used = next(b for b in fits if b["ease_vote"] == c["ease_vote"])["coefficients"]
+                lines.append("\nblend coefficients: " + ", ".join(f"{key} {v:.3g}" for key, v in used.items() if v))
     ease = result.info.get("ease", {}).get("chosen")
     if ease:
         lines.append(f"\nEASE input `{ease['input']}`, λ {ease['lambda']:g} (tuned on a validation split of the known part)")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayrec import uri
 from rayrec.experiments.config import Experiment, Variant, check_disjoint
@@ -61,6 +61,12 @@ class ServingConfig(BaseModel):
         description="final order = rank_weight × ranker percentile + (1 − rank_weight) × recall percentile; "
         "cold-start users keep the cold-start order",
     )
+    blend: dict[str, float] = Field(
+        default_factory=dict,
+        description="coefficients of a logistic model over each candidate's features (rayrec.serving.blend.FEATURES) "
+        "whose probability replaces the rank_weight mix as the order rerank starts from; empty: off. "
+        "pipelines.evaluate --tune fits them on a validation split",
+    )
     fresh_weight: float = Field(
         default=0.5, ge=0.0, le=1.0,
         description="weight of the candidates' affinity to the likes posted since the batch data (0: off)",
@@ -86,6 +92,13 @@ class ServingConfig(BaseModel):
     experiments: list[Experiment] = Field(
         default_factory=list, description="A/B tests and interleaving experiments (rayrec.experiments.config)"
     )
+
+    @field_validator("blend")
+    @classmethod
+    def _check_blend(cls, v: dict[str, float]) -> dict[str, float]:
+        from rayrec.serving.blend import check_blend
+
+        return check_blend(v)
 
     @model_validator(mode="after")
     def _check_experiments(self) -> ServingConfig:

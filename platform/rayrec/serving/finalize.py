@@ -56,7 +56,7 @@ class RerankStage:
         cat_rows = b.catalog.rows(r.ids)  # -1: added live, after the catalog was built
         genre_matrix = self._genre_matrix(cat_rows, genres)
         if ranked.scores is not None and not r.cold_start:
-            scores, cfg = fuse(b, r, ranked.scores, cat_rows < 0, genre_matrix, vecs), b.rerank
+            scores, cfg = fuse(b, r, ranked.scores, cat_rows < 0, genre_matrix, vecs, popularity), b.rerank
         else:  # the recall order (cold start: the segment order), under the same filters and business rules
             scores = np.linspace(1.0, 0.0, n, dtype=np.float64) if n else np.zeros(0)
             cfg = b.rerank.model_copy(update=_RECALL_ORDER)

@@ -118,9 +118,11 @@ def fuse(
     live: np.ndarray,
     genre_matrix: np.ndarray,
     vecs: tuple[np.ndarray, np.ndarray] | None,
+    popularity: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The order rerank starts from: the ranker's scores, mixed as percentiles among the
-    candidates (so scales do not matter) with
+    """The order rerank starts from: with a ``blend`` (:mod:`rayrec.serving.blend`), its probabilities
+    scaled to [0, 1] (``popularity``: the candidates' rating counts, one of its features); otherwise the
+    ranker's scores, mixed as percentiles among the candidates (so scales do not matter) with
 
     - the recall order, with weight ``1 − rank_weight``;
     - the recall order alone for items added live (not in the catalog): the ranker has no
@@ -131,10 +133,17 @@ def fuse(
     cfg = bundle.config
     n = len(r.ids)
     fresh = bool(r.fresh) and cfg.fresh_weight > 0
-    if cfg.rank_weight >= 1.0 and not fresh and not live.any():
+    if cfg.rank_weight >= 1.0 and not fresh and not live.any() and not cfg.blend:
         return np.asarray(rank_scores, dtype=np.float64)
     recall_order = np.linspace(1.0, 0.0, n)
-    base = cfg.rank_weight * percentile(rank_scores) + (1.0 - cfg.rank_weight) * recall_order
+    if cfg.blend:
+        from rayrec.serving.blend import blend_scores
+
+        p = blend_scores(bundle, r, rank_scores, popularity if popularity is not None else np.zeros(n), cfg.blend)
+        span = float(p.max() - p.min()) if n else 0.0
+        base = (p - p.min()) / span if span > 0 else recall_order.copy()
+    else:
+        base = cfg.rank_weight * percentile(rank_scores) + (1.0 - cfg.rank_weight) * recall_order
     base[live] = recall_order[live]
     affinity = fresh_affinity(bundle, r.fresh[: cfg.fresh_seeds], genre_matrix, vecs) if fresh else None
     if affinity is None:
