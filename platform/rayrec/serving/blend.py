@@ -74,7 +74,7 @@ def candidate_features(
         if name == "bias":
             out[:, j] = 1.0
         elif name == "position":
-            out[:, j] = np.linspace(1.0, 0.0, n) if n > 1 else 1.0
+            out[:, j] = np.linspace(1.0, 0.0, n)  # (one candidate: 1)
         elif name.startswith("path:"):
             path = name[5:]
             out[:, j] = [path in found for found in r.paths[:n]] if r.paths else 0.0
