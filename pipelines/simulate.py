@@ -131,28 +131,33 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
             t = time.perf_counter()
             ids_a, ids_b = await collect_lists(svc, (f"sim-{name}/a", f"sim-{name}/b"), pool, k=args.k)
             served_s = time.perf_counter() - t
-            # the interleavings of both forms, drawn once for every click model and number of sessions
-            drawn = {neutral: interleavings(ids_a, ids_b, args.draws, neutral=neutral) for neutral in (True, False)}
+            # the interleavings of every form, drawn once for every click model and number of sessions
+            drawn = {form: interleavings(ids_a, ids_b, args.draws, neutral=form != "classic", method="optimized" if form == "optimized" else "team_draft")
+                     for form in ("team_draft", "classic", "optimized")}  # fmt: skip
             for click, sessions in ((c, s) for c in models for s in (args.sessions or [1, 5])):
-                lists = served_lists(pool, ids_a, ids_b, truth, click, inter=drawn[True])
-                classic = served_lists(pool, ids_a, ids_b, truth, click, inter=drawn[False])
+                lists = served_lists(pool, ids_a, ids_b, truth, click, inter=drawn["team_draft"])
+                classic = served_lists(pool, ids_a, ids_b, truth, click, inter=drawn["classic"])
+                opt = served_lists(pool, ids_a, ids_b, truth, click, inter=drawn["optimized"])
                 qa, qb = true_quality(lists.p_a), true_quality(lists.p_b)
                 n_ab, tried_ab = users_needed(partial(_power, power_ab, lists, args.trials, args.seed, sessions))
                 n_il, tried_il = users_needed(partial(_power, power_interleaving, lists, args.trials, args.seed, sessions))
                 n_cl, tried_cl = users_needed(partial(_power, power_interleaving, classic, args.trials, args.seed, sessions))
+                n_oi, tried_oi = users_needed(partial(_power, partial(power_interleaving, test="mean"), opt, args.trials, args.seed, sessions))
                 rows.append({
                     "pair": name, "engagement": click.engagement, "sessions": sessions, "overrides_b": pairs[name], "quality_a": qa,
                     "quality_b": qb, "gap_relative": (qb - qa) / qa if qa else None,
                     "overlap_at_k": lists.meta["overlap_at_k"], "neutral_share": lists.meta["neutral_share"],
                     "users_ab": n_ab, "users_interleaving": n_il, "ratio": (n_ab / n_il) if n_ab and n_il else None,
                     "users_interleaving_classic": n_cl, "ratio_classic": (n_ab / n_cl) if n_ab and n_cl else None,
+                    "users_optimized": n_oi, "ratio_optimized": (n_ab / n_oi) if n_ab and n_oi else None,
                     "power_ab": {str(k): v for k, v in sorted(tried_ab.items())},
                     "power_interleaving": {str(k): v for k, v in sorted(tried_il.items())},
                     "power_interleaving_classic": {str(k): v for k, v in sorted(tried_cl.items())},
+                    "power_optimized": {str(k): v for k, v in sorted(tried_oi.items())},
                     "lists_served_s": round(served_s, 1),
                 })  # fmt: skip
                 print(f"{name} (engagement {click.engagement:g}, {sessions} session(s)): true clicks/list a {qa:.4f} b {qb:.4f}; "
-                      f"users needed A/B {n_ab}, interleaving {n_il} (classic team draft {n_cl})", flush=True)  # fmt: skip
+                      f"users needed A/B {n_ab}, interleaving {n_il} (classic team draft {n_cl}, optimized {n_oi})", flush=True)  # fmt: skip
     finally:
         svc.close()
     online = None
@@ -196,13 +201,14 @@ def _power(fn: Any, lists: Any, trials: int, seed: int, sessions: int, n: int) -
 
 
 def _table(result: dict[str, Any]) -> str:
-    lines = ["| pair (b vs defaults) | engagement | sessions | true clicks/list a | b | gap | users A/B | users interleaving "
-             "| ratio | classic team draft | ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| pair (b vs defaults) | engagement | sessions | true clicks/list a | b | gap | users A/B | team draft "
+             "| ratio | optimized | ratio | classic team draft | ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["pairs"]:
         gap = f"{r['gap_relative']:+.1%}" if r["gap_relative"] is not None else "-"
-        ratio, ratio_cl = (f"{r[key]:.1f}×" if r.get(key) else "-" for key in ("ratio", "ratio_classic"))
+        ratio, ratio_oi, ratio_cl = (f"{r[key]:.1f}×" if r.get(key) else "-" for key in ("ratio", "ratio_optimized", "ratio_classic"))
         lines.append(f"| {r['pair']} | {r['engagement']:g} | {r['sessions']} | {r['quality_a']:.4f} | {r['quality_b']:.4f} | {gap} | {r['users_ab'] or '> 2M'} | "
-                     f"{r['users_interleaving'] or '> 2M'} | {ratio} | {r.get('users_interleaving_classic') or '> 2M'} | {ratio_cl} |")  # fmt: skip
+                     f"{r['users_interleaving'] or '> 2M'} | {ratio} | {r.get('users_optimized') or '> 2M'} | {ratio_oi} | "
+                     f"{r.get('users_interleaving_classic') or '> 2M'} | {ratio_cl} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -192,6 +192,70 @@ async def _get_reports(svc: RecommenderService) -> tuple[httpx.Response, httpx.R
         return await c.get("/report/experiments/il1"), await c.get("/report/experiments/nope")
 
 
+def test_optimized_interleaving_is_served_logged_and_read_by_its_mean_credit(scratch) -> None:
+    """An optimized interleaving experiment through the HTTP app: every list keeps the prefix
+    constraint against both arms' own lists, each item carries its credit (rank in b − rank in a)
+    and the team it favours, and the analysis reads the clicks posted with the request ids by the
+    users' mean credit."""
+    arts, store_url, _ = scratch
+    cfg = ServingConfig.model_validate({"experiments": [
+        {"name": "oi1", "mode": "interleave", "interleaving": "optimized", "variants": [
+            {"name": "a"}, {"name": "b", "overrides": {"rank_weight": 1.0, "rerank": {"diversity": 0.0}}}]},
+    ]})  # fmt: skip
+    svc = RecommenderService(arts, open_store(store_url), load_bundle(arts, cfg))
+    try:
+        answers, own, clicked = asyncio.run(_optimized_traffic(svc))
+    finally:
+        svc.close()
+    contested = 0
+    for rec in answers:
+        assert rec["experiment"] == "oi1" and rec["variant"] == "interleaved" and len(rec["items"]) == 10
+        a_list, b_list = own[rec["user_id"]]
+        ids = [it["movie_id"] for it in rec["items"]]
+        for n in range(1, len(ids) + 1):
+            assert any(set(ids[:n]) == set(a_list[:i]) | set(b_list[:j]) for i in range(11) for j in range(11)), (ids, a_list, b_list)
+        for it in rec["items"]:
+            m = it["movie_id"]
+            want = (b_list.index(m) + 1 if m in b_list else len(b_list) + 1) - (a_list.index(m) + 1 if m in a_list else len(a_list) + 1)
+            assert it["credit"] == want
+            assert it["team"] == ("a" if want > 0 else "b" if want < 0 else None)
+        contested += any(it["credit"] for it in rec["items"])
+    assert contested > len(answers) // 2, "the arms disagree for most users"
+    store = open_store(store_url)
+    try:
+        got = analyze(store, "oi1")
+    finally:
+        store.close()
+    il = got["interleave"]
+    assert il["interleaving"] == ["optimized"] and il["test"] == "mean_credit_per_user"
+    assert il["impressions"] == len(answers)
+    per_user = [sum(clicked.get(rec["user_id"], [])) for rec in answers]
+    m = il["mean_credit_per_user"]
+    assert m["units"] == len(answers) and m["mean"] == pytest.approx(sum(per_user) / len(per_user))
+
+
+async def _optimized_traffic(svc: RecommenderService) -> tuple[list[dict[str, Any]], dict[int, tuple[list[int], list[int]]], dict[int, list[float]]]:
+    """Every user's interleaved list through the HTTP app, and a click on its first contested item
+    (and on its top item), posted with the request id."""
+    answers: list[dict[str, Any]] = []
+    own: dict[int, tuple[list[int], list[int]]] = {}
+    clicked: dict[int, list[float]] = {}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(svc)), base_url="http://test") as c:
+        for u in range(1, 41):
+            rec = (await c.get(f"/recommend?user_id={u}&k=10")).json()
+            answers.append(rec)
+            a = await svc.recommend_as("oi1/a", u, 10)
+            b = await svc.recommend_as("oi1/b", u, 10)
+            own[u] = ([it.movie_id for it in a.items], [it.movie_id for it in b.items])
+            picks = {0: rec["items"][0]} | {i: it for i, it in enumerate(rec["items"]) if it["credit"]}
+            for it in list(picks.values())[:2]:
+                r = await c.post("/events", json={"kind": "click", "user_id": u, "movie_id": it["movie_id"], "request_id": rec["request_id"]})
+                assert r.status_code == 200, r.text
+                clicked.setdefault(u, []).append(it["credit"])
+    assert await svc.flush_impressions()
+    return answers, own, clicked
+
+
 def test_bad_experiment_config_is_refused_by_a_live_service(scratch) -> None:
     """A reconfigure with a bad experiment is refused and the live config keeps serving."""
     arts, store_url, second = scratch

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as sps_t
 
 from pipelines import experiment
 from rayrec.experiments.analysis import IMPRESSIONS_LOG, analyze, summary, write_report
@@ -25,9 +26,11 @@ def store(tmp_path):
 
 
 def _impression(rid: str, user: int, ts: float, items: list[int], *, experiment: str | None = "exp", variant: str | None = "control",
-                mode: str | None = "ab", teams: list[str] | None = None, variants: list[str] | None = None) -> dict:  # fmt: skip
+                mode: str | None = "ab", teams: list[str] | None = None, variants: list[str] | None = None,
+                credits: list[float] | None = None, interleaving: str | None = None) -> dict:  # fmt: skip
     return {"request_id": rid, "user_id": user, "ts": ts, "experiment": experiment, "mode": mode, "variant": variant,
-            "variants": variants, "items": items, "teams": teams, "degraded": False}  # fmt: skip
+            "variants": variants, "items": items, "teams": teams, "degraded": False,
+            **({"credits": credits, "interleaving": interleaving} if credits is not None else {})}  # fmt: skip
 
 
 def _event(eid: str, user: int, movie: int, ts: float, rid: str | None, kind: str = "click", value: float | None = None) -> dict:
@@ -152,6 +155,31 @@ def test_clicks_on_items_both_variants_offered_credit_neither(store):
     assert (p["wins_a"], p["wins_b"], p["no_credit"]) == (0, 1, 1)
 
 
+def test_optimized_interleaving_is_read_by_the_mean_credit(store):
+    """Logged credits (optimized interleaving) are summed per user over the clicked items and tested
+    by their mean; a record without credits (team draft) counts ±1 by team."""
+    pair = {"mode": "interleave", "variant": None, "variants": ["a", "b"]}
+    store.append_log(IMPRESSIONS_LOG, [
+        _impression("r1", 1, T0, [5, 6, 7], teams=["a", "b", ""], credits=[3.0, -1.0, 0.0], interleaving="optimized", **pair),
+        _impression("r2", 1, T0 + 1, [6, 5, 8], teams=["b", "a", "a"], credits=[-4.0, 2.0, 1.0], interleaving="optimized", **pair),
+        _impression("r3", 2, T0, [8, 9, 5], teams=["b", "a", "b"], credits=[-2.0, 5.0, -1.0], interleaving="optimized", **pair),
+        _impression("r4", 3, T0, [9, 8, 7], teams=["a", "b", ""], **pair),
+    ])  # fmt: skip
+    store.append_log(EVENTS_LOG, [
+        _event("e1", 1, 5, T0 + 10, "r1"), _event("e2", 1, 7, T0 + 10, "r1"), _event("e3", 1, 6, T0 + 10, "r2"),
+        _event("e4", 1, 8, T0 + 10, "r2"), _event("e5", 2, 8, T0 + 10, "r3"), _event("e6", 2, 9, T0 + 10, "r3"),
+        _event("e7", 3, 8, T0 + 10, "r4"),
+    ])  # fmt: skip
+    r = analyze(store, "exp")
+    il = r["interleave"]
+    assert il["interleaving"] == ["optimized", "team_draft"] and il["test"] == "mean_credit_per_user"
+    per_user = np.array([3.0 + 0.0 - 4.0 + 1.0, -2.0 + 5.0, -1.0])  # users 1, 2, 3 (team draft: b's item, -1)
+    m = il["mean_credit_per_user"]
+    assert m["units"] == 3 and m["mean"] == pytest.approx(per_user.mean())
+    assert m["p_value"] == pytest.approx(float(sps_t.ttest_1samp(per_user, 0.0).pvalue))
+    assert "the test to read: mean credit per user" in summary(r)
+
+
 def test_interleaving_finds_the_preferred_team(store):
     rng = np.random.default_rng(2)
     imps, events = [], []
@@ -175,6 +203,9 @@ def test_interleaving_finds_the_preferred_team(store):
     assert il["per_user"]["wins_b"] > il["per_user"]["wins_a"]
     assert sum(il["credit"].values()) == len(events) == r["totals"]["clicks"]
     assert il["ratings"]["per_impression"]["no_credit"] == 1500  # nobody rated
+    assert il["test"] == "per_user" and il["interleaving"] == ["team_draft"]
+    m = il["mean_credit_per_user"]
+    assert m["mean"] < 0 and m["p_value"] < 1e-3, "team draft's credits (±1) read by their mean agree"
     assert "wins" in summary(r)
 
 

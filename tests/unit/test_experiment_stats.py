@@ -13,6 +13,7 @@ from rayrec.experiments.stats import (
     Z95,
     compare,
     interleaving_preference,
+    mean_credit,
     ratio_metric,
     sign_test,
     srm_test,
@@ -133,3 +134,17 @@ def test_edge_cases_stay_finite_where_defined():
     assert sign_test(0, 0) == 1.0
     with pytest.raises(ValueError, match="one value per unit"):
         ratio_metric(np.ones(3), np.ones(2))
+
+
+def test_mean_credit_is_the_one_sample_t_test():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.3, 2.0, 400)
+    m = mean_credit(x)
+    t = sps.ttest_1samp(x, 0.0)
+    ci = t.confidence_interval(0.95)
+    assert m.units == 400 and m.mean == pytest.approx(x.mean())
+    assert m.p_value == pytest.approx(t.pvalue) and (m.ci_low, m.ci_high) == pytest.approx((ci.low, ci.high))
+    assert mean_credit([]).p_value == 1.0 and mean_credit([2.0]).p_value == 1.0
+    assert mean_credit([0.0, 0.0]).p_value == 1.0 and mean_credit([1.0, 1.0]).p_value == 0.0
+    null = [mean_credit(rng.choice([-3.0, 0.0, 0.0, 1.0, 2.0], 300)).p_value < 0.05 for _ in range(2000)]
+    assert 0.035 < np.mean(null) < 0.065, "skewed credits with mean 0: the test keeps its level"

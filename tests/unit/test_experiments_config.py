@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from rayrec.experiments.config import Experiment, assign, unit_hash
-from rayrec.experiments.interleave import NEUTRAL, seed_of, team_draft
+from rayrec.experiments import interleave
+from rayrec.experiments.interleave import NEUTRAL, optimized, optimized_distribution, seed_of, team_draft
 from rayrec.serving import ServingConfig
 
 
@@ -59,6 +60,8 @@ def test_experiments_split_the_user_space() -> None:
         ([ab("x", rerank={"diversity": -1})], "experiments[0].variants[1].overrides.rerank.diversity"),
         ([ab("x", (0.5, 0.2))], "users"),
         ([{"name": "w", "variants": [{"name": "interleaved"}, {"name": "b"}]}], "reserved"),
+        ([{"name": "w", "interleaving": "optimized", "variants": [{"name": "a"}, {"name": "b"}]}], "interleaving: 'optimized' needs mode 'interleave'"),
+        ([{"name": "w", "mode": "interleave", "interleaving": "balanced", "variants": [{"name": "a"}, {"name": "b"}]}], "experiments.0.interleaving"),
     ],
 )
 def test_bad_experiment_configs_are_refused_naming_the_field(experiments, field) -> None:
@@ -146,3 +149,90 @@ def test_items_both_lists_offer_in_a_round_credit_neither_team() -> None:
         assert sorted(teams[2:]) == [0, 0, 1, 1]
         firsts.append(teams[2])
     assert abs(np.mean(firsts) - 0.5) < 0.04, "the first contested slot goes to either team alike"
+
+
+def reference_prefix_lists(a: list[int], b: list[int], k: int) -> set[tuple[int, ...]]:
+    """Every list of up to ``k`` distinct items whose every prefix is a prefix of ``a`` joined with a
+    prefix of ``b``, by brute force over the sets."""
+    prefixes = {frozenset(a[:i]) | frozenset(b[:j]) for i in range(len(a) + 1) for j in range(len(b) + 1)}
+    union = list(dict.fromkeys(a + b))
+    out: set[tuple[int, ...]] = set()
+
+    def grow(cur: tuple[int, ...]) -> None:
+        nxt = [m for m in union if m not in cur and frozenset(cur + (m,)) in prefixes]
+        if len(cur) == k or not nxt:
+            out.add(cur)
+        for m in nxt if len(cur) < k else []:
+            grow(cur + (m,))
+
+    grow(())
+    return out
+
+
+def _pairs(n: int, seed: int = 0, *, same_length: bool) -> list[tuple[list[int], list[int], int]]:
+    """Random list pairs: overlapping, reordered, disjoint, sharing a prefix; of one length (as
+    served lists are, ``k`` at most that) or of any lengths."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for trial in range(n):
+        pool = rng.permutation(30)[:16].tolist()
+        length = int(rng.integers(1, 9))
+        a = rng.permutation(pool)[:length].tolist()
+        b = (a[: rng.integers(0, 4)] if trial % 3 == 0 else []) + rng.permutation(pool).tolist()
+        b = list(dict.fromkeys(b))[: length if same_length else int(rng.integers(1, 9))]
+        out.append((a, b, int(rng.integers(1, length + 1)) if same_length else int(rng.integers(1, 9))))
+    return out
+
+
+@pytest.mark.parametrize("same_length", [True, False], ids=["same-length", "any-length"])
+def test_optimized_interleaving_lists_are_prefix_constrained_and_unbiased(same_length: bool) -> None:
+    """The candidate lists are exactly the prefix-constrained ones (against brute force); every list
+    with weight keeps the constraint; at every position the expected credit is 0, so clicks that
+    ignore the items (at any position bias) favour neither list; credits are rank in b − rank in a.
+    Lists of one length always have such a distribution; where one list runs out early there may be
+    none (what follows holds only the other's items), and the interleaving is team draft's."""
+    solved = 0
+    for a, b, k in _pairs(200, same_length=same_length):
+        lists = interleave._prefix_lists(a, b, k, limit=10_000)
+        got = {tuple(int(m) for m in row if m > -1) for row in lists}
+        assert got == reference_prefix_lists(a, b, k) and len(got) == len(lists), (a, b, k)
+        dist = optimized_distribution(a, b, k)
+        if dist is None:
+            items, credits = optimized(a, b, k, 3)
+            assert (items, credits) == (team_draft(a, b, k, 3)[0], interleave.draft_credits(team_draft(a, b, k, 3)[1]))
+            continue
+        solved += 1
+        assert dist.probabilities.sum() == pytest.approx(1.0) and (dist.probabilities > 0).all()
+        np.testing.assert_allclose(dist.probabilities @ dist.credits, 0.0, atol=1e-7)
+        for row, credits in zip(dist.lists, dist.credits):
+            items = [int(m) for m in row if m > -1]
+            assert tuple(items) in got
+            want = [(b.index(m) + 1 if m in b else len(b) + 1) - (a.index(m) + 1 if m in a else len(a) + 1) for m in items]
+            assert credits[: len(items)].tolist() == want
+    assert solved == 200 if same_length else 50 < solved < 200, solved
+
+
+def test_optimized_interleaving_draws_by_seed_and_is_neutral_for_identical_lists() -> None:
+    a, b = [5, 1, 2, 3, 4, 9], [1, 5, 7, 2, 8, 3]
+    draws = [optimized(a, b, 6, seed_of(f"r{i}")) for i in range(300)]
+    assert draws[0] == optimized(a, b, 6, seed_of("r0")), "the same seed gives the same list"
+    assert len({tuple(items) for items, _ in draws}) > 1, "the list is drawn, not fixed"
+    for items, credits in draws:
+        assert len(items) == len(set(items)) == 6 and len(credits) == 6
+    assert np.mean([c for _, credits in draws for c in credits[:1]]) == pytest.approx(0.0, abs=0.6)
+    items, credits = optimized(list(range(10)), list(range(10)), 10, 7)
+    assert items == list(range(10)) and credits == [0.0] * 10, "lists that agree give no credit"
+    assert optimized([], [], 10, 7) == ([], [])
+
+
+def test_optimized_interleaving_caps_its_candidates_and_falls_back_to_team_draft(monkeypatch) -> None:
+    a, b = list(range(1, 15)), list(range(20, 34))  # disjoint: 2 ** 14 lists
+    lists = interleave._prefix_lists(a, b, 14, limit=300)
+    assert len(lists) == 300 and len({tuple(r) for r in lists.tolist()}) == 300
+    dist = optimized_distribution(a, b, 14, limit=300)
+    assert dist is not None
+    np.testing.assert_allclose(dist.probabilities @ dist.credits, 0.0, atol=1e-7)
+    monkeypatch.setattr(interleave, "optimized_distribution", lambda *args, **kw: None)
+    items, credits = optimized([1, 2, 3], [4, 5, 6], 4, 11)
+    ids, teams = team_draft([1, 2, 3], [4, 5, 6], 4, 11)
+    assert items == ids and credits == [1.0 if t == 0 else -1.0 for t in teams]

@@ -12,6 +12,7 @@ import pytest
 
 from rayrec.data.synthetic import SyntheticConfig, generate, truth
 from rayrec.experiments.impressions import ImpressionLog
+from rayrec.experiments.stats import interleaving_preference, mean_credit
 from rayrec.experiments.simulate import ServedLists, interleavings, power_ab, power_interleaving, true_quality, users_needed
 
 
@@ -77,20 +78,20 @@ def test_impressions_queued_within_the_linger_go_in_one_write_and_flush_does_not
         ImpressionLog(write, linger_s=-1.0)
 
 
-def _lists(p_a: float, p_b: float, users: int = 500, k: int = 10, overlap: int = 6) -> ServedLists:
+def _lists(p_a: float, p_b: float, users: int = 500, k: int = 10, overlap: int = 6, method: str = "team_draft") -> ServedLists:
     """Toy lists: the first ``overlap`` items shared, the rest each arm's own, with flat click
-    probabilities per arm (shared items take arm a's)."""
+    probabilities per arm (shared items take arm a's), interleaved by ``method``."""
     rng = np.random.default_rng(0)
     ids_a = np.tile(np.arange(1, k + 1), (users, 1))
     ids_b = ids_a.copy()
     ids_b[:, overlap:] += 100
     prob = {m: p_a for m in range(1, k + 1)} | {m + 100: p_b for m in range(overlap + 1, k + 1)}
-    inter, teams = interleavings(ids_a, ids_b, 4)
+    inter, credits = interleavings(ids_a, ids_b, 4, method=method)  # type: ignore[arg-type]
     to_p = np.vectorize(lambda m: prob.get(int(m), 0.0))
     exam = (1.0 + np.arange(k)) ** -1.0
     level = rng.uniform(0.5, 1.5, (users, 1))  # some users click more than others
     pa, pb = to_p(ids_a) * exam * level, to_p(ids_b) * exam * level
-    return ServedLists(np.arange(1, users + 1), pa, pb, to_p(inter) * exam * level[:, None], teams)
+    return ServedLists(np.arange(1, users + 1), pa, pb, to_p(inter) * exam * level[:, None], credits)
 
 
 def test_power_grows_with_users_and_finds_the_better_arm() -> None:
@@ -107,6 +108,30 @@ def test_equal_arms_are_rarely_called_different() -> None:
     lists = _lists(0.15, 0.15, overlap=10)  # identical lists
     assert power_ab(lists, 2000, 200) <= 0.06
     assert power_interleaving(lists, 2000, 200) <= 0.06
+
+
+def test_optimized_interleaving_finds_the_better_arm_and_keeps_its_level() -> None:
+    """Optimized interleaving read by its mean credit finds the better arm with fewer users than the
+    sign test of team draft on the same lists; with clicks that depend on the position alone (the
+    lists differ, the users do not care) it calls a difference at about the test's level."""
+    opt, draft = _lists(0.10, 0.20, method="optimized"), _lists(0.10, 0.20)
+    assert power_interleaving(opt, 300, 200, test="mean") > power_interleaving(draft, 300, 200) > 0.2
+    k, users = 10, 400
+    ids_a = np.tile(np.arange(1, k + 1), (users, 1))
+    ids_b = np.tile(np.r_[np.arange(k, 6, -1), np.arange(20, 26)], (users, 1))  # b: a's last 4 reversed, then its own
+    inter, credits = interleavings(ids_a, ids_b, 8, method="optimized")
+    assert (credits != 0).any()
+    exam = (1.0 + np.arange(k)) ** -1.0 * 0.3  # clicks by position alone
+    rng = np.random.default_rng(5)
+    called = {"mean": 0, "sign": 0}
+    trials = 1000
+    for _ in range(trials):
+        u, d = rng.integers(0, users, 1000), rng.integers(0, 8, 1000)
+        credit = ((rng.random((1000, k)) < exam) * credits[u, d]).sum(axis=1)
+        called["mean"] += mean_credit(credit).p_value < 0.05
+        called["sign"] += interleaving_preference(np.maximum(credit, 0), np.maximum(-credit, 0)).p_value < 0.05
+    assert 0.03 <= called["mean"] / trials <= 0.07, called
+    assert called["sign"] / trials > 0.075, f"the sign test misreads graded credits (their signs are not symmetric): {called}"
 
 
 def test_users_needed_says_none_past_its_limit() -> None:

@@ -18,7 +18,9 @@ logged twice counts once.
 Then, for an A/B test: per variant users, impressions, clicks, ratings and likes, the click-through
 rate and rating conversion per impression with per-user clustered standard errors, each variant
 against the control, and the sample ratio mismatch check. For interleaving: per impression (and per
-user) which team's items got more clicks, and ratings, with the sign test.
+user) which team's items got more clicks, and ratings, with the sign test; and each user's summed
+credit (a click's credit is logged with the list: ±1 by team draft, the rank difference by optimized
+interleaving) with the t-test of its mean, the test for optimized interleaving.
 
 :func:`write_report` writes the result as ``<name>.json`` and a self-contained ``<name>.html`` with
 plots; :func:`summary` is the short text table the job prints (``pipelines.experiment``).
@@ -42,7 +44,7 @@ import pandas as pd
 from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec import uri
 from rayrec.experiments.impressions import IMPRESSIONS_LOG  # one record per served list, written by serving
-from rayrec.experiments.stats import RatioEstimate, compare, interleaving_preference, ratio_metric, srm_test
+from rayrec.experiments.stats import RatioEstimate, compare, interleaving_preference, mean_credit, ratio_metric, srm_test
 from rayrec.realtime.updater import EVENTS_LOG
 from rayrec.reports import _CSS, _figure, _png, _table
 from rayrec.store.base import EventLog
@@ -94,6 +96,7 @@ def _read_impressions(store: EventLog, name: str, after: str | None) -> dict[str
         items = [list(r.get("items") or []) for r in mine]
         teams: list[Any] = [r.get("teams") for r in mine]
         tracked = [t is not None and len(t) == len(i) for t, i in zip(teams, items)]
+        credits = [_credits(r, t, i) if ok else [math.nan] * len(i) for r, t, i, ok in zip(mine, teams, items, tracked)]
         lengths = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(items))
         idx = np.arange(n, n + len(mine), dtype=np.int64)
         imps.append(pd.DataFrame({
@@ -102,6 +105,7 @@ def _read_impressions(store: EventLog, name: str, after: str | None) -> dict[str
             "user_id": np.asarray([int(r["user_id"]) for r in mine], dtype=np.int64),
             "ts": np.asarray([float(r.get("ts") or 0.0) for r in mine], dtype=np.float64),
             "mode": [r.get("mode") for r in mine],
+            "interleaving": [r.get("interleaving") or ("team_draft" if r.get("mode") == "interleave" else None) for r in mine],
             "variant": [r.get("variant") for r in mine],
             "variants": [tuple(r.get("variants") or ()) for r in mine],
             "degraded": np.asarray([bool(r.get("degraded")) for r in mine]),
@@ -111,6 +115,7 @@ def _read_impressions(store: EventLog, name: str, after: str | None) -> dict[str
             "imp": np.repeat(idx, lengths),
             "movie_id": np.fromiter((int(m) for i in items for m in i), dtype=np.int64, count=int(lengths.sum())),
             "team": [t[k] if ok else None for t, i, ok in zip(teams, items, tracked) for k in range(len(i))],
+            "credit": np.fromiter((c for cs in credits for c in cs), dtype=np.float64, count=int(lengths.sum())),
         }))  # fmt: skip
         n += len(mine)
     if not imps:
@@ -127,6 +132,16 @@ def _read_impressions(store: EventLog, name: str, after: str | None) -> dict[str
     mask = other["request_id"].notna() & pd.to_numeric(other["user_id"], errors="coerce").isin(imp["user_id"].unique())
     return {"imps": imp, "items": items, "other_requests": set(other.loc[mask, "request_id"]),
             "duplicates": int(dup.sum()), "last": last}  # fmt: skip
+
+
+def _credits(rec: Mapping[str, Any], teams: list[Any], items: list[Any]) -> list[float]:
+    """What a click on each item of an interleaved list credits (> 0 the first variant): as logged,
+    or from the teams (±1, 0 for neutral) where the record holds no credits."""
+    logged = rec.get("credits")
+    if isinstance(logged, list) and len(logged) == len(items):
+        return [float(c) if c is not None else 0.0 for c in logged]
+    pair = list(rec.get("variants") or [])
+    return [1.0 if pair and t == pair[0] else -1.0 if len(pair) > 1 and t == pair[1] else 0.0 for t in teams]
 
 
 def _read_events(store: EventLog, after: str | None, users: np.ndarray) -> dict[str, Any]:
@@ -169,22 +184,23 @@ def _attribute(events: pd.DataFrame, read: dict[str, Any], window: float) -> tup
     imp = by_req["request_id"].map(pd.Series(known.index.to_numpy(), index=known["request_id"].to_numpy()))
     other = imp.isna() & by_req["request_id"].isin(read["other_requests"])
     matched = by_req[imp.notna()].assign(imp=imp[imp.notna()].astype(np.int64))
-    joined = matched.merge(items[["imp", "movie_id", "team"]], on=["imp", "movie_id"], how="left", indicator=True)
+    joined = matched.merge(items[["imp", "movie_id", "team", "credit"]], on=["imp", "movie_id"], how="left", indicator=True)
     in_list = joined["_merge"] == "both"
     att_req = joined[in_list].assign(by="request")
 
     fallback = events[~has_req]
     timed = fallback[fallback["timestamp"].notna()].assign(t=lambda f: f["timestamp"] + CLOCK_SKEW_S).sort_values("t")
-    right = items[["ts", "user_id", "movie_id", "imp", "team"]].sort_values("ts")
+    right = items[["ts", "user_id", "movie_id", "imp", "team", "credit"]].sort_values("ts")
     near = pd.merge_asof(timed, right, left_on="t", right_on="ts", by=["user_id", "movie_id"], direction="backward")
     ok = near["imp"].notna() & (near["timestamp"] - near["ts"] <= window)
     att_user = near[ok].assign(imp=near.loc[ok, "imp"].astype(np.int64), by="user_item")
 
-    cols = ["imp", "kind", "value", "team", "by"]
+    cols = ["imp", "kind", "value", "team", "credit", "by"]
     parts = [f[cols] for f in (att_req, att_user) if len(f)]
     attributed = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     attributed["imp"] = attributed["imp"].astype(np.int64)
     attributed["value"] = attributed["value"].astype(np.float64)
+    attributed["credit"] = attributed["credit"].astype(np.float64)
     counts = {
         "attributed": {"request": int(in_list.sum()), "user_item": int(ok.sum())},
         "unattributed": {
@@ -265,21 +281,26 @@ def _interleave(imps: pd.DataFrame, attributed: pd.DataFrame) -> dict[str, Any]:
     tracked = imps[imps["tracked"]]
     pos = tracked.index.get_indexer(attributed["imp"])  # -1: not a tracked impression
     team = attributed["team"].to_numpy()
+    credit = np.nan_to_num(attributed["credit"].to_numpy(dtype=np.float64))
+    methods = sorted({str(m) for m in tracked["interleaving"].dropna()}) or ["team_draft"]
     blocks: dict[str, dict[str, Any]] = {}
     for kind in ("click", "rating"):
         of_kind = (attributed["kind"] == kind).to_numpy() & (pos >= 0)
         ca = np.bincount(pos[of_kind & (team == a)], minlength=len(tracked)).astype(np.float64)
         cb = np.bincount(pos[of_kind & (team == b)], minlength=len(tracked)).astype(np.float64)
-        per_user = pd.DataFrame({"user_id": tracked["user_id"].to_numpy(), "a": ca, "b": cb}).groupby("user_id").sum()
+        graded = np.bincount(pos[of_kind], weights=credit[of_kind], minlength=len(tracked))
+        per_user = pd.DataFrame({"user_id": tracked["user_id"].to_numpy(), "a": ca, "b": cb, "credit": graded}).groupby("user_id").sum()
         blocks[kind] = {
             "credit": {a: int(ca.sum()), b: int(cb.sum())},
             "impressions_with_credit": int(np.count_nonzero(ca + cb)),
             "neutral": int(np.count_nonzero(of_kind & (team == ""))),  # on items both variants offered
             "per_impression": asdict(interleaving_preference(ca, cb)),
             "per_user": asdict(interleaving_preference(per_user["a"].to_numpy(), per_user["b"].to_numpy())),
+            "mean_credit_per_user": asdict(mean_credit(per_user["credit"].to_numpy())),
         }
     clicks = blocks["click"]
-    return {"variants": [a, b], "impressions": len(tracked), "untracked_impressions": int(len(imps) - len(tracked)),
+    return {"variants": [a, b], "interleaving": methods, "test": "mean_credit_per_user" if "optimized" in methods else "per_user",
+            "impressions": len(tracked), "untracked_impressions": int(len(imps) - len(tracked)),
             "impressions_with_clicks": clicks.pop("impressions_with_credit"), **clicks, "ratings": blocks["rating"]}  # fmt: skip
 
 
@@ -395,6 +416,10 @@ def summary(result: Mapping[str, Any]) -> str:
                 lines.append(f"{key} {unit.replace('_', ' ')}: {a} wins {p['wins_a']:,}, {b} wins {p['wins_b']:,}, ties {p['ties']:,}; "
                              f"share {a} {_num(p['share_a'], '.3f')} [{_num(p['share_a_ci_low'], '.3f')}, "
                              f"{_num(p['share_a_ci_high'], '.3f')}], Δ {_num(p['delta'], '+.4f')}, p = {_num(p['p_value'], '.4g')}")  # fmt: skip
+            m = block["mean_credit_per_user"]
+            lines.append(f"{key} mean credit per user ({a} > 0): {_num(m['mean'], '+.4f')} [{_num(m['ci_low'], '+.4f')}, "
+                         f"{_num(m['ci_high'], '+.4f')}], p = {_num(m['p_value'], '.4g')} (t-test, {m['units']:,} users)")  # fmt: skip
+        lines.append(f"interleaving: {', '.join(il['interleaving'])}; the test to read: {il['test'].replace('_', ' ')}")
     return "\n".join(lines)
 
 
@@ -438,10 +463,14 @@ def _interleave_html(il: Mapping[str, Any]) -> str:
     rows = [[f"{key} {unit.replace('_', ' ')}", q["wins_a"], q["wins_b"], q["ties"], q["no_credit"], _num(q["share_a"], ".3f"),
              f"[{_num(q['share_a_ci_low'], '.3f')}, {_num(q['share_a_ci_high'], '.3f')}]", _num(q["delta"], "+.4f"), _num(q["p_value"], ".4g")]
             for key, block in (("clicks", il), ("ratings", il["ratings"])) for unit in ("per_impression", "per_user") for q in [block[unit]]]  # fmt: skip
+    means = [[key, q["units"], _num(q["mean"], "+.4f"), f"[{_num(q['ci_low'], '+.4f')}, {_num(q['ci_high'], '+.4f')}]", _num(q["p_value"], ".4g")]
+             for key, block in (("clicks", il), ("ratings", il["ratings"])) for q in [block["mean_credit_per_user"]]]  # fmt: skip
     return (f"<section><h2>{html.escape(a)} against {html.escape(b)}</h2><div class=plots>{_png(fig)}</div>"
+            f"<p>interleaving: {html.escape(', '.join(il['interleaving']))}; the test to read: {html.escape(il['test'].replace('_', ' '))}.</p>"
             f"<p>{il['impressions']:,} impressions ({il['impressions_with_clicks']:,} with clicks credited to a team, {il['untracked_impressions']:,} "
             f"without teams); {il['neutral']:,} clicks on items both variants offered in the same round, credited to neither.</p>"
-            f"{_table(rows, ['credit', f'{a} wins', f'{b} wins', 'ties', 'no credit', f'share {a}', '95% CI', 'Δ', 'p (sign test)'])}</section>")  # fmt: skip
+            f"{_table(rows, ['credit', f'{a} wins', f'{b} wins', 'ties', 'no credit', f'share {a}', '95% CI', 'Δ', 'p (sign test)'])}"
+            f"<h3>Mean credit per user (&gt; 0: {html.escape(a)})</h3>{_table(means, ['credit', 'users', 'mean', '95% CI', 'p (t-test)'])}</section>")  # fmt: skip
 
 
 def write_report(result: Mapping[str, Any], out_dir: str) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """What an experiment is, and who is in it: the ``experiments`` section of the serving config.
 
 An experiment has a name, a salt, a mode (``ab``: each user gets one variant's list; ``interleave``:
-each user gets one list drawn from two variants' lists by team draft) and variants, each overriding
+each user gets one list drawn from two variants' lists, by team draft or, with ``interleaving:
+optimized``, by optimized interleaving: :mod:`rayrec.experiments.interleave`) and variants, each overriding
 serving settings (model versions, recall quotas, rerank weights, ``rank_weight``). Users are assigned
 by a stable hash, never stored: the same user lands in the same variant in every replica and after a
 restart, and changing the salt reshuffles them.
@@ -69,6 +70,9 @@ class Experiment(BaseModel):
     name: str = Field(pattern=_NAME, description="letters, digits, '_.-'; the analysis job asks for it")
     salt: str | None = Field(default=None, max_length=128, description="hash salt of the variant split; None: the name")
     mode: Literal["ab", "interleave"] = "ab"
+    interleaving: Literal["team_draft", "optimized"] = Field(
+        default="team_draft", description="how an interleave experiment merges the lists and credits clicks"
+    )
     variants: list[Variant] = Field(min_length=2, max_length=8)
     users: tuple[float, float] = Field(default=(0.0, 1.0), description="[start, end) of the user space it claims")
     enabled: bool = Field(default=True, description="False: nobody is assigned (the range stays claimed)")
@@ -87,6 +91,8 @@ class Experiment(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"variants: names must be unique, {', '.join(dup)} repeated")
+        if self.mode != "interleave" and self.interleaving != "team_draft":
+            raise ValueError(f"interleaving: '{self.interleaving}' needs mode 'interleave', got mode '{self.mode}'")
         if self.mode == "interleave" and len(self.variants) != 2:
             raise ValueError(f"variants: an interleaving experiment has exactly 2 variants, got {len(self.variants)}")
         given = [v.weight for v in self.variants if v.weight is not None]
@@ -144,6 +150,7 @@ class Assignment:
     experiment: str
     mode: Literal["ab", "interleave"]
     arms: tuple[str, ...]  # variant names
+    interleaving: Literal["team_draft", "optimized"] = "team_draft"
 
     @property
     def variant(self) -> str:
@@ -163,6 +170,6 @@ def assign(experiments: Sequence[Experiment], user_id: int) -> Assignment | None
     for e in experiments:
         if e.enabled and e.users[0] <= u < e.users[1]:
             if e.mode == "interleave":
-                return Assignment(e.name, "interleave", (e.variants[0].name, e.variants[1].name))
+                return Assignment(e.name, "interleave", (e.variants[0].name, e.variants[1].name), e.interleaving)
             return Assignment(e.name, "ab", (e.variant_of(user_id).name,))
     return None

@@ -40,14 +40,19 @@ def impression_record(
     variant: str | None = None,
     variants: list[str] | None = None,
     teams: list[str] | None = None,
+    credits: list[float] | None = None,
+    interleaving: str | None = None,
     degraded: bool = False,
     ts: float | None = None,
 ) -> dict[str, Any]:
-    """One served list as the impressions log stores it."""
+    """One served list as the impressions log stores it (an interleaved one with each item's team and
+    the credit a click on it gives: > 0 the first variant, < 0 the second)."""
     return {
         "request_id": request_id, "user_id": int(user_id), "ts": round(time.time() if ts is None else ts, 3),
         "experiment": experiment, "mode": mode, "variant": variant, "variants": variants,
-        "items": [int(m) for m in items], "teams": teams, "degraded": bool(degraded),
+        "items": [int(m) for m in items], "teams": teams,
+        "credits": [float(c) for c in credits] if credits is not None else None, "interleaving": interleaving,
+        "degraded": bool(degraded),
     }  # fmt: skip
 
 

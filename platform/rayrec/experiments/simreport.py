@@ -15,7 +15,8 @@ __all__ = ["write_simulation"]
 
 def _power_plot(row: dict[str, Any]) -> str:
     fig, ax = _figure(f"power: {row['pair']}, engagement {row['engagement']:g}, {row['sessions']} session(s)")
-    for key, label in (("power_ab", "A/B test"), ("power_interleaving", "interleaving"),
+    for key, label in (("power_ab", "A/B test"), ("power_interleaving", "team-draft interleaving"),
+                       ("power_optimized", "optimized interleaving"),
                        ("power_interleaving_classic", "interleaving, classic team draft")):  # fmt: skip
         pts = sorted((int(n), p) for n, p in row.get(key, {}).items())
         if pts:
@@ -50,10 +51,11 @@ def write_simulation(result: dict[str, Any], out_dir: str) -> dict[str, str]:
         json.dump(result, f, indent=2, default=str)
     rows = [[r["pair"], r["engagement"], r["sessions"], r["quality_a"], r["quality_b"], f"{r['gap_relative']:+.2%}" if r["gap_relative"] is not None else "-",
              r["users_ab"] or "> 2M", r["users_interleaving"] or "> 2M", f"{r['ratio']:.1f}×" if r["ratio"] else "-",
+             r.get("users_optimized") or "> 2M", f"{r['ratio_optimized']:.1f}×" if r.get("ratio_optimized") else "-",
              r.get("users_interleaving_classic") or "> 2M", f"{r['ratio_classic']:.1f}×" if r.get("ratio_classic") else "-"]
             for r in result["pairs"]]  # fmt: skip
-    table = _table(rows, ["pair (b vs defaults)", "engagement", "sessions", "true clicks/list a", "b", "gap", "users A/B", "users interleaving",
-                          "ratio", "classic team draft", "ratio"])  # fmt: skip
+    table = _table(rows, ["pair (b vs defaults)", "engagement", "sessions", "true clicks/list a", "b", "gap", "users A/B", "team draft",
+                          "ratio", "optimized", "ratio", "classic team draft", "ratio"])  # fmt: skip
     cm = result["click_model"]
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rayrec: A/B vs interleaving</title><style>{_CSS}</style>"

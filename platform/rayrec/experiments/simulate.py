@@ -15,7 +15,8 @@ bundle and settings; team draft for the interleaved ones). A trial draws ``n`` u
 replacement from the dataset's users, each draw a new visitor with that user's tastes), shows each one
 list (its A/B arm's, or an interleaving of both) and draws clicks; the test is the analysis job's
 (:func:`rayrec.experiments.stats.compare` on per-user CTR, delta method; the sign test on
-interleaving preferences). A method finds the better variant in a trial when its test is significant
+interleaving preferences, or for optimized interleaving the t-test of the users' mean credit,
+:func:`rayrec.experiments.stats.mean_credit`). A method finds the better variant in a trial when its test is significant
 at ``alpha`` and points at the variant with the higher true quality; the users it needs is the
 smallest ``n`` whose success rate over the trials reaches ``power``.
 """
@@ -25,14 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from rayrec.features.pointintime import LABEL_THRESHOLD
 from rayrec.data.synthetic import Truth
-from rayrec.experiments.interleave import NEUTRAL, seed_of, team_draft
-from rayrec.experiments.stats import compare, interleaving_preference, ratio_metric
+from rayrec.experiments.interleave import draft_credits, optimized_distribution, seed_of, team_draft
+from rayrec.experiments.stats import compare, interleaving_preference, mean_credit, ratio_metric
 
 if TYPE_CHECKING:
     from rayrec.serving.service import RecommenderService
@@ -69,33 +70,43 @@ class ClickModel:
 
 @dataclass
 class ServedLists:
-    """Per user of the pool: each arm's click probabilities by position, and ``draws`` team-draft
-    interleavings of the two lists (item click probabilities and teams, 0: arm a, 1: arm b)."""
+    """Per user of the pool: each arm's click probabilities by position, and ``draws`` interleavings
+    of the two lists (item click probabilities, and the credit of a click on each item: > 0 favours
+    arm a, < 0 arm b, 0 neither or past the list's end; team draft's are ±1)."""
 
     users: np.ndarray  # (U,)
     p_a: np.ndarray  # (U, k)
     p_b: np.ndarray  # (U, k)
     p_inter: np.ndarray  # (U, D, k)
-    team_inter: np.ndarray  # (U, D, k) 0/1, -1 where the list is shorter
+    credit_inter: np.ndarray  # (U, D, k) float
     meta: dict[str, object] = field(default_factory=dict)
 
 
+Method = Literal["team_draft", "optimized"]
+
+
 def interleavings(
-    a: np.ndarray, b: np.ndarray, draws: int, salt: str = "sim", *, neutral: bool = True
+    a: np.ndarray, b: np.ndarray, draws: int, salt: str = "sim", *, neutral: bool = True, method: Method = "team_draft"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``draws`` team-draft interleavings of each row of ``a`` and ``b`` ((U, k) movie ids, -1 pad):
-    (U, D, k) items and teams (-1: pad, or an item neither team is credited with; ``neutral``: see
-    :func:`team_draft`)."""
+    """``draws`` interleavings of each row of ``a`` and ``b`` ((U, k) movie ids, -1 pad) by team
+    draft (``neutral``: see :func:`team_draft`) or optimized interleaving (one linear program per
+    user, ``draws`` lists drawn from its distribution): (U, D, k) items (-1: pad) and credits."""
     u_n, k = a.shape
     items = np.full((u_n, draws, k), -1, dtype=np.int64)
-    teams = np.full((u_n, draws, k), -1, dtype=np.int8)
+    credits = np.zeros((u_n, draws, k), dtype=np.float64)
     for u in range(u_n):
         la, lb = [int(m) for m in a[u] if m > 0], [int(m) for m in b[u] if m > 0]
+        dist = optimized_distribution(la, lb, k) if method == "optimized" else None
         for d in range(draws):
-            ids, tm = team_draft(la, lb, k, seed_of(f"{salt}:{u}:{d}"), neutral=neutral)
+            seed = seed_of(f"{salt}:{u}:{d}")
+            if dist is not None:
+                ids, cr = dist.draw(seed)
+            else:  # team draft, or optimized's fallback where no unbiased distribution exists
+                ids, tm = team_draft(la, lb, k, seed, neutral=neutral)
+                cr = draft_credits(tm)
             items[u, d, : len(ids)] = ids
-            teams[u, d, : len(tm)] = tm
-    return items, teams
+            credits[u, d, : len(cr)] = cr
+    return items, credits
 
 
 def true_quality(p: np.ndarray) -> float:
@@ -127,29 +138,39 @@ def power_ab(lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.
 
 
 def power_interleaving(
-    lists: ServedLists, n_users: int, trials: int, *, alpha: float = 0.05, seed: int = 0, sessions: int = 1
+    lists: ServedLists,
+    n_users: int,
+    trials: int,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+    sessions: int = 1,
+    test: Literal["sign", "mean"] = "sign",
 ) -> float:
     """Share of trials in which interleaving on ``n_users`` (an interleaved list per session, a new
-    team draft each time) finds the truly better arm: the sign test over users, each user's
-    preference the sign of their summed credit difference (per impression when ``sessions`` is 1),
-    significant at ``alpha`` with the better arm's team ahead."""
+    draw each time) finds the truly better arm, significant at ``alpha`` in the right direction.
+    Each user's credit is the summed credit of their clicks (per impression when ``sessions`` is 1);
+    ``test``: the sign test over users (team draft's, the analysis job's preference) or the t-test
+    of the mean credit (optimized interleaving's: its credits are graded)."""
     rng = np.random.default_rng([seed, n_users, sessions, 2])
     better_b = true_quality(lists.p_b) > true_quality(lists.p_a)
     u_n, draws, _ = lists.p_inter.shape
     wins = 0
     for _ in range(trials):
         idx = rng.integers(0, u_n, n_users)
-        credit_a = np.zeros(n_users)
-        credit_b = np.zeros(n_users)
+        credit = np.zeros(n_users)
         for _ in range(sessions):
             d = rng.integers(0, draws, n_users)
             p = lists.p_inter[idx, d]  # (n, k)
-            team = lists.team_inter[idx, d]
             clicks = rng.random(p.shape) < p
-            credit_a += (clicks & (team == 0)).sum(axis=1)
-            credit_b += (clicks & (team == 1)).sum(axis=1)
-        pref = interleaving_preference(credit_a, credit_b)
-        if pref.p_value < alpha and (pref.wins_b > pref.wins_a) == better_b:
+            credit += (clicks * lists.credit_inter[idx, d]).sum(axis=1)
+        if test == "mean":
+            m = mean_credit(credit, alpha)
+            found_b, p_value = m.mean < 0, m.p_value
+        else:
+            pref = interleaving_preference(np.maximum(credit, 0.0), np.maximum(-credit, 0.0))
+            found_b, p_value = pref.wins_b > pref.wins_a, pref.p_value
+        if p_value < alpha and found_b == better_b:
             wins += 1
     return wins / trials
 
@@ -207,20 +228,21 @@ def served_lists(
     *,
     draws: int = 4,
     neutral: bool = True,
+    method: Method = "team_draft",
     inter: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ServedLists:
     """Click probabilities of both arms' lists and of ``draws`` interleavings of them per user
     (``inter``: those interleavings, already drawn by :func:`interleavings`; they depend on the
     lists only, not on the click model)."""
     u_n, k = a.shape
-    inter_items, inter_teams = inter if inter is not None else interleavings(a, b, draws, neutral=neutral)
+    inter_items, inter_credits = inter if inter is not None else interleavings(a, b, draws, neutral=neutral, method=method)
     draws = inter_items.shape[1]
     p_inter = click.probabilities(truth, np.repeat(users, draws), inter_items.reshape(u_n * draws, k)).reshape(u_n, draws, k)
     return ServedLists(
         users=users, p_a=click.probabilities(truth, users, a), p_b=click.probabilities(truth, users, b),
-        p_inter=p_inter, team_inter=inter_teams,
+        p_inter=p_inter, credit_inter=inter_credits,
         meta={"overlap_at_k": float(np.mean([len(set(x) & set(y) - {-1}) / k for x, y in zip(a.tolist(), b.tolist())])),
-              "neutral_share": float(np.mean(inter_teams[inter_items > 0] == NEUTRAL)) if (inter_items > 0).any() else 0.0},
+              "neutral_share": float(np.mean(inter_credits[inter_items > 0] == 0)) if (inter_items > 0).any() else 0.0},
     )  # fmt: skip
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "Comparison",
     "SRM",
     "Preference",
+    "MeanCredit",
+    "mean_credit",
     "ratio_metric",
     "compare",
     "srm_test",
@@ -115,6 +117,37 @@ class Preference:
     share_a_ci_high: float
     delta: float
     p_value: float
+
+
+@dataclass(frozen=True)
+class MeanCredit:
+    """The mean credit per unit (a user's summed credit, > 0 favouring A) of an interleaving
+    comparison, with its 95% interval and the two-sided one-sample t-test of mean 0: the test for
+    optimized interleaving, whose credits are graded (a unit's sign alone can mislead there: the
+    credits are 0 in expectation under random clicks, not symmetric about 0)."""
+
+    units: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def mean_credit(credit: np.ndarray | Sequence[float], alpha: float = 0.05) -> MeanCredit:
+    """:class:`MeanCredit` of ``credit`` (one value per unit); fewer than 2 units, or no spread: p = 1
+    (nan interval) unless every unit has the same non-zero credit."""
+    x = _as_float(credit, "credit")
+    n = int(x.size)
+    if n == 0:
+        return MeanCredit(0, float("nan"), float("nan"), float("nan"), 1.0)
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else 0.0
+    if n < 2 or sd == 0.0:
+        return MeanCredit(n, mean, float("nan"), float("nan"), 1.0 if mean == 0.0 or n < 2 else 0.0)
+    se = sd / math.sqrt(n)
+    q = float(sps.t.ppf(1 - alpha / 2, n - 1))
+    p = float(2 * sps.t.sf(abs(mean) / se, n - 1))
+    return MeanCredit(n, mean, mean - q * se, mean + q * se, min(p, 1.0))
 
 
 def _as_float(a: np.ndarray | Sequence[float], name: str) -> np.ndarray:

@@ -60,7 +60,12 @@ class RecommendedItem(Movie):
     team: str | None = Field(
         default=None,
         description="in an interleaved list: the variant that contributed the item (null for an item both variants offered in the "
-        "same round: its clicks credit neither)",
+        "same round: its clicks credit neither); optimized interleaving: the variant that ranks it higher (null: both alike)",
+    )
+    credit: float | None = Field(
+        default=None,
+        description="in an interleaved list: what a click on the item credits (> 0 the first variant, < 0 the second; team draft "
+        "±1 or 0, optimized interleaving the difference of the item's ranks in the two lists)",
     )
 
 
