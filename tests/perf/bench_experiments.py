@@ -3,7 +3,10 @@
 - ``off``: no experiment, impressions not logged;
 - ``none``: no experiment, every list logged to the impressions log (the default);
 - ``ab``: every user in a two-arm A/B test (the arms differ in ``rank_weight``: one ranking per request);
-- ``interleave``: every user in an interleaving experiment (two rankings per request, team draft).
+- ``interleave``: every user in an interleaving experiment (two rankings per request, team draft);
+- ``optimized``: the same by optimized interleaving (two rankings and a linear program per request;
+  a pair of lists seen before is answered from a cache, so users do not repeat within a run when
+  there are enough of them).
 
 Rounds are interleaved (round by round, config by config) so background load hits all alike; each
 figure is over all rounds. The store is a scratch copy of the artifacts' SQLite store.
@@ -37,6 +40,7 @@ CONFIGS = {
     "none": {},
     "ab": {"experiments": [{"name": "bench-ab", "variants": VARIANTS}]},
     "interleave": {"experiments": [{"name": "bench-il", "mode": "interleave", "variants": VARIANTS}]},
+    "optimized": {"experiments": [{"name": "bench-oi", "mode": "interleave", "interleaving": "optimized", "variants": VARIANTS}]},
 }
 
 
