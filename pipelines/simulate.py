@@ -7,7 +7,9 @@
 with ``--n-users/--n-items/--n-ratings``); the models under ``--artifacts`` must be trained on it (the
 offline steps of the main job run first when the artifacts hold no features). Each ``--pair`` is a
 variant ``b`` (serving overrides as JSON) served against the defaults ``a``; both lists of every
-simulated user come from the serving code (:mod:`rayrec.experiments.simulate`). Then, with
+simulated user come from the serving code (:mod:`rayrec.experiments.simulate`). Interleaving is
+measured three ways in the same run: team draft (sign test), optimized interleaving (the t-test of
+the users' mean credit) and classic team draft (shared items to the coin's winner). Then, with
 ``--online-users``, the first pair runs as live experiments through ``/recommend``'s code path (an A/B
 test on half the users, interleaving on the other half): impressions logged, clicks posted with their
 request ids, the analysis job's numbers read back. Writes ``simulation.json`` and ``simulation.html``
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-ratings", type=int, default=150_000, help="synthetic ratings, when --data is generated")
     p.add_argument("--users", type=int, default=2000, help="simulated users whose lists are served per pair")
     p.add_argument("--trials", type=int, default=200, help="seeded trials per number of users")
-    p.add_argument("--draws", type=int, default=4, help="team-draft interleavings drawn per user")
+    p.add_argument("--draws", type=int, default=4, help="interleavings drawn per user (team draft; optimized: lists drawn from its distribution)")
     p.add_argument("--k", type=int, default=10, help="list length")
     p.add_argument("--pair", action="append", help="NAME=JSON: variant b's serving overrides (repeatable)")
     p.add_argument("--online-users", type=int, default=2000, help="users served live for the first pair (0: skip)")
