@@ -187,19 +187,21 @@ def _prefix_lists(a: list[int], b: list[int], k: int, limit: int) -> np.ndarray:
     return paths
 
 
-_cache: OrderedDict[tuple[tuple[int, ...], tuple[int, ...], int], Distribution | None] = OrderedDict()
+_cache: OrderedDict[tuple[tuple[int, ...], tuple[int, ...], int, int], Distribution | None] = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 1024
 
 
 def optimized_distribution(a: Sequence[int], b: Sequence[int], k: int, *, limit: int = 1024) -> Distribution | None:
     """The optimized interleaving of ``a`` and ``b`` (see the module docstring): None when no
-    distribution over the candidate lists is unbiased (rare; the caller falls back to team draft).
+    distribution over the candidate lists is unbiased (lists of one length always have one; where
+    one list runs out early, what follows holds only the other's items and there may be none; the
+    caller falls back to team draft).
     At most ``limit`` candidate lists enter the linear program: every one for lists of 10 (a solve
     takes 3–4 ms; measured on the simulator's lists). The same pair gives the same answer
     (cached, most recent :data:`_CACHE_SIZE` pairs)."""
-    la, lb = [int(m) for m in a], [int(m) for m in b]
-    key = (tuple(la), tuple(lb), int(k))
+    la, lb = list(dict.fromkeys(int(m) for m in a)), list(dict.fromkeys(int(m) for m in b))
+    key = (tuple(la), tuple(lb), int(k), int(limit))
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
