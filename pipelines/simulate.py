@@ -11,7 +11,7 @@ simulated user come from the serving code (:mod:`rayrec.experiments.simulate`). 
 measured three ways in the same run: team draft (sign test), optimized interleaving (the t-test of
 the users' mean credit) and classic team draft (shared items to the coin's winner). Then, with
 ``--online-users``, the first pair runs as live experiments through ``/recommend``'s code path (an A/B
-test on half the users, interleaving on the other half): impressions logged, clicks posted with their
+test on half the users, team-draft and optimized interleaving on a quarter each): impressions logged, clicks posted with their
 request ids, the analysis job's numbers read back. Writes ``simulation.json`` and ``simulation.html``
 (served by the app at ``/report/experiments/simulation``) under ``--out``.
 """
@@ -173,7 +173,8 @@ async def _simulate(args: argparse.Namespace, pairs: dict[str, dict[str, Any]], 
 
 
 async def _online(args: argparse.Namespace, pair: tuple[str, dict[str, Any]], truth: Any, artifacts: str, store: Path, click: Any) -> dict[str, Any]:
-    """The first pair as live experiments: A/B on half the users, interleaving on the other half."""
+    """The first pair as live experiments: A/B on half the users, team-draft interleaving on a
+    quarter, optimized interleaving on the last quarter."""
     from rayrec.experiments.analysis import analyze
     from rayrec.experiments.simulate import run_online
     from rayrec.serving import ServingConfig
@@ -183,7 +184,8 @@ async def _online(args: argparse.Namespace, pair: tuple[str, dict[str, Any]], tr
     variants = [{"name": "a"}, {"name": "b", "overrides": overrides}]
     cfg = ServingConfig.model_validate({"experiments": [
         {"name": f"online-ab-{name}", "mode": "ab", "users": [0.0, 0.5], "variants": variants},
-        {"name": f"online-il-{name}", "mode": "interleave", "users": [0.5, 1.0], "variants": variants},
+        {"name": f"online-il-{name}", "mode": "interleave", "users": [0.5, 0.75], "variants": variants},
+        {"name": f"online-oi-{name}", "mode": "interleave", "interleaving": "optimized", "users": [0.75, 1.0], "variants": variants},
     ]})  # fmt: skip
     svc = RecommenderService.create(artifacts, str(store), cfg)
     rng = np.random.default_rng([args.seed, 9])
@@ -192,8 +194,8 @@ async def _online(args: argparse.Namespace, pair: tuple[str, dict[str, Any]], tr
         t = time.perf_counter()
         counts = await run_online(svc, users, truth, click, k=args.k, seed=args.seed)
         took = time.perf_counter() - t
-        return {"served": counts, "took_s": round(took, 1),
-                "ab": analyze(svc.store, f"online-ab-{name}"), "interleave": analyze(svc.store, f"online-il-{name}")}  # fmt: skip
+        return {"served": counts, "took_s": round(took, 1), "ab": analyze(svc.store, f"online-ab-{name}"),
+                "interleave": analyze(svc.store, f"online-il-{name}"), "optimized": analyze(svc.store, f"online-oi-{name}")}  # fmt: skip
     finally:
         svc.close()
 

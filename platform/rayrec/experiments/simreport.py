@@ -37,7 +37,7 @@ def _online_section(online: dict[str, Any] | None) -> str:
     parts = [f"<h2>Live run</h2><p>{online['served']['lists']:,} lists served through the recommend path, "
              f"{online['served']['clicks']:,} clicks posted with their request ids, in {online['took_s']} s; "
              "the analysis job's numbers:</p>"]  # fmt: skip
-    for key in ("ab", "interleave"):
+    for key in ("ab", "interleave", "optimized"):
         if online.get(key) is not None:
             parts.append(f"<h3>{html.escape(key)}</h3><pre>{html.escape(json.dumps(online[key], indent=1, default=str)[:6000])}</pre>")
     return "".join(parts)
