@@ -41,6 +41,7 @@ def ray_session():
     door the jobs would pick here (HAProxy where installed; ``RAYREC_INGRESS=proxy`` for Serve's proxy)."""
     import ray
 
+    from rayrec.runtime import train_env
     from rayrec.serving.ingress import apply_ingress
 
     if not ray.is_initialized():
@@ -49,6 +50,7 @@ def ray_session():
         for name, seconds in SLOW_MACHINE.items():
             os.environ.setdefault(name, str(seconds))
         apply_ingress()
+        train_env()
         ray.init(
             address="local",  # never attach to a cluster someone started with `ray start`
             num_cpus=2,
