@@ -13,7 +13,7 @@ import pytest
 from rayrec.data.synthetic import SyntheticConfig, generate, truth
 from rayrec.experiments.impressions import ImpressionLog
 from rayrec.experiments.stats import interleaving_preference, mean_credit
-from rayrec.experiments.simulate import ServedLists, interleavings, power_ab, power_interleaving, true_quality, users_needed
+from rayrec.experiments.simulate import Method, ServedLists, interleavings, power_ab, power_interleaving, true_quality, users_needed
 
 
 def test_impressions_are_batched_kept_through_an_outage_and_capped() -> None:
@@ -78,7 +78,7 @@ def test_impressions_queued_within_the_linger_go_in_one_write_and_flush_does_not
         ImpressionLog(write, linger_s=-1.0)
 
 
-def _lists(p_a: float, p_b: float, users: int = 500, k: int = 10, overlap: int = 6, method: str = "team_draft") -> ServedLists:
+def _lists(p_a: float, p_b: float, users: int = 500, k: int = 10, overlap: int = 6, method: Method = "team_draft") -> ServedLists:
     """Toy lists: the first ``overlap`` items shared, the rest each arm's own, with flat click
     probabilities per arm (shared items take arm a's), interleaved by ``method``."""
     rng = np.random.default_rng(0)
@@ -86,7 +86,7 @@ def _lists(p_a: float, p_b: float, users: int = 500, k: int = 10, overlap: int =
     ids_b = ids_a.copy()
     ids_b[:, overlap:] += 100
     prob = {m: p_a for m in range(1, k + 1)} | {m + 100: p_b for m in range(overlap + 1, k + 1)}
-    inter, credits = interleavings(ids_a, ids_b, 4, method=method)  # type: ignore[arg-type]
+    inter, credits = interleavings(ids_a, ids_b, 4, method=method)
     to_p = np.vectorize(lambda m: prob.get(int(m), 0.0))
     exam = (1.0 + np.arange(k)) ** -1.0
     level = rng.uniform(0.5, 1.5, (users, 1))  # some users click more than others

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from rayrec.serving.service import RecommenderService
 
 __all__ = [
-    "ClickModel", "ServedLists", "power_ab", "power_interleaving", "users_needed", "true_quality", "interleavings",
+    "ClickModel", "Method", "ServedLists", "power_ab", "power_interleaving", "users_needed", "true_quality", "interleavings",
     "collect_lists", "served_lists", "run_online",
 ]  # fmt: skip
 
