@@ -8,7 +8,7 @@ Loopback only; every thread ends when the link is closed.
 
 from __future__ import annotations
 
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -78,18 +78,25 @@ class Link:
             # in "hang" the client stays connected and nothing is ever read or sent
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        # a selector (epoll), not select(): select() refuses descriptors above 1023, which a long test
+        # session's process reaches, and every forwarded connection would then close at once
         peers = {client: upstream, upstream: client}
+        sel = selectors.DefaultSelector()
         try:
+            for s in peers:
+                sel.register(s, selectors.EVENT_READ)
             while not self._closed.is_set():
-                ready, _, _ = select.select(list(peers), [], [], 0.2)
-                for s in ready:
+                for key, _ in sel.select(0.2):
+                    s = key.fileobj
+                    assert isinstance(s, socket.socket)
                     data = s.recv(65536)
                     if not data:
                         return
                     peers[s].sendall(data)
-        except (OSError, ValueError):  # reset by set() or by a peer
+        except (OSError, ValueError, KeyError):  # reset by set() or by a peer
             return
         finally:
+            sel.close()
             for s in peers:
                 try:
                     s.close()
