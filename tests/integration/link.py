@@ -87,12 +87,12 @@ class Link:
                 sel.register(s, selectors.EVENT_READ)
             while not self._closed.is_set():
                 for key, _ in sel.select(0.2):
-                    s = key.fileobj
-                    assert isinstance(s, socket.socket)
-                    data = s.recv(65536)
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    data = ready.recv(65536)
                     if not data:
                         return
-                    peers[s].sendall(data)
+                    peers[ready].sendall(data)
         except (OSError, ValueError, KeyError):  # reset by set() or by a peer
             return
         finally:
