@@ -9,7 +9,7 @@ import pytest
 
 import reference as ref
 from rayrec.features.pointintime import item_pass, user_pass
-from rayrec.features.spec import OOV, PAD, Buckets, FeatureSpec, Numeric, SpecPartial, Vocab
+from rayrec.features.spec import OOV, PAD, Buckets, FeatureSpec, Numeric, SpecPartial, Vocab, arrow_lists
 from rayrec.features.stats import StatsPartial
 
 
@@ -48,6 +48,37 @@ def test_lookup_lists_of_every_shape_agree_with_value_by_value_lookup(copies):
     for row, values in zip(got.tolist(), rows):
         codes = ids.lookup(values[:3]).tolist() if len(values) else []
         assert row == codes + [PAD] * (3 - len(codes))
+
+
+def test_list_columns_kept_in_arrow_encode_as_the_object_columns_do(samples):
+    """Samples read with their list features kept in Arrow (``arrow_lists``, what the training data
+    does) encode to the same arrays as the same samples with a numpy array per row, after the
+    operations the training data applies: a sort, slices, a take, and a concat with object rows."""
+    train = samples[samples["split"] == "train"]
+    spec = FeatureSpec.fit(SpecPartial.of(train), label_threshold=3.5)
+    table = pa.Table.from_pandas(samples, preserve_index=False)
+    table = table.cast(pa.schema([pa.field(f.name, pa.large_list(f.type.value_type)) if pa.types.is_list(f.type) else f
+                                  for f in table.schema]))  # fmt: skip
+    as_objects = table.to_pandas(ignore_metadata=True)
+    in_arrow = table.to_pandas(ignore_metadata=True, types_mapper=arrow_lists)
+    assert isinstance(in_arrow["user_genres"].dtype, pd.ArrowDtype)
+    assert in_arrow["user_genres"].memory_usage(deep=True) < as_objects["user_genres"].memory_usage(deep=True) / 2
+
+    def same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+        ea, eb = spec.encode(a), spec.encode(b)
+        assert ea.keys() == eb.keys()
+        for key in ea:
+            np.testing.assert_array_equal(ea[key], eb[key], err_msg=key)
+
+    assert (spec.encode(in_arrow)["user_genres"] > 0).any() and (spec.encode(in_arrow)["user_recent_items"] > 0).any()
+    same(as_objects, in_arrow)
+    order = np.argsort(-as_objects["timestamp"].to_numpy(), kind="stable")
+    same(as_objects.iloc[order].reset_index(drop=True), in_arrow.iloc[order].reset_index(drop=True))
+    same(as_objects.iloc[7:150], in_arrow.iloc[7:150])
+    take = np.random.default_rng(1).integers(0, len(samples), size=500)
+    same(as_objects.iloc[take], in_arrow.iloc[take])
+    mixed = pd.concat([in_arrow.iloc[:40], as_objects.iloc[40:90]], ignore_index=True)
+    same(as_objects.iloc[:90].reset_index(drop=True), mixed)
 
 
 def test_numeric_and_buckets():

@@ -42,6 +42,7 @@ __all__ = [
     "features_path",
     "load_spec",
     "SPEC_FILE",
+    "arrow_lists",
 ]
 
 PAD, OOV = 0, 1  # index 0: padding / missing value; index 1: a value not seen in training
@@ -101,17 +102,21 @@ class Vocab:
         a list, tuple or array counts as an empty list). Many rows that Arrow can take as one list
         array (a features column: arrays of ids or of strings) are encoded without a Python loop per
         row; a request's few rows skip Arrow, whose fixed cost per call is larger than the loop's."""
-        rows = lists if isinstance(lists, (list, np.ndarray)) else list(lists)
+        arr: pa.Array | None = None
+        if isinstance(lists, (pa.Array, pa.ChunkedArray)):  # a column kept in Arrow (:func:`arrow_lists`)
+            arr = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+            rows: Any = arr
+        else:
+            rows = lists if isinstance(lists, (list, np.ndarray)) else list(lists)
         out = np.zeros((len(rows), width), dtype=np.int64)
         if not len(rows):
             return out
-        arr = None
-        if len(rows) >= _ARROW_MIN_ROWS:
+        if arr is None and len(rows) >= _ARROW_MIN_ROWS:
             try:
                 arr = pa.array(rows)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
                 pass
-        if arr is not None and pa.types.is_list(arr.type):
+        if arr is not None and (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
             lens = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
             flat_arrow = pc.list_flatten(arr)
         else:  # anything else, value by value
@@ -406,7 +411,24 @@ def _col(df: pd.DataFrame | Mapping[str, Any], name: str) -> Any:
         col = df[name]
     except KeyError:
         raise KeyError(f"feature {name!r} missing from the rows to encode") from None
-    return col.to_numpy() if isinstance(col, pd.Series) else col
+    if isinstance(col, pd.Series):
+        if isinstance(col.dtype, pd.ArrowDtype):  # a list column kept in Arrow: its buffers, no object per row
+            return pa.array(col.array)
+        return col.to_numpy()
+    return col
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t))
+
+
+def arrow_lists(t: pa.DataType) -> pd.ArrowDtype | None:
+    """A ``types_mapper`` for ``pa.Table.to_pandas``: list columns stay Arrow arrays
+    (``pd.ArrowDtype``), other columns convert as usual. A features row's three list columns held
+    as numpy arrays of Python objects, one per row, cost about 700 bytes a row in a DataFrame;
+    held in Arrow, a few dozen. :meth:`FeatureSpec.encode_user` and ``encode_item`` read them
+    without a Python object per row."""
+    return pd.ArrowDtype(t) if _is_list(t) else None
 
 
 def features_path(artifacts: str, version: str | None = "latest") -> str:
