@@ -123,12 +123,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--synthetic", type=int, default=5_000_000, help="synthetic ratings (0 to skip)")
     p.add_argument("--skip-movielens", action="store_true")
+    p.add_argument("--object-store-gib", type=float, default=None,
+                   help="cap Ray's object store (GiB; blocks beyond it spill to disk); default: Ray's own (30%% of memory)")
     args = p.parse_args()
     import ray
 
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    store = {"object_store_memory": int(args.object_store_gib * 2**30)} if args.object_store_gib else {}
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, **store)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    print(f"cpus {os.cpu_count()}, ray {ray.__version__}, pandas {pd.__version__}")
+    print(f"cpus {os.cpu_count()}, ray {ray.__version__}, pandas {pd.__version__}, "
+          f"object store {ray.available_resources().get('object_store_memory', 0) / 2**30:.1f} GiB")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         ml = shared_movielens_dir()
