@@ -79,12 +79,14 @@ def test_ranker_rows_are_built_chunk_by_chunk(ray_session, artifacts, monkeypatc
     assert not any((u, m) in known for u, m in zip(negs["userId"].tolist(), negs["movieId"].tolist()))
     ds, n = to_dataset_chunks(iter(chunks), fv.spec)
     assert n == ds.count() == sum(len(c) for c in chunks)
-    # integer columns are stored as int32 (the loop widens them), with the values the encoder gives
+    # integer columns are stored as int32, genre codes and buckets as int8 (the loop widens them), with
+    # the values the encoder gives
     stored = ds.take_batch(ds.count(), batch_format="numpy")
     encoded = encode_pairs(fv.spec, pd.concat(chunks, ignore_index=True))
     assert stored.keys() == encoded.keys()
+    small = {"user_genres", "item_genres", "user_count_bucket", "item_year_bucket", "item_count_bucket"}
     for k, v in encoded.items():
-        assert stored[k].dtype == (np.int32 if v.dtype.kind == "i" else v.dtype), k
+        assert stored[k].dtype == ((np.int8 if k in small else np.int32) if v.dtype.kind == "i" else v.dtype), k
         # the rows are stored in another order: the same values, column by column
         got, want = np.sort(stored[k].reshape(len(v), -1), axis=0), np.sort(v.reshape(len(v), -1), axis=0)
         assert np.array_equal(got, want, equal_nan=v.dtype.kind == "f"), k

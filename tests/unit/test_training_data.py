@@ -148,3 +148,24 @@ def test_stored_training_columns_are_narrowed_to_int32_and_overflow_is_refused()
         narrowed({"history_end": np.array([1, 2**31], dtype=np.int64)})
     with pytest.raises(ValueError, match="'user_id'"):
         narrowed({"user_id": np.array([-(2**31) - 1], dtype=np.int64)})
+
+
+def test_genre_codes_and_buckets_are_stored_as_int8_while_their_tables_fit():
+    """Columns whose codes index a small table of the spec (genres, buckets: at most 128 rows) are
+    stored as int8, the rest as int32; a table too large for int8 keeps its column at int32, and a
+    code beyond the type is refused."""
+    from types import SimpleNamespace
+
+    from rayrec.training.data import narrowed, storage_types
+
+    sizes = {"genre_vocab": 21, "item_vocab": 60_778, "user_vocab": 10_002, "item_rating_count_buckets": 11,
+             "item_year_buckets": 11, "user_rating_count_buckets": 11}  # fmt: skip
+    types = storage_types(SimpleNamespace(sizes=sizes))  # type: ignore[arg-type]
+    assert types == {k: np.int8 for k in ("user_genres", "item_genres", "user_count_bucket", "item_year_bucket", "item_count_bucket")}
+    out = narrowed({"user_genres": np.array([[0, 20], [127, 1]]), "item_id": np.array([60_777, 2])}, types)
+    assert out["user_genres"].dtype == np.int8 and out["user_genres"].tolist() == [[0, 20], [127, 1]]
+    assert out["item_id"].dtype == np.int32
+    assert "user_genres" not in storage_types(SimpleNamespace(sizes={**sizes, "genre_vocab": 129}))  # type: ignore[arg-type]
+    assert storage_types(SimpleNamespace(sizes={**sizes, "genre_vocab": 128}))["item_genres"] == np.int8  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'item_genres'.*int8"):
+        narrowed({"item_genres": np.array([128])}, types)

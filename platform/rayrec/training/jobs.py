@@ -53,6 +53,7 @@ from rayrec.training.data import (
     narrowed,
     open_features,
     read_table,
+    storage_types,
     temporal_holdout,
     to_dataset,
     to_dataset_chunks,
@@ -289,8 +290,9 @@ def _ranker_task(
     sources = sources or RankerSources.of(fv, mc)  # one for the training and validation rows
     ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sources), spec, seed=seed)
     vrows = ranker_rows(valid, fv, mc, seed + 1, sources) if valid is not None else None
-    # the validation rows go to every worker with the task: their integer columns as int32, as the training rows'
-    task = RankTask(mc, spec.sizes, rows=n_rows, valid=narrowed(encode_pairs(spec, vrows)) if vrows is not None else None)
+    # the validation rows go to every worker with the task: their integer columns as narrow as the training rows'
+    valid_arrays = narrowed(encode_pairs(spec, vrows), storage_types(spec)) if vrows is not None else None
+    task = RankTask(mc, spec.sizes, rows=n_rows, valid=valid_arrays)
     return task, ds
 
 

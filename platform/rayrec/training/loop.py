@@ -121,8 +121,9 @@ def shuffled_batches(
     same kind of mixing: that buffer also only mixes rows that arrive close together. On a GPU a
     window moves to the device once and is dealt there.
 
-    Integer columns come as int64 whatever width they are stored in (the dataset keeps them as int32:
-    :func:`rayrec.training.data.to_dataset_chunks`), widened once per window, on the device.
+    Integer columns come as int64 whatever width they are stored in (the dataset keeps them as int32,
+    genre codes and buckets as int8: :func:`rayrec.training.data.to_dataset_chunks`), widened once
+    per window, on the device.
     """
     window = max(1, window // batch_size) * batch_size
     generator = torch.Generator().manual_seed(seed)

@@ -34,7 +34,7 @@ HISTORY_END, HISTORY_LEN = "history_end", "history_len"
 def _chunks(arrays: Arrays, size: int, device: torch.device) -> Any:
     """``arrays`` in row chunks of ``size`` as tensors on ``device``. A read-only array (one Ray's
     object store hands out) is copied chunk by chunk: torch does not take read-only memory. Integer
-    arrays stored narrow (the ranker's validation rows are int32) come as int64."""
+    arrays stored narrow (the ranker's validation rows are int32 and int8) come as int64."""
     n = len(next(iter(arrays.values())))
     for start in range(0, n, size):
         yield {k: wide(torch.as_tensor(np.require(v[start : start + size], requirements="W")).to(device)) for k, v in arrays.items()}
