@@ -73,6 +73,8 @@ def test_ranker_rows_are_built_chunk_by_chunk(ray_session, artifacts, monkeypatc
     rated = pd.concat([c[c["interact"] == 1] for c in chunks])[keys].reset_index(drop=True)
     assert rated.equals(fv.train[keys].reset_index(drop=True))
     negs = pd.concat([c[c["interact"] == 0] for c in chunks])
+    # the list features stay in Arrow through the sampling and the concat (no Python object per row)
+    assert all(isinstance(c[col].dtype, pd.ArrowDtype) for c in chunks for col in ("user_genres", "user_recent_items", "item_genres"))
     assert 3.5 * len(fv.train) <= len(negs) <= 4 * len(fv.train)
     every = pd.concat([fv.train, fv.test])
     known = set(zip(every["userId"].tolist(), every["movieId"].tolist()))

@@ -116,8 +116,10 @@ def item_pass(batch: pd.DataFrame, movies: pd.DataFrame, *, sentinels: bool = Tr
     return attach_movie_attributes(df, movies)
 
 
-def attach_movie_attributes(df: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFrame:
-    """Join the movie's release year and first genres (static item features) onto rows by movieId."""
+def attach_movie_attributes(df: pd.DataFrame, movies: pd.DataFrame, genres_as: pa.DataType | None = None) -> pd.DataFrame:
+    """Join the movie's release year and first genres (static item features) onto rows by movieId.
+    With ``genres_as`` (an Arrow list type), ``item_genres`` stays an Arrow column of that type
+    (``pd.ArrowDtype``, as the training data keeps its list features) instead of numpy arrays."""
     cat = movies.set_index("movieId")
     pos = cat.index.get_indexer(df["movieId"].to_numpy())
     known = pos >= 0
@@ -125,7 +127,11 @@ def attach_movie_attributes(df: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFr
     df["item_year"] = np.where(known, years[np.maximum(pos, 0)], np.nan)
     genres = [list(g)[:N_ITEM_GENRES] for g in cat["genres"]] + [[]]  # one row per movie, last: unknown
     table = pa.array(genres, pa.large_list(pa.string()))
-    df["item_genres"] = pc.take(table, pa.array(np.where(known, pos, len(cat)))).to_numpy(zero_copy_only=False)
+    taken = pc.take(table, pa.array(np.where(known, pos, len(cat))))
+    if genres_as is not None:
+        df["item_genres"] = pd.Series(pd.arrays.ArrowExtensionArray(taken.cast(genres_as)), index=df.index)
+    else:
+        df["item_genres"] = taken.to_numpy(zero_copy_only=False)
     return df
 
 

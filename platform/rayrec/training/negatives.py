@@ -139,7 +139,10 @@ class NegativeSampler:
         out["item_rating_count"] = count
         out["item_rating_mean"] = mean
         out["item_rating_std"] = std
-        return attach_movie_attributes(out, self.movies)
+        # item genres as the rows hold theirs: kept in Arrow (the training data's samples), the negatives
+        # concatenate with the rated rows without turning every list of the chunk into Python objects
+        kept = rows["item_genres"].dtype if "item_genres" in rows.columns else None
+        return attach_movie_attributes(out, self.movies, kept.pyarrow_dtype if isinstance(kept, pd.ArrowDtype) else None)
 
 
 def add_negatives(
