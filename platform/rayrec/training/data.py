@@ -232,8 +232,8 @@ def to_dataset_chunks(
     at a time: a chunk may be built lazily (a generator), so that only one chunk of feature rows is
     in memory at once.
 
-    Each chunk is encoded here, its rows put in a random order (``seed``), and stored in
-    ``blocks_per_chunk`` blocks, each straight to the object store: only the models' input arrays
+    Each chunk's rows are put in a random order (``seed``) and stored in ``blocks_per_chunk``
+    blocks, each encoded here and put straight to the object store: only the models' input arrays
     are stored (no Arrow copy of the feature rows, list columns and all, and no pandas copy of them
     in a Ray worker). The blocks are the driver's own objects: a node lost mid-training loses at
     most copies of them, never their only one. Columns named in ``carry`` go in with the rest.
@@ -253,14 +253,15 @@ def to_dataset_chunks(
     for chunk in chunks:
         if len(chunk) == 0 and refs:
             continue
-        arrays = narrowed(encode_pairs(spec, chunk, history_len) | {c: chunk[c].to_numpy(np.int64) for c in carry}, types)
         # rows in a random order: a chunk comes user by user, and the ranker's rated rows before
         # their sampled negatives; a shuffle buffer alone would feed whole batches of one kind
         order = rng.permutation(len(chunk))
-        arrays = {k: v[order] for k, v in arrays.items()}
         step = max(1, -(-len(chunk) // blocks_per_chunk))
         for start in range(0, max(len(chunk), 1), step):  # an empty chunk: one empty block (the schema)
-            block = {k: v[start : start + step] for k, v in arrays.items()}
+            # encoded a block at a time (every input is row by row): one block's arrays are held, not
+            # the whole chunk's twice over (encoded, then permuted)
+            rows = chunk.iloc[order[start : start + step]]
+            block = narrowed(encode_pairs(spec, rows, history_len) | {c: rows[c].to_numpy(np.int64) for c in carry}, types)
             refs.append(ray.put(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in block.items()})))
         n += len(chunk)
     if not refs:
