@@ -169,3 +169,17 @@ def test_genre_codes_and_buckets_are_stored_as_int8_while_their_tables_fit():
     assert storage_types(SimpleNamespace(sizes={**sizes, "genre_vocab": 128}))["item_genres"] == np.int8  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'item_genres'.*int8"):
         narrowed({"item_genres": np.array([128])}, types)
+
+
+def test_row_chunks_of_several_frames_are_the_slices_of_their_concatenation():
+    """The refit's train and test samples are chunked one after the other without concatenating
+    them: the chunks are those of their concatenation, a chunk spanning both frames included."""
+    from rayrec.training.jobs import row_chunks
+
+    a, b = pd.DataFrame({"x": np.arange(0, 10)}), pd.DataFrame({"x": np.arange(10, 17)})
+    empty = a.iloc[:0]
+    for parts, size in [([a, b], 3), ([a, b], 5), ([a, b], 17), ([a, b], 100), ([a, empty, b], 4), ([empty, empty], 4), ([a], 4), (a, 6)]:
+        whole = pd.concat(parts, ignore_index=True) if isinstance(parts, list) else parts
+        got = [c["x"].tolist() for c in row_chunks(parts, size)]
+        want = [whole["x"].iloc[s : s + size].tolist() for s in range(0, max(len(whole), 1), size)]
+        assert got == want, (len(whole), size)

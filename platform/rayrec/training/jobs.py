@@ -23,10 +23,10 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -239,25 +239,60 @@ def candidate_rows(rows: pd.DataFrame, sources: RankerSources, n: int, future: f
     return sources.with_ease(out)
 
 
+#: rated rows: one frame, or frames whose rows count one after another (the refit's train and test
+#: samples, which are not concatenated: that copy of every sample was held while the refit's rows were built)
+Rows: TypeAlias = "pd.DataFrame | Sequence[pd.DataFrame]"
+
+
+def _parts(rows: Rows) -> list[pd.DataFrame]:
+    return [rows] if isinstance(rows, pd.DataFrame) else list(rows)
+
+
+def _whole(rows: Rows) -> pd.DataFrame:
+    parts = _parts(rows)
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def row_chunks(rows: Rows, size: int) -> Iterator[pd.DataFrame]:
+    """The rows of ``rows`` in order, ``size`` at a time (the last chunk shorter; no rows: one empty
+    chunk), the same chunks as slicing their concatenation; only a chunk that spans two frames is
+    copied."""
+    pending: list[pd.DataFrame] = []
+    have = 0
+    parts = _parts(rows)
+    for part in parts:
+        start = 0
+        while start < len(part):
+            take = min(size - have, len(part) - start)
+            pending.append(part.iloc[start : start + take])
+            have, start = have + take, start + take
+            if have == size:
+                yield pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)
+                pending, have = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)
+    elif not any(len(p) for p in parts):
+        yield parts[0].iloc[:0]
+
+
 def _rated_chunks(
-    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources
+    rows: Rows, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(chunk, its :func:`ranker_rows`) of ``rows`` in chunks of RANKER_CHUNK_ROWS rated rows, built
     as they are consumed; the first chunk draws from ``seed`` (one chunk: exactly
     ``ranker_rows(rows, …, seed)``), chunk i > 0 from the stream [seed, i]."""
-    for i, start in enumerate(range(0, max(len(rows), 1), RANKER_CHUNK_ROWS)):
-        chunk = rows.iloc[start : start + RANKER_CHUNK_ROWS]
+    for i, chunk in enumerate(row_chunks(rows, RANKER_CHUNK_ROWS)):
         yield chunk, ranker_rows(chunk, fv, mc, seed if i == 0 else [seed, i], sources)
 
 
 def _ranker_chunks(
-    rows: pd.DataFrame, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources | None = None
+    rows: Rows, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources | None = None
 ) -> Iterator[pd.DataFrame]:
     """The training rows of ``rows``, chunk by chunk (:func:`_rated_chunks`). With ``candidates``,
     each chunk also holds the candidate rows (:func:`candidate_rows`) of the users it is the first
     to hold."""
     sources = sources or RankerSources.of(fv, mc)
-    extra = candidate_rows(rows, sources, mc.candidates, mc.candidate_future) if mc.candidates > 0 else None
+    extra = candidate_rows(_whole(rows), sources, mc.candidates, mc.candidate_future) if mc.candidates > 0 else None
     done: set[int] = set()
     for chunk, out in _rated_chunks(rows, fv, mc, seed, sources):
         if extra is not None:
@@ -284,7 +319,7 @@ def _topn_test(model: nn.Module, fv: FeaturesVersion, mc: Any, seed: int, source
 
 
 def _ranker_task(
-    cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None, sources: RankerSources | None = None
+    cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None, sources: RankerSources | None = None
 ) -> tuple[Any, Any]:
     spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
     sources = sources or RankerSources.of(fv, mc)  # one for the training and validation rows
@@ -297,9 +332,10 @@ def _ranker_task(
 
 
 def _retriever_task(
-    cfg: JobConfig, fv: FeaturesVersion, rows: pd.DataFrame, valid: pd.DataFrame | None
+    cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None
 ) -> tuple[Any, Any]:
     spec, h = fv.spec, cfg.model_config.history_len
+    rows = _whole(rows)  # a user's history reads all their rows
     train_rows, likes = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)
     counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
     vdata = retrieval_data(rows, valid, fv.movies, spec, h) if valid is not None else None
@@ -370,12 +406,12 @@ def run_job(cfg: JobConfig) -> JobResult:
     if select is None or tc.refit:
         t = time.perf_counter()
         epochs = select.best_epoch + 1 if select is not None else tc.epochs
-        refit_rows = fv.train
+        refit_rows: Rows = fv.train
         if select is not None and tc.refit_on == "all":
-            refit_rows = pd.concat([fv.train, fv.test], ignore_index=True)
+            refit_rows = [fv.train, fv.test]  # one after the other, not concatenated (the ranker)
             tested = select  # the refit model has seen the test rows
         task, ds = make_task(cfg, fv, refit_rows, None)
-        del refit_rows  # encoded into ``ds`` (the driver's copy of train + test is not needed to fit)
+        del refit_rows  # encoded into ``ds`` (a copy of train + test the retriever made is not needed to fit)
         final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir)
         rows_used["refit"] = task.rows
         del task, ds  # the refit's rows leave the object store before the test rows are built
