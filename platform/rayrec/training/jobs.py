@@ -135,9 +135,12 @@ def retriever_rows(
     item is seen at one instant. Static statistics of the training period keep the signal (popularity,
     average rating) without the clock."""
     hist = history_index(rows, history_len)
-    out = rows.assign(**{HISTORY_END: hist.end, HISTORY_LEN: hist.length})
-    if positives == "liked":
-        out = out[out["label"].to_numpy() == 1].reset_index(drop=True)
+    # the liked rows taken first, then their history columns: one copy of the kept rows, not a copy of
+    # every row and then of the kept ones
+    keep = rows["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(rows), dtype=bool)
+    out = rows[keep].reset_index(drop=True)
+    out[HISTORY_END] = hist.end[keep]
+    out[HISTORY_LEN] = hist.length[keep]
     snap = items_at(rows, movies).set_index("movieId")
     for col in ITEM_STATS:
         out[col] = snap[col].reindex(out["movieId"].to_numpy()).to_numpy()
