@@ -414,7 +414,7 @@ def run_job(cfg: JobConfig) -> JobResult:
             refit_rows = [fv.train, fv.test]  # one after the other, not concatenated (the ranker)
             tested = select  # the refit model has seen the test rows
         task, ds = make_task(cfg, fv, refit_rows, None)
-        del refit_rows  # encoded into ``ds`` (a copy of train + test the retriever made is not needed to fit)
+        del refit_rows  # encoded into ``ds`` (the retriever concatenates train + test inside its task builder only)
         final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir)
         rows_used["refit"] = task.rows
         del task, ds  # the refit's rows leave the object store before the test rows are built
