@@ -93,7 +93,7 @@ class Link:
                     if not data:
                         return
                     peers[ready].sendall(data)
-        except (OSError, ValueError, KeyError):  # reset by set() or by a peer
+        except (OSError, ValueError):  # reset by set() or by a peer (ValueError: a socket closed before it was registered)
             return
         finally:
             sel.close()
