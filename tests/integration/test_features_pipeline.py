@@ -102,6 +102,53 @@ def test_unpublished_run_leaves_latest_alone(random_run, tmp_path):
     assert other.spec.hash == res.spec.hash
 
 
+def test_version_holds_one_file_per_block_and_no_leftovers(random_run):
+    """The user pass writes each block's samples itself, named by the block's first user: four hash
+    partitions give at most four files a split, users never shared between files, and the online
+    tables' per-block files are gone once merged."""
+    _, _, res = random_run
+    version = Path(res.path)
+    assert sorted(p.name for p in version.iterdir()) == ["manifest.json", "movies.parquet", "online", "ratings", "samples", "spec.json", "stats.json"]
+    assert sorted(p.name for p in (version / "online").iterdir()) == ["items.parquet", "users.parquet"]
+    for split in ("train", "test"):
+        files = sorted((version / "samples" / split).iterdir())
+        assert 1 <= len(files) <= 4
+        users = [set(pd.read_parquet(f, columns=["userId"])["userId"]) for f in files]
+        assert sum(len(u) for u in users) == len(set().union(*users))  # no user in two files
+        for f, u in zip(files, users):
+            assert f.name == f"part-{min(u):012d}.parquet"
+
+
+def test_a_split_without_rows_is_an_empty_table_with_the_columns(ray_session, tmp_path):
+    """With no test fraction no block has a test row; the test folder still holds the samples'
+    columns, so a training job reads an empty test split instead of failing."""
+    from rayrec.training.data import open_features
+
+    ratings, movies = ref.random_dataset(n_users=10, n_items=12, n=120, seed=5, ts_span=30)
+    res = run_features(as_dataset(ratings, movies), FeaturesConfig(artifacts=str(tmp_path), test_fraction=0.0, num_blocks=2))
+    fv = open_features(str(tmp_path), res.version)
+    assert len(fv.test) == 0 and len(fv.train) == len(ratings)
+    assert list(fv.test.columns) == list(fv.train.columns)
+
+
+def test_a_retried_block_writes_the_same_files(tmp_path):
+    """A block's task that runs again (a retry after a worker died) overwrites its own files instead
+    of adding a second copy of its rows; what it returns is the same."""
+    from rayrec.features.pipeline import _item_stage, _user_stage
+
+    ratings, movies = ref.random_dataset(n_users=8, n_items=10, n=60, seed=3, ts_span=30)
+    out = str(tmp_path / "v")
+    rated = _item_stage(ratings, movies, out).to_pandas()
+    first = _user_stage(rated, movies, out)
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet"))
+    again = _user_stage(rated, movies, out)
+    _item_stage(ratings, movies, out)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet")) == files
+    assert first.equals(again)
+    samples = pd.concat([pd.read_parquet(tmp_path / "v" / "samples" / s) for s in ("train", "test")])
+    assert len(samples) == len(ratings)
+
+
 def write_movielens(folder: Path, ratings: pd.DataFrame, movies: pd.DataFrame) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     ratings.to_csv(folder / "ratings.csv", index=False)

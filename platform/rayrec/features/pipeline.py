@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayrec.features.pointintime import LABEL_THRESHOLD
@@ -115,35 +116,69 @@ def _by_key(ds: Any, num_blocks: int, key: str) -> Any:
     return ds.repartition(1) if num_blocks <= 1 else ds.repartition(num_blocks, keys=[key])
 
 
-def _item_pass(batch: pd.DataFrame, **kwargs: Any) -> pa.Table:
-    return _arrow(item_pass(batch, **kwargs))
+def _part_name(table: pa.Table, key: str) -> str:
+    """A block's file name, from its smallest key: blocks hold whole keys, so no two blocks share it,
+    and a retried task writes the same name again (never a second copy of its rows)."""
+    return f"part-{int(pc.min(table.column(key)).as_py()):012d}.parquet"
 
 
-def _user_pass(batch: pd.DataFrame, **kwargs: Any) -> pa.Table:
-    return _arrow(user_pass(batch, **kwargs))
+def _write_table(table: pa.Table, target: str) -> None:
+    fs, path = uri.filesystem(target)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(table, path, filesystem=fs)
 
 
-def _rows(batch: pa.Table, sentinel: bool) -> pa.Table:
-    return batch.filter(pc.equal(batch.column("sentinel"), sentinel))
+ITEM_ONLINE = ("movieId", "item_rating_count", "item_rating_mean", "item_rating_std", "item_year", "item_genres")
+USER_ONLINE = ("userId", *USER_FEATURES, "last_timestamp")
+PARTS = "_parts"  # the online tables' per-block files, merged into one file each at the end
 
 
-def _split_rows(batch: pa.Table, split: str) -> pa.Table:
-    return batch.filter(pc.equal(batch.column("split"), split)).select(list(SAMPLE_COLUMNS))
+def _item_stage(batch: pd.DataFrame, movies: pd.DataFrame, out: str) -> pa.Table:
+    """The item pass of a block holding whole movies: its movies' latest features (the sentinel rows)
+    are written beside the version, the rated rows go on to the user pass."""
+    table = _arrow(item_pass(batch, movies))
+    sentinel = table.column("sentinel")
+    latest = table.filter(sentinel)
+    if len(latest):
+        _write_table(latest.select(list(ITEM_ONLINE)), uri.join(out, PARTS, "items", _part_name(latest, "movieId")))
+    return table.filter(pc.invert(sentinel))
 
 
-def _spec_partial(batch: pa.Table) -> pa.Table:
-    return pa.table({"p": [pickle.dumps(SpecPartial.of(batch))]})
+def _user_stage(batch: pd.DataFrame, movies: pd.DataFrame, out: str, **kwargs: Any) -> pa.Table:
+    """The user pass of a block holding whole users, and every exit of its rows: the train and test
+    samples and the users' latest features are written beside the version; what comes back is one
+    row of partial statistics (the FeatureSpec's over the train samples, the report's over all)."""
+    df = user_pass(batch, movies, **kwargs)
+    # each user's last rating time (for the online store): the row before the user's sentinel, which
+    # sorts after every rating of its user
+    sentinel = df["sentinel"].to_numpy()
+    last = np.zeros(len(df), np.int64)
+    at = np.flatnonzero(sentinel)
+    last[at] = df["timestamp"].to_numpy(np.int64)[at - 1]
+    table = _arrow(df.assign(last_timestamp=last))
+    flag = table.column("sentinel")
+    latest = table.filter(flag)
+    if len(latest):
+        _write_table(latest.select(list(USER_ONLINE)), uri.join(out, PARTS, "users", _part_name(latest, "userId")))
+    samples = table.filter(pc.invert(flag)).select(list(SAMPLE_COLUMNS))
+    split = samples.column("split")
+    train = samples.filter(pc.equal(split, "train"))
+    for name, rows in (("train", train), ("test", samples.filter(pc.equal(split, "test")))):
+        if len(rows):
+            _write_table(rows, uri.join(out, "samples", name, _part_name(rows, "userId")))
+    return pa.table({"spec": [pickle.dumps(SpecPartial.of(train))], "stats": [pickle.dumps(StatsPartial.of(samples))],
+                     "schema": [samples.schema.serialize().to_pybytes()]})  # fmt: skip
 
 
-def _stats_partial(batch: pa.Table) -> pa.Table:
-    return pa.table({"p": [pickle.dumps(StatsPartial.of(batch))]})
-
-
-def _merge(ds: Any, fn: Any, empty: Any) -> Any:
-    acc = empty
-    for row in ds.map_batches(fn, batch_format="pyarrow", batch_size=None).take_all():
-        acc = acc.merge(pickle.loads(row["p"]))
-    return acc
+def _read_parts(out: str, name: str) -> pd.DataFrame:
+    """An online table's per-block files as one frame; the files are removed."""
+    folder = uri.join(out, PARTS, name)
+    fs, path = uri.filesystem(folder)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:  # no block had a row of this table
+        return pd.DataFrame(columns=list(ITEM_ONLINE if name == "items" else USER_ONLINE))
+    df = pq.ParquetDataset(path, filesystem=fs).read().to_pandas(ignore_metadata=True)
+    fs.delete_dir(path)
+    return df
 
 
 def _check_unique(df: pd.DataFrame, key: str) -> None:
@@ -156,7 +191,12 @@ def _check_unique(df: pd.DataFrame, key: str) -> None:
 
 
 def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> FeaturesResult:
-    """Run the whole feature job on Ray Data (``ray.init()`` first, or it starts a local Ray)."""
+    """Run the whole feature job on Ray Data (``ray.init()`` first, or it starts a local Ray).
+
+    One streaming pass: ratings → (hash by movieId) item pass → (hash by userId) user pass, whose
+    blocks are written as they come (samples, the latest user and item features) and return only
+    their partial statistics. Nothing is materialised: the shuffles hold the rows once, not the
+    item pass's and the user pass's outputs besides."""
     import ray
 
     t0 = time.perf_counter()
@@ -173,41 +213,30 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
 
     t = time.perf_counter()
     ratings = ray.data.read_parquet(uri.join(out, "ratings"))
-    by_item = (
-        _by_key(ratings, nb, "movieId")
-        .map_batches(_item_pass, fn_kwargs={"movies": movies}, batch_format="pandas", batch_size=None)
-        .materialize()
+    rated = _by_key(ratings, nb, "movieId").map_batches(
+        _item_stage, fn_kwargs={"movies": movies, "out": out}, batch_format="pandas", batch_size=None
     )
-    timings["item_pass_s"] = time.perf_counter() - t
-
-    # the items' latest features (one sentinel row per item) now, so the item pass's output can go as
-    # soon as the user pass has read it: two full copies of the ratings are not held any longer than that
-    t = time.perf_counter()
-    items = by_item.map_batches(_rows, fn_kwargs={"sentinel": True}, batch_format="pyarrow", batch_size=None).to_pandas()
-    timings["online_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    rated = by_item.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pyarrow", batch_size=None)
-    by_user = (
-        _by_key(rated, nb, "userId")
-        .map_batches(
-            _user_pass,
-            fn_kwargs={
-                "movies": movies,
-                "threshold": cfg.threshold,
-                "test_fraction": cfg.test_fraction,
-                "min_ratings": cfg.min_ratings,
-            },
-            batch_format="pandas",
-            batch_size=None,
-        )
-        .materialize()
+    user_kwargs = {"threshold": cfg.threshold, "test_fraction": cfg.test_fraction, "min_ratings": cfg.min_ratings}
+    partials = _by_key(rated, nb, "userId").map_batches(
+        _user_stage, fn_kwargs={"movies": movies, "out": out, **user_kwargs}, batch_format="pandas", batch_size=None
     )
-    del rated, by_item
-    timings["user_pass_s"] = time.perf_counter() - t
+    spec_acc, stats_acc, schema = SpecPartial(), StatsPartial(), None
+    for row in partials.iter_rows():
+        spec_acc.merge(pickle.loads(row["spec"]))
+        stats_acc.merge(pickle.loads(row["stats"]))
+        schema = schema or pa.ipc.read_schema(pa.py_buffer(row["schema"]))
+    timings["passes_s"] = time.perf_counter() - t
+
+    # -- exit 1: samples (written by the user pass); a split no block had rows of gets an empty file --
+    if schema is None:
+        raise ValueError("no ratings to compute features from")
+    for split in ("train", "test"):
+        if not stats_acc.rows.get(split):
+            _write_table(schema.empty_table(), uri.join(out, "samples", split, "part-empty.parquet"))
 
     # -- exit 2: latest features for the online store ------------------------------------------
     t = time.perf_counter()
+    items = _read_parts(out, "items")
     _check_unique(items, "movieId")
     unrated = movies[~movies["movieId"].isin(items["movieId"])]
     cold = attach_movie_attributes(
@@ -228,35 +257,24 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
     items["item_genres"] = [list(g) for g in items["item_genres"]]
     _write_parquet(items.reset_index(drop=True), uri.join(out, "online", "items.parquet"))
 
-    users = by_user.map_batches(_rows, fn_kwargs={"sentinel": True}, batch_format="pyarrow", batch_size=None).to_pandas()
+    users = _read_parts(out, "users")
     _check_unique(users, "userId")
-    last_ts = data.ratings.groupby("userId")["timestamp"].max()
-    users = users[["userId", *USER_FEATURES]].sort_values("userId").reset_index(drop=True)
-    users["last_timestamp"] = last_ts.reindex(users["userId"]).to_numpy(np.int64)
+    users = users[list(USER_ONLINE)].sort_values("userId").reset_index(drop=True)
+    users["last_timestamp"] = users["last_timestamp"].to_numpy(np.int64)
     for col in ("user_genres", "user_recent_items"):
         users[col] = [list(v) for v in users[col]]
     _write_parquet(users, uri.join(out, "online", "users.parquet"))
-    timings["online_s"] += time.perf_counter() - t
-
-    # -- exit 1: samples -----------------------------------------------------------------------
-    t = time.perf_counter()
-    samples = by_user.map_batches(_rows, fn_kwargs={"sentinel": False}, batch_format="pyarrow", batch_size=None)
-    for split in ("train", "test"):
-        part = samples.map_batches(_split_rows, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
-        part.write_parquet(uri.join(out, "samples", split))
-    timings["samples_s"] = time.perf_counter() - t
+    fs, path = uri.filesystem(uri.join(out, PARTS))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+    timings["online_s"] = time.perf_counter() - t
 
     # -- FeatureSpec on train only, and exit 3: statistics -------------------------------------
     t = time.perf_counter()
-    # from the user pass's blocks in the object store, not by reading the train files back: a second
-    # copy of the train samples beside those blocks was the job's peak memory (5M ratings: PSS 9.8 GiB;
-    # now 8.4 GiB, at the end of the user pass)
-    train = samples.map_batches(_split_rows, fn_kwargs={"split": "train"}, batch_format="pyarrow", batch_size=None)
-    spec = FeatureSpec.fit(_merge(train, _spec_partial, SpecPartial()), label_threshold=cfg.threshold)
+    spec = FeatureSpec.fit(spec_acc, label_threshold=cfg.threshold)
     spec.save(uri.join(out, SPEC_FILE))
-    stats = _merge(samples, _stats_partial, StatsPartial())
     report = build_report(
-        stats,
+        stats_acc,
         n_users=int(data.ratings["userId"].nunique()),
         n_rated_items=int(data.ratings["movieId"].nunique()),
         n_catalog=len(movies),
@@ -275,7 +293,6 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
     )
     if cfg.publish:
         uri.set_latest(features_root(cfg.artifacts), version)
-    del by_user
     return FeaturesResult(version, out, spec, report, timings)
 
 
