@@ -101,6 +101,23 @@ def test_retriever_rows_are_liked_samples_with_static_item_statistics(data):
     assert (rows.set_index("movieId")["item_rating_count"] == snap["item_rating_count"].reindex(rows["movieId"]).to_numpy()).all()
 
 
+@pytest.mark.parametrize("positives", ["liked", "all"])
+def test_retriever_rows_of_frames_one_after_another_equal_those_of_their_concatenation(data, positives):
+    """The refit's train and test samples, passed as two frames, give the rows and histories of the
+    two concatenated (which the refit no longer builds)."""
+    parts = [data.train, data.test]
+    got, got_likes = retriever_rows(parts, data.movies, 10, positives)
+    exp, exp_likes = retriever_rows(pd.concat(parts, ignore_index=True), data.movies, 10, positives)
+    assert len(data.test) and np.array_equal(got_likes, exp_likes)
+    assert list(got.columns) == list(exp.columns) and len(got) == len(exp) > len(data.train[data.train["label"] == 1])
+    for col in got.columns:
+        a, b = got[col], exp[col]
+        if isinstance(a.dtype, pd.ArrowDtype) or a.dtype == object:
+            assert [list(x) if not isinstance(x, str) else x for x in a] == [list(x) if not isinstance(x, str) else x for x in b], col
+        else:
+            assert a.dtype == b.dtype and np.array_equal(a.to_numpy(), b.to_numpy(), equal_nan=a.dtype.kind == "f"), col
+
+
 def test_data_range_records_span_and_size(data):
     r = data_range(data.train)
     assert r == {"rows": len(data.train), "start": int(data.train["timestamp"].min()), "end": int(data.train["timestamp"].max())}

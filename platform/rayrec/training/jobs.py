@@ -120,8 +120,12 @@ def _subset(fv: FeaturesVersion, max_users: int | None) -> FeaturesVersion:
     return FeaturesVersion(fv.version, fv.path, fv.spec, keep(fv.train), keep(fv.test), fv.movies)
 
 
+#: the columns a user's history and the items' snapshot read from every rated row
+HISTORY_COLUMNS = ["userId", "movieId", "rating", "timestamp", "label"]
+
+
 def retriever_rows(
-    rows: pd.DataFrame, movies: pd.DataFrame, history_len: int, positives: str = "liked"
+    rows: Rows, movies: pd.DataFrame, history_len: int, positives: str = "liked"
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The retriever's training rows: the liked samples (``positives="all"``: every rated sample),
     each with the user's point-in-time history of liked movies, and the item statistics of one
@@ -133,15 +137,22 @@ def retriever_rows(
     grows with time). With in-batch negatives taken from other times, the towers would learn to match
     the time of a user to the time of an item instead of their tastes, and at retrieval time every
     item is seen at one instant. Static statistics of the training period keep the signal (popularity,
-    average rating) without the clock."""
-    hist = history_index(rows, history_len)
+    average rating) without the clock.
+
+    ``rows`` may be frames whose rows count one after another (the refit's train and test samples):
+    the histories read the few columns of :data:`HISTORY_COLUMNS` of all of them, and only the kept
+    rows of each frame are copied, never every sample's features at once."""
+    parts = _parts(rows)
+    ratings = _whole([p[HISTORY_COLUMNS] for p in parts]) if len(parts) > 1 else parts[0]
+    hist = history_index(ratings, history_len)
     # the liked rows taken first, then their history columns: one copy of the kept rows, not a copy of
     # every row and then of the kept ones
-    keep = rows["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(rows), dtype=bool)
-    out = rows[keep].reset_index(drop=True)
+    keeps = [p["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(p), dtype=bool) for p in parts]
+    out = _whole([p[k] for p, k in zip(parts, keeps)]).reset_index(drop=True)
+    keep = np.concatenate(keeps)
     out[HISTORY_END] = hist.end[keep]
     out[HISTORY_LEN] = hist.length[keep]
-    snap = items_at(rows, movies).set_index("movieId")
+    snap = items_at(ratings, movies).set_index("movieId")
     for col in ITEM_STATS:
         out[col] = snap[col].reindex(out["movieId"].to_numpy()).to_numpy()
     return out, hist.likes
@@ -338,10 +349,9 @@ def _retriever_task(
     cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None
 ) -> tuple[Any, Any]:
     spec, h = fv.spec, cfg.model_config.history_len
-    rows = _whole(rows)  # a user's history reads all their rows
-    train_rows, likes = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)
+    train_rows, likes = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)  # a user's history reads all their rows
     counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
-    vdata = retrieval_data(rows, valid, fv.movies, spec, h) if valid is not None else None
+    vdata = retrieval_data(_whole(rows), valid, fv.movies, spec, h) if valid is not None else None
     task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata,
                         history_likes=spec.vocabs["item"].lookup(likes))  # fmt: skip
     ds = to_dataset(train_rows, spec, seed=cfg.train_config.seed, carry=(HISTORY_END, HISTORY_LEN))
@@ -411,10 +421,10 @@ def run_job(cfg: JobConfig) -> JobResult:
         epochs = select.best_epoch + 1 if select is not None else tc.epochs
         refit_rows: Rows = fv.train
         if select is not None and tc.refit_on == "all":
-            refit_rows = [fv.train, fv.test]  # one after the other, not concatenated (the ranker)
+            refit_rows = [fv.train, fv.test]  # one after the other, not concatenated
             tested = select  # the refit model has seen the test rows
         task, ds = make_task(cfg, fv, refit_rows, None)
-        del refit_rows  # encoded into ``ds`` (the retriever concatenates train + test inside its task builder only)
+        del refit_rows  # encoded into ``ds``
         final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir)
         rows_used["refit"] = task.rows
         del task, ds  # the refit's rows leave the object store before the test rows are built
