@@ -4,10 +4,15 @@ Stages (each a vectorised ``map_batches`` over blocks that hold whole keys after
 ``groupby().map_groups()`` was an order of magnitude slower at millions of ratings):
 
 1. ingest: validated ratings written as Parquet under the version folder, read back with Ray Data;
-2. item pass (by movieId): point-in-time item statistics + static movie attributes;
-3. user pass (by userId): point-in-time user features, label and per-user temporal split;
-4. exits: samples (train/test Parquet), latest user/item features for the online store, the
-   FeatureSpec fitted on train only, and the statistics report.
+2. item pass (by movieId): point-in-time item statistics + static movie attributes; each block writes
+   its movies' latest features and passes its rated rows on;
+3. user pass (by userId): point-in-time user features, label and per-user temporal split; each block
+   writes its samples (train/test Parquet) and its users' latest features, and returns its partial
+   statistics;
+4. exits: the latest user/item features merged into one file each for the online store, the
+   FeatureSpec fitted on train only, and the statistics report, from the merged partials.
+
+The stages run as one stream: no pass's output is materialised.
 
 Everything lands in ``<artifacts>/features/<version>/``; ``features/LATEST`` is swapped at the end,
 so a reader never sees a half-written version.
