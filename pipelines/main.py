@@ -25,7 +25,7 @@ from pipelines import features, index, serve, train
 from pipelines._common import HelpFormatter, artifacts_arg, init_ray, setup_logging
 from rayrec import headlines, uri
 from rayrec.console import Console, interruptible, ray_logs_dir
-from rayrec.costs import Costs, format_costs
+from rayrec.costs import Costs, format_costs, release_memory
 from rayrec.reaper import become_subreaper
 from rayrec.reports import write_report
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
@@ -106,6 +106,7 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
 
     def step(name: str, fn, argv: list[str], headline=None) -> None:  # noqa: ANN001
         interruptible()  # a training step leaves Ray Train's SIGINT handler behind
+        release_memory()  # what the step before freed, so that its high-water mark is not this step's floor
         with costs.step(name):
             if console:
                 console.step(name, lambda: fn(argv), headline)

@@ -84,6 +84,28 @@ class StepCost:
     peak_bytes: int
 
 
+def release_memory() -> None:
+    """Give the memory this process freed back to the system: a job of several steps in one process
+    (``pipelines.main``) otherwise carries one step's high-water mark into the next. Collects garbage,
+    then trims Arrow's pool (which keeps freed buffers for reuse) and the C heap (glibc's
+    ``malloc_trim``; nothing where the C library has none)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
 def _rate(rows: int, wall_s: float) -> float:
     return rows / wall_s if wall_s > 0 else 0.0
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from pipelines import main as main_job
-from rayrec.costs import Costs, TreeMemory, format_costs
+from rayrec.costs import Costs, TreeMemory, format_costs, release_memory
 
 MIB = 2**20
 
@@ -103,3 +103,16 @@ def test_scale_flags_are_checked_before_anything_runs(argv, message, capsys):
         main_job.main([*argv, "--no-serve"])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
+def test_release_memory_gives_freed_heap_pages_back():
+    """Freed blocks between live ones stay in the process (the heap cannot shrink past a live block)
+    until the step boundary's release gives their pages back."""
+    proc = psutil.Process()
+    blocks = [b"x" * 100_000 for _ in range(2_000)]  # 200 MB in heap-sized blocks, every page written
+    del blocks[::2]  # 100 MB freed in holes between live blocks
+    held = proc.memory_info().rss
+    release_memory()
+    assert held - proc.memory_info().rss > 50 * 2**20
+    assert len(blocks) == 1_000
