@@ -43,6 +43,23 @@ def test_temporal_holdout_takes_each_users_last_rows():
     assert fit.groupby("userId")["timestamp"].max().loc[1] < valid["timestamp"].min()
 
 
+def test_temporal_holdout_of_sorted_samples_equals_that_of_any_order(data):
+    """A features version's samples come sorted and are split without a sorted copy; any other order
+    gives the same split."""
+    from rayrec.training.data import _is_sorted, _sorted
+
+    ordered = _sorted(data.train)
+    shuffled = data.train.sample(frac=1.0, random_state=1)
+    assert _is_sorted(ordered) and not _is_sorted(shuffled)
+    assert not _is_sorted(ordered.iloc[::-1]) and not _is_sorted(ordered.set_axis(ordered.index + 1))
+    row = int(np.flatnonzero(ordered["userId"].to_numpy()[1:] == ordered["userId"].to_numpy()[:-1])[0])
+    perm = np.arange(len(ordered))
+    perm[[row, row + 1]] = [row + 1, row]  # two rows of one user out of time order
+    assert not _is_sorted(ordered.iloc[perm].reset_index(drop=True))
+    for got, exp in zip(temporal_holdout(ordered, 0.2), temporal_holdout(shuffled, 0.2)):
+        pd.testing.assert_frame_equal(got, exp)
+
+
 def test_user_state_at_boundary_equals_reference(data):
     history = data.train
     got = users_at(history, data.movies, 50, 3.5)

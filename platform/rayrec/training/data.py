@@ -96,6 +96,17 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["userId", "timestamp", "movieId"], kind="mergesort").reset_index(drop=True)
 
 
+def _is_sorted(df: pd.DataFrame) -> bool:
+    """Whether ``df`` is already what :func:`_sorted` would return: ordered by (userId, timestamp,
+    movieId) with a fresh 0..n-1 index."""
+    idx = df.index
+    if not (isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1):
+        return False
+    u, t, m = (df[c].to_numpy() for c in ("userId", "timestamp", "movieId"))
+    du, dt = u[1:] - u[:-1], t[1:] - t[:-1]
+    return bool(np.all((du > 0) | ((du == 0) & ((dt > 0) | ((dt == 0) & (m[1:] >= m[:-1]))))))
+
+
 @dataclass(frozen=True)
 class Histories:
     """Every row's point-in-time history of likes, by reference instead of a list per row.
@@ -145,7 +156,7 @@ def positive_history(df: pd.DataFrame, max_len: int) -> list[list[int]]:
 def temporal_holdout(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fit, valid): each user's last ``fraction`` of rows by time is valid; users with fewer than
     ``min_rows`` rows stay in fit. The same cut as the features pipeline's train/test split."""
-    d = _sorted(df)
+    d = df if _is_sorted(df) else _sorted(df)  # a features version's samples come sorted: no copy of them
     rank = d.groupby("userId").cumcount().to_numpy()
     n = d.groupby("userId")["userId"].transform("size").to_numpy()
     n_valid = np.where(n >= min_rows, np.floor(n * fraction + 1e-9).astype(np.int64), 0)

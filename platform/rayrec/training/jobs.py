@@ -188,7 +188,8 @@ class RankerSources:
 
     @classmethod
     def of(cls, fv: FeaturesVersion, mc: Any) -> RankerSources:
-        ratings = pd.concat([fv.train, fv.test])[["userId", "movieId", "rating", "timestamp"]]
+        cols = ["userId", "movieId", "rating", "timestamp"]
+        ratings = pd.concat([fv.train[cols], fv.test[cols]])  # the columns first: not a copy of every sample's features
         negatives = NegativeSampler(ratings, fv.movies) if mc.objective == "topn" else None
         ease = None
         if mc.ease_feature or mc.candidates > 0:
@@ -445,7 +446,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         test = classification_metrics(fv.test["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, rated), like=True))
         metrics: dict[str, Any] = {"test": test}
         if mc.ease_feature:  # the serving weights: every rating, the λ and sparsity of the training feature
-            ratings = pd.concat([fv.train, fv.test])[["userId", "movieId"]]
+            ratings = pd.concat([fv.train[["userId", "movieId"]], fv.test[["userId", "movieId"]]])
             files[EASE_FILE] = fit_item_weights(ratings, mc.ease_lambda, top_k=mc.ease_top_k).to_bytes()
         if mc.objective == "topn":  # the ranking score: liked test rows against their sampled negatives
             metrics["test_topn"] = classification_metrics(*_topn_test(model, fv, mc, tc.seed + 2, sources))
