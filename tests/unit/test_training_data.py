@@ -108,6 +108,21 @@ def test_history_references_gather_the_same_histories(data):
     assert tuple(empty.shape) == (3, width) and not empty.any()
 
 
+@pytest.mark.parametrize("block_rows", [1, 17, 60])
+def test_user_state_in_blocks_of_users_equals_that_of_all_rows_at_once(data, block_rows):
+    """users_at runs the user pass on blocks of whole users: any block size gives the same rows, in
+    the same order, whatever the rows' order."""
+    whole = users_at(data.train, data.movies, 50, 3.5, block_rows=10**9)
+    shuffled = data.train.sample(frac=1.0, random_state=2)
+    for got in (users_at(data.train, data.movies, 50, 3.5, block_rows=block_rows), users_at(shuffled, data.movies, 50, 3.5, block_rows=block_rows)):
+        assert list(got.columns) == list(whole.columns) and len(got) == len(whole) == data.train["userId"].nunique()
+        for col in got.columns:
+            a, b = got[col].tolist(), whole[col].tolist()
+            if col in ("user_genres", "user_recent_items", "history_items"):
+                a, b = [list(x) for x in a], [list(x) for x in b]
+            assert a == b or np.allclose(np.asarray(a, float), np.asarray(b, float), equal_nan=True, rtol=0, atol=0), col
+
+
 def test_retriever_rows_are_liked_samples_with_static_item_statistics(data):
     rows, likes = retriever_rows(data.train, data.movies, 10)
     assert (rows["history_end"] <= len(likes)).all() and (rows["history_len"] <= 10).all()

@@ -164,15 +164,39 @@ def temporal_holdout(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> tu
     return d[~is_valid].reset_index(drop=True), d[is_valid].reset_index(drop=True)
 
 
-def users_at(ratings: pd.DataFrame, movies: pd.DataFrame, history_len: int, threshold: float) -> pd.DataFrame:
+#: rated rows per block of whole users that :func:`users_at` runs the user pass on
+USERS_AT_ROWS = 250_000
+
+
+def users_at(
+    ratings: pd.DataFrame, movies: pd.DataFrame, history_len: int, threshold: float, block_rows: int = USERS_AT_ROWS
+) -> pd.DataFrame:
     """One row per user: ``userId``, the user features and ``history_items`` as of the end of
-    ``ratings`` (userId, movieId, rating, timestamp), by the features pipeline's point-in-time code."""
-    base = attach_movie_attributes(ratings[["userId", "movieId", "rating", "timestamp"]].copy(), movies)
-    latest = user_pass(base, movies, threshold=threshold, sentinels=True)
+    ``ratings`` (userId, movieId, rating, timestamp), by the features pipeline's point-in-time code.
+
+    The user pass runs on blocks of whole users, about ``block_rows`` rated rows each, as the features
+    pipeline runs it: it computes every row's features to keep each user's last, and over every rating
+    at once those arrays were the retriever job's peak (5M samples: several GiB)."""
+    r = ratings[["userId", "movieId", "rating", "timestamp"]]
+    users = r["userId"].to_numpy()
+    if len(users) > 1 and bool(np.any(users[1:] < users[:-1])):
+        r = r.iloc[np.argsort(users, kind="stable")]
+        users = r["userId"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    # a block ends at the first user to start at or after each multiple of block_rows
+    cuts = np.unique(starts[np.minimum(np.searchsorted(starts, np.arange(block_rows, len(users), block_rows)), len(starts) - 1)])
     keep = ["userId", "user_rating_count", "user_rating_mean", "user_rating_std", "user_year_mean",
             "user_year_std", "user_genres", "user_recent_items"]  # fmt: skip
-    latest = latest.loc[latest["sentinel"].to_numpy(), keep]
-    liked = ratings[ratings["rating"].to_numpy(np.float64) >= threshold]
+    parts = []
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(users)]):
+        if hi <= lo:
+            continue
+        out = user_pass(attach_movie_attributes(r.iloc[lo:hi].copy(), movies), movies, threshold=threshold, sentinels=True)
+        parts.append(out.loc[out["sentinel"].to_numpy(), keep])
+        del out
+    latest = pd.concat(parts) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame(columns=keep))
+    rated = ratings["rating"].to_numpy(np.float64) >= threshold
+    liked = ratings.loc[rated, ["userId", "timestamp", "movieId"]]  # three columns, not every feature of the liked rows
     liked = liked.sort_values(["userId", "timestamp", "movieId"], ascending=[True, False, False], kind="mergesort")
     hist = liked.groupby("userId")["movieId"].agg(lambda s: s.to_numpy(np.int64)[:history_len].tolist())
     latest = latest.reset_index(drop=True)

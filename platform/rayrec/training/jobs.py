@@ -453,7 +453,7 @@ def run_job(cfg: JobConfig) -> JobResult:
     else:
         assert isinstance(model, TwoTower)
         data = retrieval_data(fv.train, fv.test, fv.movies, fv.spec, mc.history_len)
-        liked = fv.train[fv.train["label"].to_numpy() == 1]
+        liked = fv.train.loc[fv.train["label"].to_numpy() == 1, ["movieId"]]
         pop = popularity_scores(liked, data.task.item_ids)
         metrics = {
             "test": retrieval_metrics(model, data),
