@@ -84,9 +84,13 @@ def features_root(artifacts: str) -> str:
 
 
 def _write_parquet(df: pd.DataFrame, target: str) -> None:
+    _write_table(pa.Table.from_pandas(df, preserve_index=False), target)
+
+
+def _write_table(table: pa.Table, target: str) -> None:
     fs, path = uri.filesystem(target)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, filesystem=fs)
+    pq.write_table(table, path, filesystem=fs)
 
 
 def _ingest(data: MovieLens, out: str, num_blocks: int) -> None:
@@ -125,12 +129,6 @@ def _part_name(table: pa.Table, key: str) -> str:
     """A block's file name, from its smallest key: blocks hold whole keys, so no two blocks share it,
     and a retried task writes the same name again (never a second copy of its rows)."""
     return f"part-{int(pc.min(table.column(key)).as_py()):012d}.parquet"
-
-
-def _write_table(table: pa.Table, target: str) -> None:
-    fs, path = uri.filesystem(target)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(table, path, filesystem=fs)
 
 
 ITEM_ONLINE = ("movieId", "item_rating_count", "item_rating_mean", "item_rating_std", "item_year", "item_genres")
@@ -175,12 +173,12 @@ def _user_stage(batch: pd.DataFrame, movies: pd.DataFrame, out: str, **kwargs: A
                      "schema": [samples.schema.serialize().to_pybytes()]})  # fmt: skip
 
 
-def _read_parts(out: str, name: str) -> pd.DataFrame:
+def _read_parts(out: str, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
     """An online table's per-block files as one frame; the files are removed."""
     folder = uri.join(out, PARTS, name)
     fs, path = uri.filesystem(folder)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:  # no block had a row of this table
-        return pd.DataFrame(columns=list(ITEM_ONLINE if name == "items" else USER_ONLINE))
+        return pd.DataFrame(columns=list(columns))
     df = pq.ParquetDataset(path, filesystem=fs).read().to_pandas(ignore_metadata=True)
     fs.delete_dir(path)
     return df
@@ -241,7 +239,7 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
 
     # -- exit 2: latest features for the online store ------------------------------------------
     t = time.perf_counter()
-    items = _read_parts(out, "items")
+    items = _read_parts(out, "items", ITEM_ONLINE)
     _check_unique(items, "movieId")
     unrated = movies[~movies["movieId"].isin(items["movieId"])]
     cold = attach_movie_attributes(
@@ -262,7 +260,7 @@ def run_features(data: MovieLens, cfg: FeaturesConfig = FeaturesConfig()) -> Fea
     items["item_genres"] = [list(g) for g in items["item_genres"]]
     _write_parquet(items.reset_index(drop=True), uri.join(out, "online", "items.parquet"))
 
-    users = _read_parts(out, "users")
+    users = _read_parts(out, "users", USER_ONLINE)
     _check_unique(users, "userId")
     users = users[list(USER_ONLINE)].sort_values("userId").reset_index(drop=True)
     users["last_timestamp"] = users["last_timestamp"].to_numpy(np.int64)
