@@ -28,6 +28,7 @@ from rayrec.console import Console, interruptible, ray_logs_dir
 from rayrec.costs import Costs, format_costs, release_memory
 from rayrec.reaper import become_subreaper
 from rayrec.reports import write_report
+from rayrec.runtime import OBJECT_STORE_ENV
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
 
 
@@ -48,10 +49,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --dataset synthetic: generate this many ratings (users and items scale with it)")
     p.add_argument("--users", type=int, default=None, help="with --ratings: synthetic users (default: ml-25m's share)")
     p.add_argument("--items", type=int, default=None, help="with --ratings: synthetic items (default: ml-25m's share)")
+    p.add_argument("--object-store-gib", type=float, default=None,
+                   help="size of the local Ray's object store, GiB; objects beyond it spill to disk (default: "
+                   f"{OBJECT_STORE_ENV}, else Ray's own: 30%% of memory)")
     p.add_argument("-v", "--verbose", action="store_true", help="print everything (Ray's output included) as it comes")
     p.set_defaults(synthetic=None)  # the SyntheticConfig of --ratings
     args = p.parse_args(argv)
     artifacts = artifacts_arg(args.artifacts)
+    if args.object_store_gib is not None:
+        if not 0 < args.object_store_gib < float("inf"):
+            p.error(f"--object-store-gib must be a positive number of GiB (got {args.object_store_gib:g})")
+        os.environ[OBJECT_STORE_ENV] = repr(args.object_store_gib)  # read by init_ray
     if args.ratings is None and (args.users is not None or args.items is not None):
         p.error("--users and --items size a synthetic dataset: give --ratings too")
     if args.ratings is not None:
@@ -96,7 +104,9 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
         console.route_ray_loggers()
         console.capture_workers()
         console.total = 5 if args.no_serve else 6
-        say(f"rayrec: the whole pipeline on a local Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+        res = ray.cluster_resources()
+        say(f"rayrec: the whole pipeline on a local Ray ({res.get('CPU', 0):g} CPUs, "
+            f"object store {res.get('object_store_memory', 0) / 2**30:.1f} GiB)")
         say(f"        logs: this job {console.log_path}; Ray's workers {console.workers_path}; Ray {ray_logs_dir()}")
     common = ["--artifacts", artifacts]
     store = [] if args.store == "default" else ["--store", args.store]

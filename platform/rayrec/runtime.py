@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["init_ray", "train_env", "TRAIN_HEALTH_CHECK_S"]
+__all__ = ["init_ray", "train_env", "object_store_bytes", "TRAIN_HEALTH_CHECK_S", "OBJECT_STORE_ENV"]
+
+#: the size of a local Ray's object store, in GiB (unset: Ray's own, 30% of the machine's memory). Its
+#: shared memory, once written, stays resident until Ray stops, even when every object in it is freed:
+#: a job of several steps in one Ray carries the store's high-water mark from step to step. Beyond the
+#: cap Ray spills objects to disk.
+OBJECT_STORE_ENV = "RAYREC_OBJECT_STORE_GIB"
 
 #: how often Ray Train's controller checks on its workers (Ray's default: 2 s). A fit returns only
 #: after the check that finds its loop done, and a run of the main job makes four fits (a selection
@@ -38,4 +44,23 @@ def init_ray(address: str | None = None, ingress: str | None = None, **kwargs: A
     else:  # a Ray of this job's own: never attach to whatever cluster happens to run on this machine
         apply_ingress(ingress)  # read by Serve's controller from the environment it inherits
         train_env()
+        store = object_store_bytes()
+        if store is not None:
+            kwargs.setdefault("object_store_memory", store)
         ray.init(address="local", include_dashboard=False, **kwargs)
+
+
+def object_store_bytes() -> int | None:
+    """The object store size that :data:`OBJECT_STORE_ENV` asks for, in bytes (None: unset); a value
+    that is not a positive number of GiB is a ValueError naming the variable."""
+    raw = os.environ.get(OBJECT_STORE_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        gib = float(raw)
+    except ValueError:
+        gib = float("nan")
+    if not gib > 0 or gib == float("inf"):
+        raise ValueError(f"{OBJECT_STORE_ENV}={raw!r}: expected a positive number of GiB (e.g. 2 or 0.5)")
+    # Ray refuses a store under 75 MiB
+    return max(int(gib * 2**30), 80 * 2**20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from pipelines import main as main_job
 from rayrec.costs import Costs, TreeMemory, format_costs, release_memory
+from rayrec.runtime import OBJECT_STORE_ENV, object_store_bytes
 
 MIB = 2**20
 
@@ -96,13 +98,36 @@ def test_scale_run_sizes_follow_ml25m_unless_given():
         (["--ratings", "1000"], "use --dataset synthetic"),
         (["--dataset", "synthetic", "--users", "10"], "give --ratings too"),
         (["--dataset", "synthetic", "--ratings", "100000", "--users", "10", "--items", "100"], "n_ratings"),
+        (["--object-store-gib", "0"], "--object-store-gib must be a positive number of GiB"),
+        (["--object-store-gib", "-2"], "--object-store-gib must be a positive number of GiB"),
+        (["--object-store-gib", "nan"], "--object-store-gib must be a positive number of GiB"),
     ],
 )
-def test_scale_flags_are_checked_before_anything_runs(argv, message, capsys):
+def test_scale_flags_are_checked_before_anything_runs(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv(OBJECT_STORE_ENV, raising=False)
     with pytest.raises(SystemExit) as e:
         main_job.main([*argv, "--no-serve"])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+    assert OBJECT_STORE_ENV not in os.environ  # refused before it is passed on
+
+
+@pytest.mark.parametrize("raw, gib", [("2", 2.0), (" 0.5 ", 0.5), ("1e-3", None)])
+def test_object_store_size_from_the_environment(raw, gib, monkeypatch):
+    monkeypatch.setenv(OBJECT_STORE_ENV, raw)
+    # Ray refuses a store under 75 MiB: a smaller request gets 80 MiB
+    assert object_store_bytes() == (int(gib * 2**30) if gib else 80 * MIB)
+    monkeypatch.setenv(OBJECT_STORE_ENV, "")
+    assert object_store_bytes() is None
+    monkeypatch.delenv(OBJECT_STORE_ENV)
+    assert object_store_bytes() is None
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "nan", "inf"])
+def test_object_store_size_refuses_what_is_not_a_positive_size(raw, monkeypatch):
+    monkeypatch.setenv(OBJECT_STORE_ENV, raw)
+    with pytest.raises(ValueError, match=f"{OBJECT_STORE_ENV}=.*positive number of GiB"):
+        object_store_bytes()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
