@@ -60,6 +60,22 @@ def test_temporal_holdout_of_sorted_samples_equals_that_of_any_order(data):
         pd.testing.assert_frame_equal(got, exp)
 
 
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_holdout_positions_take_the_holdout_splits(data, order):
+    """The training job keeps the fit split as positions into the samples (no copy of them): those
+    positions take the rows temporal_holdout returns, in its order; the two splits cover every row once."""
+    from rayrec.training.data import _sorted, holdout_positions
+
+    df = _sorted(data.train) if order == "sorted" else data.train.sample(frac=1.0, random_state=2)
+    fit_at, valid_at = holdout_positions(df, 0.2)
+    fit, valid = temporal_holdout(df, 0.2)
+    assert len(valid) > 0 and np.array_equal(np.sort(np.r_[fit_at, valid_at]), np.arange(len(df)))
+    if order == "sorted":
+        assert np.all(np.diff(fit_at) > 0) and np.all(np.diff(valid_at) > 0)
+    pd.testing.assert_frame_equal(df.take(fit_at).reset_index(drop=True), fit)
+    pd.testing.assert_frame_equal(df.take(valid_at).reset_index(drop=True), valid)
+
+
 def test_user_state_at_boundary_equals_reference(data):
     history = data.train
     got = users_at(history, data.movies, 50, 3.5)
@@ -148,6 +164,46 @@ def test_retriever_rows_of_frames_one_after_another_equal_those_of_their_concate
             assert [list(x) if not isinstance(x, str) else x for x in a] == [list(x) if not isinstance(x, str) else x for x in b], col
         else:
             assert a.dtype == b.dtype and np.array_equal(a.to_numpy(), b.to_numpy(), equal_nan=a.dtype.kind == "f"), col
+
+
+def _same_frames(got: pd.DataFrame, exp: pd.DataFrame) -> None:
+    assert list(got.columns) == list(exp.columns) and got.index.equals(exp.index)
+    for col in got.columns:
+        a, b = got[col], exp[col]
+        assert a.dtype == b.dtype, col
+        if isinstance(a.dtype, pd.ArrowDtype) or a.dtype == object:
+            assert [list(x) if not isinstance(x, str) else x for x in a] == [list(x) if not isinstance(x, str) else x for x in b], col
+        else:
+            assert np.array_equal(a.to_numpy(), b.to_numpy(), equal_nan=a.dtype.kind == "f"), col
+
+
+@pytest.mark.parametrize("positives", ["liked", "all"])
+def test_a_split_taken_by_positions_gives_the_rows_of_its_copy(data, positives):
+    """The validation hold-out's fit split is passed by reference (:class:`Taken`): its training
+    rows and chunks are those of the copied split, index labels included."""
+    from rayrec.training.data import holdout_positions
+    from rayrec.training.jobs import Taken, row_chunks
+
+    fit_at, _ = holdout_positions(data.train, 0.2)
+    taken, copy = Taken(data.train, fit_at), data.train.take(fit_at).reset_index(drop=True)
+    assert len(taken) == len(copy) < len(data.train)
+    got, got_likes = retriever_rows(taken, data.movies, 10, positives)
+    exp, exp_likes = retriever_rows(copy, data.movies, 10, positives)
+    assert np.array_equal(got_likes, exp_likes)
+    _same_frames(got, exp)
+    for size in (7, 64, len(copy), 10_000):
+        chunks, want = list(row_chunks(taken, size)), list(row_chunks(copy, size))
+        assert len(chunks) == len(want)
+        for a, b in zip(chunks, want):
+            _same_frames(a, b)
+    # a split followed by a frame: the chunks of their concatenation
+    mixed = list(row_chunks([taken, data.test], 50))
+    whole = pd.concat([copy, data.test], ignore_index=True)
+    assert len(mixed) == -(-len(whole) // 50)
+    for i, c in enumerate(mixed):
+        assert c["userId"].tolist() == whole["userId"].iloc[i * 50 : (i + 1) * 50].tolist()
+        assert c["movieId"].tolist() == whole["movieId"].iloc[i * 50 : (i + 1) * 50].tolist()
+    assert len(list(row_chunks(Taken(data.train, fit_at[:0]), 5))[0]) == 0
 
 
 def test_data_range_records_span_and_size(data):

@@ -38,6 +38,7 @@ __all__ = [
     "history_index",
     "positive_history",
     "temporal_holdout",
+    "holdout_positions",
     "users_at",
     "items_at",
     "data_range",
@@ -156,12 +157,26 @@ def positive_history(df: pd.DataFrame, max_len: int) -> list[list[int]]:
 def temporal_holdout(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fit, valid): each user's last ``fraction`` of rows by time is valid; users with fewer than
     ``min_rows`` rows stay in fit. The same cut as the features pipeline's train/test split."""
-    d = df if _is_sorted(df) else _sorted(df)  # a features version's samples come sorted: no copy of them
-    rank = d.groupby("userId").cumcount().to_numpy()
-    n = d.groupby("userId")["userId"].transform("size").to_numpy()
+    fit, valid = holdout_positions(df, fraction, min_rows)
+    return df.take(fit).reset_index(drop=True), df.take(valid).reset_index(drop=True)
+
+
+def holdout_positions(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`temporal_holdout` as positions into ``df``: (fit, valid) such that ``df.take(fit)`` is
+    the fit split, rows in time order per user (increasing positions when ``df`` comes sorted, as a
+    features version's samples do), without a copy of the samples."""
+    order = None if _is_sorted(df) else np.lexsort((df["movieId"].to_numpy(), df["timestamp"].to_numpy(), df["userId"].to_numpy()))
+    users = df["userId"].to_numpy()
+    if order is not None:
+        users = users[order]
+    first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    count = np.diff(np.r_[first, len(users)])
+    n = np.repeat(count, count)  # each row's user's row count
+    rank = np.arange(len(users)) - np.repeat(first, count)  # the row's place in its user's rows
     n_valid = np.where(n >= min_rows, np.floor(n * fraction + 1e-9).astype(np.int64), 0)
     is_valid = rank >= n - n_valid
-    return d[~is_valid].reset_index(drop=True), d[is_valid].reset_index(drop=True)
+    pos = np.arange(len(users)) if order is None else order
+    return pos[~is_valid], pos[is_valid]
 
 
 #: rated rows per block of whole users that :func:`users_at` runs the user pass on

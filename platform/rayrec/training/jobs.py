@@ -50,11 +50,11 @@ from rayrec.training.data import (
     data_range,
     items_at,
     history_index,
+    holdout_positions,
     narrowed,
     open_features,
     read_table,
     storage_types,
-    temporal_holdout,
     to_dataset,
     to_dataset_chunks,
     users_at,
@@ -62,7 +62,7 @@ from rayrec.training.data import (
 from rayrec.retrieval.ease import fit_item_weights
 from rayrec.training.ease_feature import EaseFeature
 from rayrec.training.negatives import NegativeSampler
-from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
+from rayrec.training.tasks import HISTORY_END, HISTORY_LEN, PREDICT_BATCH, RankTask, RetrievalData, RetrieveTask, predict_ranker, retrieval_metrics
 from rayrec.training.trainer import FitResult, fit, runs_root
 
 __all__ = ["JobConfig", "JobResult", "run_job", "ranker_rows", "retriever_rows", "retrieval_data"]
@@ -143,12 +143,12 @@ def retriever_rows(
     the histories read the few columns of :data:`HISTORY_COLUMNS` of all of them, and only the kept
     rows of each frame are copied, never every sample's features at once."""
     parts = _parts(rows)
-    ratings = _whole([p[HISTORY_COLUMNS] for p in parts]) if len(parts) > 1 else parts[0]
+    ratings = _whole(parts, HISTORY_COLUMNS)
     hist = history_index(ratings, history_len)
     # the liked rows taken first, then their history columns: one copy of the kept rows, not a copy of
     # every row and then of the kept ones
-    keeps = [p["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(p), dtype=bool) for p in parts]
-    out = _whole([p[k] for p, k in zip(parts, keeps)]).reset_index(drop=True)
+    keeps = [_frame(p, ["label"])["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(p), dtype=bool) for p in parts]
+    out = _whole([_where(p, k) for p, k in zip(parts, keeps)]).reset_index(drop=True)
     keep = np.concatenate(keeps)
     out[HISTORY_END] = hist.end[keep]
     out[HISTORY_LEN] = hist.length[keep]
@@ -175,6 +175,8 @@ ANONYMOUS_USER = -1  # the userId of the ranker's candidate rows: not a user, so
 #: rated rows whose negatives are sampled and encoded at once: the ranker's training data is built
 #: chunk by chunk, so the driver holds one chunk of feature rows (× 1 + negatives), not all of them
 RANKER_CHUNK_ROWS = 250_000
+#: rated test rows the ranker's test scores at once: a whole number of :func:`predict_ranker`'s batches
+TEST_CHUNK_ROWS = 30 * PREDICT_BATCH
 
 
 @dataclass
@@ -254,24 +256,60 @@ def candidate_rows(rows: pd.DataFrame, sources: RankerSources, n: int, future: f
     return sources.with_ease(out)
 
 
-#: rated rows: one frame, or frames whose rows count one after another (the refit's train and test
-#: samples, which are not concatenated: that copy of every sample was held while the refit's rows were built)
-Rows: TypeAlias = "pd.DataFrame | Sequence[pd.DataFrame]"
+@dataclass(frozen=True)
+class Taken:
+    """Rows ``index`` (positions) of ``frame``, in that order: a split of the samples read a few
+    columns or a chunk at a time, never copied whole (the validation hold-out's fit split is nine
+    tenths of the training samples, which the driver holds already)."""
+
+    frame: pd.DataFrame
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self, start: int = 0, stop: int | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows ``start:stop`` of the split (all columns, or ``columns``), copied, indexed as the same
+        slice of the split's frame would be."""
+        stop = len(self.index) if stop is None else min(stop, len(self.index))
+        out = (self.frame if columns is None else self.frame[columns]).take(self.index[start:stop])
+        out.index = pd.RangeIndex(start, max(start, stop))
+        return out
 
 
-def _parts(rows: Rows) -> list[pd.DataFrame]:
-    return [rows] if isinstance(rows, pd.DataFrame) else list(rows)
+Part: TypeAlias = "pd.DataFrame | Taken"
+#: rated rows: one frame or split, or several whose rows count one after another (the refit's train
+#: and test samples, which are not concatenated: that copy of every sample was held while the refit's
+#: rows were built)
+Rows: TypeAlias = "Part | Sequence[Part]"
 
 
-def _whole(rows: Rows) -> pd.DataFrame:
-    parts = _parts(rows)
+def _parts(rows: Rows) -> list[Part]:
+    return [rows] if isinstance(rows, (pd.DataFrame, Taken)) else list(rows)
+
+
+def _frame(part: Part, columns: list[str] | None = None) -> pd.DataFrame:
+    """A part as a frame (a split's rows copied), of ``columns`` only when given (a frame's columns
+    are not copied: pandas copies on write)."""
+    if isinstance(part, Taken):
+        return part.rows(columns=columns).reset_index(drop=True)
+    return part if columns is None else part[columns]
+
+
+def _whole(rows: Rows, columns: list[str] | None = None) -> pd.DataFrame:
+    parts = [_frame(p, columns) for p in _parts(rows)]
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def _where(part: Part, keep: np.ndarray) -> pd.DataFrame:
+    """The rows of ``part`` where ``keep`` is true (a copy of those rows only)."""
+    return part.frame.take(part.index[keep]) if isinstance(part, Taken) else part[keep]
 
 
 def row_chunks(rows: Rows, size: int) -> Iterator[pd.DataFrame]:
     """The rows of ``rows`` in order, ``size`` at a time (the last chunk shorter; no rows: one empty
-    chunk), the same chunks as slicing their concatenation; only a chunk that spans two frames is
-    copied."""
+    chunk), the same chunks as slicing their concatenation; only a chunk that spans two parts, or
+    comes from a split (:class:`Taken`), is copied."""
     pending: list[pd.DataFrame] = []
     have = 0
     parts = _parts(rows)
@@ -279,7 +317,7 @@ def row_chunks(rows: Rows, size: int) -> Iterator[pd.DataFrame]:
         start = 0
         while start < len(part):
             take = min(size - have, len(part) - start)
-            pending.append(part.iloc[start : start + take])
+            pending.append(part.rows(start, start + take) if isinstance(part, Taken) else part.iloc[start : start + take])
             have, start = have + take, start + take
             if have == size:
                 yield pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)
@@ -287,7 +325,7 @@ def row_chunks(rows: Rows, size: int) -> Iterator[pd.DataFrame]:
     if pending:
         yield pending[0] if len(pending) == 1 else pd.concat(pending, ignore_index=True)
     elif not any(len(p) for p in parts):
-        yield parts[0].iloc[:0]
+        yield _frame(parts[0]).iloc[:0]
 
 
 def _rated_chunks(
@@ -352,7 +390,7 @@ def _retriever_task(
     spec, h = fv.spec, cfg.model_config.history_len
     train_rows, likes = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)  # a user's history reads all their rows
     counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
-    vdata = retrieval_data(_whole(rows), valid, fv.movies, spec, h) if valid is not None else None
+    vdata = retrieval_data(_whole(rows, HISTORY_COLUMNS), valid, fv.movies, spec, h) if valid is not None else None
     task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata,
                         history_likes=spec.vocabs["item"].lookup(likes))  # fmt: skip
     ds = to_dataset(train_rows, spec, seed=cfg.train_config.seed, carry=(HISTORY_END, HISTORY_LEN))
@@ -398,7 +436,11 @@ def run_job(cfg: JobConfig) -> JobResult:
     # the ranker's sources (negatives' sampler, EASE feature) serve every stage of the job
     sources = RankerSources.of(fv, cfg.model_config) if cfg.name == "ranker" else None
     make_task = partial(_ranker_task, sources=sources) if sources is not None else _retriever_task
-    fit_rows, valid_rows = temporal_holdout(fv.train, tc.valid_fraction) if tc.valid_fraction > 0 else (fv.train, None)
+    fit_rows: Rows = fv.train
+    valid_rows = None
+    if tc.valid_fraction > 0:  # the fit split by reference: not a copy of nine tenths of the samples
+        fit_at, valid_at = holdout_positions(fv.train, tc.valid_fraction)
+        fit_rows, valid_rows = Taken(fv.train, fit_at), fv.train.take(valid_at).reset_index(drop=True)
     timings["data_s"] = time.perf_counter() - t
     print(f"[{cfg.name}] run {run_name}: features {fv.version}, {len(fv.train):,} train / {len(fv.test):,} test "
           f"samples, {tc.num_workers} worker(s), {'GPU' if tc.use_gpu else 'CPU'}", flush=True)  # fmt: skip
@@ -442,8 +484,10 @@ def run_job(cfg: JobConfig) -> JobResult:
     if cfg.name == "ranker":
         # P(like | rated) on the rated test pairs: the explicit-rating AUC of every ranker
         assert sources is not None
-        rated = sources.with_ease(fv.test)
-        test = classification_metrics(fv.test["label"].to_numpy(), predict_ranker(model, encode_pairs(fv.spec, rated), like=True))
+        # scored a chunk at a time (a whole number of predict_ranker's batches: the same scores), not
+        # encoded all at once beside a copy of every test sample with its EASE score
+        like = [predict_ranker(model, encode_pairs(fv.spec, sources.with_ease(c)), like=True) for c in row_chunks(fv.test, TEST_CHUNK_ROWS)]
+        test = classification_metrics(fv.test["label"].to_numpy(), np.concatenate(like))
         metrics: dict[str, Any] = {"test": test}
         if mc.ease_feature:  # the serving weights: every rating, the λ and sparsity of the training feature
             ratings = pd.concat([fv.train[["userId", "movieId"]], fv.test[["userId", "movieId"]]])

@@ -40,9 +40,13 @@ def _chunks(arrays: Arrays, size: int, device: torch.device) -> Any:
         yield {k: wide(torch.as_tensor(np.require(v[start : start + size], requirements="W")).to(device)) for k, v in arrays.items()}
 
 
+#: rows per forward pass of the evaluation helpers
+PREDICT_BATCH = 8192
+
+
 @torch.no_grad()
 def predict_ranker(
-    model: nn.Module, arrays: Arrays, device: torch.device | str = "cpu", chunk: int = 8192, like: bool = False
+    model: nn.Module, arrays: Arrays, device: torch.device | str = "cpu", chunk: int = PREDICT_BATCH, like: bool = False
 ) -> np.ndarray:
     """The ranker's ranking scores (``predict``; ``like=True``: P(like | rated)) on encoded rows, in order."""
     was = model.training
@@ -55,7 +59,7 @@ def predict_ranker(
 
 @torch.no_grad()
 def encode_towers(
-    model: TwoTower, users: Arrays, items: Arrays, device: torch.device | str = "cpu", chunk: int = 8192
+    model: TwoTower, users: Arrays, items: Arrays, device: torch.device | str = "cpu", chunk: int = PREDICT_BATCH
 ) -> tuple[np.ndarray, np.ndarray]:
     """(U, D) user vectors and (N, D) item vectors, both L2-normalised."""
     was = model.training
