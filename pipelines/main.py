@@ -28,7 +28,7 @@ from rayrec.console import Console, interruptible, ray_logs_dir
 from rayrec.costs import Costs, format_costs, release_memory
 from rayrec.reaper import become_subreaper
 from rayrec.reports import write_report
-from rayrec.runtime import OBJECT_STORE_ENV
+from rayrec.runtime import DEFAULT_OBJECT_STORE_GIB, OBJECT_STORE_ENV
 from rayrec.serving.ingress import DOOR_NAMES, INGRESS_ENV, MODES, IngressUnavailable
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=None, help="with --ratings: synthetic items (default: ml-25m's share)")
     p.add_argument("--object-store-gib", type=float, default=None,
                    help="size of the local Ray's object store, GiB; objects beyond it spill to disk (default: "
-                   f"{OBJECT_STORE_ENV}, else Ray's own: 30%% of memory)")
+                   f"{OBJECT_STORE_ENV}, else {DEFAULT_OBJECT_STORE_GIB:g} GiB or 30%% of memory where less)")
     p.add_argument("-v", "--verbose", action="store_true", help="print everything (Ray's output included) as it comes")
     p.set_defaults(synthetic=None)  # the SyntheticConfig of --ratings
     args = p.parse_args(argv)

@@ -2,6 +2,7 @@
 
     python tests/perf/bench_scale.py                                   # 1M and 5M ratings, 1 epoch
     python tests/perf/bench_scale.py --ratings 1000000,5000000,25000000 --epochs 1 --out /tmp/scale
+    python tests/perf/bench_scale.py --ratings 5000000 --object-store-gib 2   # a capped object store
 
 Each size runs ``python -m pipelines.main --dataset synthetic --ratings N --epochs E --no-serve`` in a
 fresh process (a fresh local Ray), reads the ``reports/costs.json`` it writes (wall time, peak memory
@@ -24,18 +25,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_size(ratings: int, epochs: int, out: Path, data: Path, timeout_s: float) -> dict:
+def run_size(ratings: int, epochs: int, out: Path, data: Path, timeout_s: float, store_gib: float | None = None) -> dict:
     art = out / f"artifacts-{ratings}"
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT}", "RAYREC_DATA": str(data)}
     cmd = [sys.executable, "-m", "pipelines.main", "--dataset", "synthetic", "--ratings", str(ratings),
            "--epochs", str(epochs), "--no-serve", "--artifacts", str(art)]  # fmt: skip
+    if store_gib is not None:
+        cmd += ["--object-store-gib", str(store_gib)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     took = time.perf_counter() - t
     if proc.returncode != 0:
         return {"ratings": ratings, "rc": proc.returncode, "wall_s": took, "tail": (proc.stdout + proc.stderr)[-2000:]}
     costs = json.loads((art / "reports" / "costs.json").read_text())
-    return {"ratings": ratings, "rc": 0, "wall_s": took, "costs": costs}
+    return {"ratings": ratings, "rc": 0, "wall_s": took, "object_store_gib": store_gib, "costs": costs}
 
 
 def table(results: list[dict]) -> str:
@@ -67,13 +70,15 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs per model (the default job trains up to 12)")
     p.add_argument("--out", default=None, help="folder for the artifacts and the data cache (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one size may take")
+    p.add_argument("--object-store-gib", type=float, default=None,
+                   help="the main job's --object-store-gib (default: the job's own default)")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="rayrec-scale-"))
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for n in [int(x) for x in args.ratings.split(",")]:
         print(f"== {n:,} ratings …", flush=True)
-        r = run_size(n, args.epochs, out, out / "data", args.timeout)
+        r = run_size(n, args.epochs, out, out / "data", args.timeout, args.object_store_gib)
         print(f"   {'ok' if r['rc'] == 0 else 'FAILED'} in {r['wall_s']:.0f}s", flush=True)
         results.append(r)
     print(table(results))

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines import main as main_job
 from rayrec.costs import Costs, TreeMemory, format_costs, release_memory
-from rayrec.runtime import OBJECT_STORE_ENV, object_store_bytes
+from rayrec.runtime import DEFAULT_OBJECT_STORE_GIB, OBJECT_STORE_ENV, object_store_bytes
 
 MIB = 2**20
 
@@ -117,13 +117,26 @@ def test_object_store_size_from_the_environment(raw, gib, monkeypatch):
     monkeypatch.setenv(OBJECT_STORE_ENV, raw)
     # Ray refuses a store under 75 MiB: a smaller request gets 80 MiB
     assert object_store_bytes() == (int(gib * 2**30) if gib else 80 * MIB)
-    monkeypatch.setenv(OBJECT_STORE_ENV, "")
-    assert object_store_bytes() is None
-    monkeypatch.delenv(OBJECT_STORE_ENV)
-    assert object_store_bytes() is None
+    monkeypatch.setenv(OBJECT_STORE_ENV, " Ray ")
+    assert object_store_bytes() is None  # Ray's own size
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "two", "nan", "inf"])
+def test_object_store_size_defaults_to_two_gib_or_ray_share_where_less(monkeypatch):
+    from collections import namedtuple
+
+    mem = namedtuple("mem", "total")
+    for env in ("", None):
+        if env is None:
+            monkeypatch.delenv(OBJECT_STORE_ENV, raising=False)
+        else:
+            monkeypatch.setenv(OBJECT_STORE_ENV, env)
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: mem(24 * 2**30))
+        assert object_store_bytes() == int(DEFAULT_OBJECT_STORE_GIB * 2**30) == 2 * 2**30
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: mem(4 * 2**30))  # a small machine: Ray's 30%
+        assert object_store_bytes() == int(0.3 * 4 * 2**30)
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "nan", "inf", "rays"])
 def test_object_store_size_refuses_what_is_not_a_positive_size(raw, monkeypatch):
     monkeypatch.setenv(OBJECT_STORE_ENV, raw)
     with pytest.raises(ValueError, match=f"{OBJECT_STORE_ENV}=.*positive number of GiB"):
