@@ -46,9 +46,9 @@ def init_ray(address: str | None = None, ingress: str | None = None, **kwargs: A
     if address:
         ray.init(address=address, **kwargs)
     else:  # a Ray of this job's own: never attach to whatever cluster happens to run on this machine
+        store = object_store_bytes()  # checked first: a bad value is refused before anything is set
         apply_ingress(ingress)  # read by Serve's controller from the environment it inherits
         train_env()
-        store = object_store_bytes()  # checked first: a bad value is refused before anything starts
         if store is not None:
             kwargs.setdefault("object_store_memory", store)
         ray.init(address="local", include_dashboard=False, **kwargs)
