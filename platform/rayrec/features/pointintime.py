@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "last_share",
     "SENTINEL_TS",
     "N_USER_GENRES",
     "N_RECENT_ITEMS",
@@ -240,22 +241,27 @@ def _recent_positives(
     return list_column(lengths, pa.array(pos_items[flat].astype(np.int64)))
 
 
-def _split(keys: np.ndarray, rated: np.ndarray, test_fraction: float, min_ratings: int) -> np.ndarray:
-    """"test" for each user's last ``test_fraction`` of rated rows (rows are sorted by time)."""
+def last_share(keys: np.ndarray, rated: np.ndarray, fraction: float, min_rows: int) -> np.ndarray:
+    """Per row, whether it is among its key's last ``fraction`` of ``rated`` rows (keys in runs, each
+    run in time order); a key with fewer than ``min_rows`` rated rows has none. The cut of the
+    train/test split, and of the training job's validation hold-out."""
     n = len(keys)
-    split = np.full(n, "train", dtype=object)
     if n == 0:
-        return split
+        return np.zeros(0, dtype=bool)
     _, start, counts = np.unique(keys, return_index=True, return_counts=True)
     n_rated = np.add.reduceat(rated.astype(np.int64), start)
-    # rank of each rated row within its user, 0-based
-    new_key = np.zeros(n, dtype=bool)
-    new_key[start] = True
+    # rank of each rated row within its key, 0-based
     csum = np.cumsum(rated.astype(np.int64))
     base = np.repeat(csum[start] - rated[start], counts)
     rank = csum - base - 1
-    n_user = np.repeat(n_rated, counts)
-    n_test = np.where(n_user >= min_ratings, np.floor(n_user * test_fraction + 1e-9).astype(np.int64), 0)
-    split[rated & (rank >= n_user - n_test)] = "test"
+    n_key = np.repeat(n_rated, counts)
+    n_last = np.where(n_key >= min_rows, np.floor(n_key * fraction + 1e-9).astype(np.int64), 0)
+    return rated & (rank >= n_key - n_last)
+
+
+def _split(keys: np.ndarray, rated: np.ndarray, test_fraction: float, min_ratings: int) -> np.ndarray:
+    """"test" for each user's last ``test_fraction`` of rated rows (rows are sorted by time)."""
+    split = np.full(len(keys), "train", dtype=object)
+    split[last_share(keys, rated, test_fraction, min_ratings)] = "test"
     split[~rated] = "latest"
     return split

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from rayrec import uri
-from rayrec.features.pointintime import attach_movie_attributes, item_pass, prior_sums, user_pass
+from rayrec.features.pointintime import attach_movie_attributes, item_pass, last_share, prior_sums, user_pass
 from rayrec.features.spec import FeatureSpec, arrow_lists, features_path
 from rayrec.models.inputs import HISTORY, encode_pairs
 
@@ -169,12 +169,7 @@ def holdout_positions(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> t
     users = df["userId"].to_numpy()
     if order is not None:
         users = users[order]
-    first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
-    count = np.diff(np.r_[first, len(users)])
-    n = np.repeat(count, count)  # each row's user's row count
-    rank = np.arange(len(users)) - np.repeat(first, count)  # the row's place in its user's rows
-    n_valid = np.where(n >= min_rows, np.floor(n * fraction + 1e-9).astype(np.int64), 0)
-    is_valid = rank >= n - n_valid
+    is_valid = last_share(users, np.ones(len(users), dtype=bool), fraction, min_rows)
     pos = np.arange(len(users)) if order is None else order
     return pos[~is_valid], pos[is_valid]
 
