@@ -172,6 +172,16 @@ def test_ease_recall_path_ranks_as_dense_ease(n_users):
     rows, scores = sparse.scores(history)
     assert rows.tolist() == sorted(want_sum)
     np.testing.assert_allclose(scores, [want_sum[t] for t in sorted(want_sum)], rtol=1e-6)
+    # ``unseen``: the same, less the history's own items (reached here: every item points to every other)
+    rows_all, scores_all = weights.scores(history)
+    own = set(np.searchsorted(weights.items, history[:-1]).tolist())
+    assert own <= set(rows_all.tolist())
+    rows_unseen, scores_unseen = weights.scores(history, unseen=True)
+    keep = np.array([t not in own for t in rows_all.tolist()])
+    assert rows_unseen.tolist() == rows_all[keep].tolist()
+    np.testing.assert_array_equal(scores_unseen, scores_all[keep])
+    # the kept sums are shared: a later call without ``unseen`` still sees the history's items
+    assert weights.scores(history)[0].tolist() == rows_all.tolist()
 
 
 def test_ease_sums_skip_missing_targets_and_keep_zero_weights():

@@ -133,7 +133,9 @@ def rerank(
         eligible &= ~dup
         dropped["duplicate"] = int(dup.sum())
     if cfg.filter_seen and seen:
-        s = np.isin(ids, np.fromiter(seen, dtype=np.int64, count=len(seen))) & eligible
+        # a set's lookups, id by id: a request's ~100 candidates cost a fifth of np.isin's sorts
+        seen_set = seen if isinstance(seen, (set, frozenset)) else set(seen)
+        s = np.fromiter((m in seen_set for m in ids.tolist()), dtype=bool, count=n) & eligible
         eligible &= ~s
         dropped["seen"] = int(s.sum())
     if cfg.exclude_genres:

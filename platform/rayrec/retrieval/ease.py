@@ -52,7 +52,7 @@ class ItemWeights:
     lam: float
     # the last few histories' sums: a request sums its user's history in recall (the ease path) and again
     # when its candidates are blended (rayrec.serving.blend), half a millisecond each
-    _recent: dict[bytes, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _recent: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray] | None] = field(default_factory=dict, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # the sums and their lock stay behind
@@ -94,9 +94,10 @@ class ItemWeights:
             return cls.from_rows(z["items"], z["targets"], z["weights"], float(z["lam"]))
         return cls(z["items"], z["indptr"], z["targets"], z["weights"], float(z["lam"]))
 
-    def _summed(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(total over the items, reached mask): every item's weights summed over the history items
-        that point to it; None when no history item is known. The arrays are shared: read only."""
+    def _summed(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(total over the items, reached mask, the history's own rows): every item's weights summed
+        over the history items that point to it; None when no history item is known. The arrays are
+        shared: read only."""
         key = np.asarray(history, dtype=np.int64).tobytes()
         with self._lock:
             if key in self._recent:
@@ -108,7 +109,7 @@ class ItemWeights:
             self._recent[key] = out
         return out
 
-    def _sum(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _sum(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         n = len(self.items)
         pos = np.searchsorted(self.items, history)
         pos = pos[(pos < n) & (self.items[np.minimum(pos, n - 1)] == history)]
@@ -124,14 +125,19 @@ class ItemWeights:
         total = np.bincount(t, weights=self.weights[at], minlength=n)
         reached = np.zeros(n, dtype=bool)
         reached[t] = True
-        return total, reached
+        return total, reached, pos
 
-    def scores(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of every item some history item points to, summed over the history."""
+    def scores(self, history: np.ndarray, *, unseen: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of every item some history item points to, summed over the history;
+        ``unseen``: without the history's own items (a mask over the rows it already found, not a
+        search of the reached items among the history: a third of the ease path's time at 62k items)."""
         summed = self._summed(history)
         if summed is None:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        total, reached = summed
+        total, reached, own = summed
+        if unseen:
+            reached = reached.copy()
+            reached[own] = False
         rows = np.flatnonzero(reached)
         return rows.astype(np.int64), total[rows].astype(np.float32)
 
@@ -228,10 +234,9 @@ class EaseRecall(RecallPath):
         history = rated_history(user.seen, user.recent_positives)
         if k <= 0 or not len(history):
             return PathResult.empty()
-        rows, scores = self.weights.scores(history)
+        # with a seen set, the history is that set: leaving out its own items leaves the unseen ones
+        rows, scores = self.weights.scores(history, unseen=bool(user.seen))
         ids = self.weights.items[rows]
-        unseen = ~np.isin(ids, np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))) if user.seen else np.ones(len(ids), bool)
-        ids, scores = ids[unseen], scores[unseen]
         if len(ids) > k:
             top = np.argpartition(-scores, kth=k - 1)[:k]
             ids, scores = ids[top], scores[top]
