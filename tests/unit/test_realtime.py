@@ -29,6 +29,7 @@ from rayrec.realtime import (
     RealtimeConfig,
     UnknownMovie,
     UserStats,
+    iter_stats,
     merge_ratings,
     parse_events,
     replay,
@@ -171,6 +172,14 @@ def test_incremental_stats_equal_the_batch_features(movies: pd.DataFrame, seed: 
         assert set(s.rated) == set(ratings.loc[ratings["userId"] == u, "movieId"])
         # the stored form round-trips
         assert UserStats.from_dict(s.to_dict()).features() == s.features()
+    # built a share of the users at a time (the seeding's bounded memory), every state is the same
+    for users in (1, 4):
+        shares = list(iter_stats(ratings, movies, 3.5, users=users))
+        assert len(shares) == -(-len(batch) // users)
+        merged = {u: s.to_dict() for share in shares for u, s in share.items()}
+        assert merged == {u: s.to_dict() for u, s in batch.items()}
+    with pytest.raises(ValueError, match="at least 1"):
+        next(iter_stats(ratings, movies, 3.5, users=0))
 
 
 def test_a_batch_row_without_stats_continues_with_exact_moments(movies: pd.DataFrame) -> None:

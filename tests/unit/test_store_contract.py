@@ -332,6 +332,29 @@ def test_update_reads_and_writes_one_row(store: OnlineStore) -> None:
     assert store.get("user", [5]) == [{"n": 2, "tags": ["x", "x"]}]  # a failing fn changes nothing
 
 
+def test_update_many_replaces_rows_or_leaves_them(store: OnlineStore) -> None:
+    store.put("user", [(i, {"n": i}) for i in range(0, 1300, 2)])  # even ids have a row
+    calls: list[tuple[int, Any]] = []
+
+    def bump(i: int, row: dict[str, Any] | None) -> dict[str, Any] | None:
+        calls.append((i, row))
+        if i % 3 == 0:
+            return None  # left as it is (or absent)
+        return {"n": (row or {"n": -1})["n"] + 1000}
+
+    ids = list(range(1300))  # more than one write batch of the embedded store
+    assert store.update_many("user", ids, bump) == sum(1 for i in ids if i % 3)
+    assert sorted(i for i, _ in calls) == ids
+    assert all(row == ({"n": i} if i % 2 == 0 else None) for i, row in calls)  # each fn saw the row before
+    got = store.get("user", ids)
+    for i, row in zip(ids, got):
+        if i % 3 == 0:
+            assert row == ({"n": i} if i % 2 == 0 else None)
+        else:
+            assert row == {"n": (i if i % 2 == 0 else -1) + 1000}
+    assert store.update_many("user", [], bump) == 0
+
+
 def _increment(url: str, n: int, start_at: float) -> int:
     # what is tested is that no update is lost, not how fast: on a loaded machine four writers may
     # wait on the write lock longer than the default 5 s

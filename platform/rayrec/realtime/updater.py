@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrec.features.pointintime import LABEL_THRESHOLD, USER_FEATURES
 from rayrec.realtime.events import AddedItem, Event, EventAck, EventError, NewItem, UnknownMovie, parse_events
-from rayrec.realtime.stats import STATE_KEY, UserStats, as_list, item_with_rating, stats_from_ratings, user_features
+from rayrec.realtime.stats import STATE_KEY, UserStats, as_list, item_with_rating, iter_stats, user_features
 from rayrec.store.base import OnlineStore, Row, offset_order
 
 __all__ = [
@@ -489,32 +489,34 @@ def seed_stats(store: OnlineStore, ratings: pd.DataFrame, movies: pd.DataFrame, 
     with the ratings and movies of that features version). Atomic per user: a user who already has
     events applied since the load keeps them, re-applied on top of the exact statistics. Returns the
     number of users seeded."""
-    exact = stats_from_ratings(ratings, movies, threshold)
     cat = movies.set_index("movieId")
     years = cat["year"].to_numpy(dtype=np.float64, na_value=np.nan) if "year" in cat.columns else None
+
+    def seeded(stats: UserStats, user_id: int, row: Row | None) -> dict[str, Any] | None:
+        current = (row or {}).get(STATE_KEY)
+        if current is not None and current.get("exact"):
+            return None  # already exact (seeded before, or built from events alone): left as it is
+        if current is None:  # nothing to replay: the exact state as it is (user_features does not change it)
+            return user_features(user_id, stats, row)
+        # events applied on an approximate state: replay them, on a copy (the store may call this again)
+        merged = UserStats.from_dict(stats.to_dict())
+        approx = UserStats.from_dict(current)
+        for movie_id, (half, ts) in sorted(approx.rated.items(), key=lambda kv: kv[1][1]):
+            p = cat.index.get_indexer([movie_id])[0]
+            genres = list(cat["genres"].iloc[p]) if p >= 0 else []
+            year = float(years[p]) if p >= 0 and years is not None else None
+            merged.rate(movie_id, half / 2, ts, genres, year, threshold)
+        merged.clicks += approx.clicks
+        merged.seq = approx.seq + 1
+        merged.offsets = list(approx.offsets)
+        return user_features(user_id, merged, row)
+
     n = 0
-    for user_id, stats in exact.items():
+    # a share of the users at a time: their states are built, written and dropped before the next share's
+    for share in iter_stats(ratings, movies, threshold):
 
-        def update(row: Row | None, stats: UserStats = stats, user_id: int = user_id) -> dict[str, Any]:
-            current = (row or {}).get(STATE_KEY)
-            if current is not None and current.get("exact"):
-                raise _Skip  # already exact (seeded before, or built from events alone)
-            merged = UserStats.from_dict(stats.to_dict())  # a copy: fn may run more than once
-            if current is not None:  # events applied on an approximate state: replay them
-                approx = UserStats.from_dict(current)
-                for movie_id, (half, ts) in sorted(approx.rated.items(), key=lambda kv: kv[1][1]):
-                    p = cat.index.get_indexer([movie_id])[0]
-                    genres = list(cat["genres"].iloc[p]) if p >= 0 else []
-                    year = float(years[p]) if p >= 0 and years is not None else None
-                    merged.rate(movie_id, half / 2, ts, genres, year, threshold)
-                merged.clicks += approx.clicks
-                merged.seq = approx.seq + 1
-                merged.offsets = list(approx.offsets)
-            return user_features(user_id, merged, row)
+        def seed_one(user_id: int, row: Row | None, share: dict[int, UserStats] = share) -> dict[str, Any] | None:
+            return seeded(share[user_id], user_id, row)
 
-        try:
-            store.update("user", user_id, update)
-            n += 1
-        except _Skip:
-            pass
+        n += store.update_many("user", list(share), seed_one)
     return n

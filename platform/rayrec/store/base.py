@@ -55,6 +55,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
+class _Unchanged(Exception):
+    """``update_many``'s function left a row as it is."""
+
+
 class StoreError(RuntimeError):
     """The online store failed or holds something unexpected."""
 
@@ -297,6 +301,26 @@ class FeatureStore(ABC):
         """Atomically replace the row of ``id`` with ``fn(current row or None)`` and return the
         stored row. Concurrent updates of one id from several processes never lose an update.
         ``fn`` may run more than once (a backend retries on conflict): keep it free of side effects."""
+
+    def update_many(self, entity: str, ids: Iterable[int], fn: Callable[[int, Row | None], Mapping[str, Any] | None]) -> int:
+        """:meth:`update` of many ids: each row atomically replaced by ``fn(id, current row or None)``,
+        or left as it is where ``fn`` returns None. Returns how many rows were replaced. A backend may
+        write a batch of ids in one transaction; this one updates id by id."""
+        n = 0
+        for i in as_ids(list(ids)):
+
+            def one(row: Row | None, i: int = i) -> Mapping[str, Any]:
+                out = fn(i, row)
+                if out is None:
+                    raise _Unchanged
+                return out
+
+            try:
+                self.update(entity, i, one)
+            except _Unchanged:
+                continue
+            n += 1
+        return n
 
     # -- embeddings -------------------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ CREATE INDEX IF NOT EXISTS history_by_user ON history (user_id, seq);
 
 # Bound parameters per statement: SQLite builds before 3.32 allow 999.
 _MAX_PARAMS = 900
+_UPDATE_BATCH = 500  # ids per write transaction of update_many (at most _MAX_PARAMS)
 # IN-lists are padded to one of these lengths so that a handful of prepared statements serve every
 # batch size (the sqlite3 module caches statements by their SQL text).
 _IN_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, _MAX_PARAMS)
@@ -490,6 +491,28 @@ class SqliteStore(SqliteEventLog, OnlineStore):
             raise self._error(e, f"update {entity} {id}") from e
         out: Row = unpack(blob)
         return out
+
+    def update_many(self, entity: str, ids: Iterable[int], fn: Callable[[int, Row | None], Mapping[str, Any] | None]) -> int:
+        # a batch of ids per write transaction (one commit, not one per id: at 162k users 0.24 ms an
+        # id went to the transaction alone); the lock is held for one batch at a time
+        check_entity(entity)
+        todo = as_ids(list(ids))
+        n = 0
+        conn = self._conn()
+        try:
+            for start in range(0, len(todo), _UPDATE_BATCH):
+                part = todo[start : start + _UPDATE_BATCH]
+                with self._write(conn):
+                    vid = self._live_vid(conn, entity, create=True)
+                    found = {int(i): v for i, v in conn.execute(
+                        f"SELECT id, value FROM feature_rows WHERE vid = ? AND id IN ({_in_list(len(part))})", [vid, *part])}  # noqa: S608  # fmt: skip
+                    out = [(i, fn(i, None if found.get(i) is None else unpack(found[i]))) for i in part]
+                    blobs = [(vid, i, pack(row)) for i, row in out if row is not None]
+                    conn.executemany("INSERT OR REPLACE INTO feature_rows (vid, id, value) VALUES (?, ?, ?)", blobs)
+                n += len(blobs)
+        except sqlite3.Error as e:
+            raise self._error(e, f"update {entity} rows") from e
+        return n
 
     def prune_users(self, stale: Callable[[int, Row], bool], batch: int = 1000) -> list[int]:
         # batches of ids in order, each checked and deleted in one write transaction (no event can
