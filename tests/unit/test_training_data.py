@@ -60,6 +60,31 @@ def test_temporal_holdout_of_sorted_samples_equals_that_of_any_order(data):
         pd.testing.assert_frame_equal(got, exp)
 
 
+def test_samples_are_read_in_the_sorted_order(data, tmp_path):
+    """A split's samples, written in any order over several files, are read sorted in Arrow: the
+    same frame as pandas' stable sort of the read (ties keep the files' order), lists in Arrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayrec.training.data import _samples, _sorted, read_table
+
+    df = data.train.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    tie = df.iloc[[0]].assign(rating=df["rating"].iloc[0] + 0.5)  # same (user, time, movie) as row 0, later in the files
+    df = pd.concat([df, tie], ignore_index=True).assign(split="train")
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    half = len(df) // 2
+    for i, part in enumerate((df.iloc[:half], df.iloc[half:])):
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), folder / f"part-{i}.parquet")
+    got = _samples(str(folder))
+    want = _sorted(read_table(str(folder), [c for c in df.columns if c != "split"], lists_in_arrow=True))
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert "split" not in got.columns and isinstance(got["user_recent_items"].dtype, pd.ArrowDtype)
+    same = got[(got["userId"] == tie["userId"].iloc[0]) & (got["timestamp"] == tie["timestamp"].iloc[0])
+               & (got["movieId"] == tie["movieId"].iloc[0])]  # fmt: skip
+    assert same["rating"].tolist() == [df["rating"].iloc[0], df["rating"].iloc[0] + 0.5]
+
+
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
 def test_holdout_positions_take_the_holdout_splits(data, order):
     """The training job keeps the fit split as positions into the samples (no copy of them): those
