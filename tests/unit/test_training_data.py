@@ -280,6 +280,20 @@ def test_stored_training_columns_are_narrowed_to_int32_and_overflow_is_refused()
         narrowed({"user_id": np.array([-(2**31) - 1], dtype=np.int64)})
 
 
+def test_rows_encoded_a_chunk_at_a_time_are_the_rows_encoded_at_once(data):
+    """The validation rows are encoded and narrowed a chunk at a time: the arrays are those of one
+    pass over every row, row for row, whatever the chunk size."""
+    from rayrec.models.inputs import encode_pairs
+    from rayrec.training.data import encoded_narrow, narrowed, storage_types
+
+    want = narrowed(encode_pairs(data.spec, data.train), storage_types(data.spec))
+    for chunk in (7, 100, len(data.train)):
+        got = encoded_narrow(data.spec, data.train, chunk=chunk)
+        assert list(got) == list(want)
+        for k, v in want.items():
+            assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
+
+
 def test_genre_codes_and_buckets_are_stored_as_int8_while_their_tables_fit():
     """Columns whose codes index a small table of the spec (genres, buckets: at most 128 rows) are
     stored as int8, the rest as int32; a table too large for int8 keeps its column at int32, and a

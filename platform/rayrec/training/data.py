@@ -62,6 +62,7 @@ class FeaturesVersion:
     movies: pd.DataFrame  # movieId, title, year, genres (the catalog)
 
 
+ENCODE_CHUNK_ROWS = 500_000  # rows encoded at a time where the encoded arrays are kept (encoded_narrow)
 SAMPLE_ORDER = ("userId", "timestamp", "movieId")  # the driver's samples, user by user in time order
 
 
@@ -290,6 +291,16 @@ def narrowed(arrays: dict[str, np.ndarray], types: Mapping[str, np.dtype] | None
                 v = v.astype(to)
         out[k] = v
     return out
+
+
+def encoded_narrow(spec: FeatureSpec, rows: pd.DataFrame, chunk: int = ENCODE_CHUNK_ROWS) -> dict[str, np.ndarray]:
+    """:func:`narrowed` (:func:`storage_types`) of ``encode_pairs(spec, rows)``, encoded ``chunk`` rows
+    at a time: the same arrays, with one chunk's int64 arrays held at a time instead of every row's."""
+    types = storage_types(spec)
+    if len(rows) <= chunk:
+        return narrowed(encode_pairs(spec, rows), types)
+    parts = [narrowed(encode_pairs(spec, rows.iloc[start : start + chunk]), types) for start in range(0, len(rows), chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def to_dataset_chunks(

@@ -48,13 +48,12 @@ from rayrec.training.config import TrainConfig, default_train_config
 from rayrec.training.data import (
     FeaturesVersion,
     data_range,
+    encoded_narrow,
     items_at,
     history_index,
     holdout_positions,
-    narrowed,
     open_features,
     read_table,
-    storage_types,
     to_dataset,
     to_dataset_chunks,
     users_at,
@@ -378,8 +377,9 @@ def _ranker_task(
     sources = sources or RankerSources.of(fv, mc)  # one for the training and validation rows
     ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sources), spec, seed=seed)
     vrows = ranker_rows(valid, fv, mc, seed + 1, sources) if valid is not None else None
-    # the validation rows go to every worker with the task: their integer columns as narrow as the training rows'
-    valid_arrays = narrowed(encode_pairs(spec, vrows), storage_types(spec)) if vrows is not None else None
+    # the validation rows go to every worker with the task: their integer columns as narrow as the
+    # training rows', encoded a chunk at a time (not every row's int64 arrays at once: 10M rows at 25M ratings)
+    valid_arrays = encoded_narrow(spec, vrows) if vrows is not None else None
     task = RankTask(mc, spec.sizes, rows=n_rows, valid=valid_arrays)
     return task, ds
 
