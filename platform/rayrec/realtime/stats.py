@@ -47,7 +47,7 @@ __all__ = [
 STATE_KEY = "realtime"
 N_OFFSETS = 64  # latest applied event offsets kept per user, for exactly-once application
 _HALF = 2  # ratings are stored as integer half-stars (rating * 2): compact and exact
-STATS_USERS = 20_000  # users whose states are built at once (iter_stats)
+STATS_USERS = 10_000  # users whose states are built at once (iter_stats)
 
 
 def as_list(value: Any) -> list[Any]:
