@@ -221,7 +221,10 @@ class _Tee(io.TextIOBase):
 
 
 def _secs(s: float) -> str:
-    return f"{s:.1f}s" if s < 100 else f"{s // 60:.0f}m{s % 60:02.0f}s"
+    if s < 100:
+        return f"{s:.1f}s"
+    whole = round(s)  # rounded first: 5939.7 s is 99m00s, not 98m60s
+    return f"{whole // 60}m{whole % 60:02d}s"
 
 
 def interruptible() -> None:

@@ -88,3 +88,12 @@ def test_ctrl_c_is_taken_back_from_a_handler_left_behind():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_step_times_read_as_minutes_and_seconds_without_a_60th_second():
+    from rayrec.console import _secs
+
+    assert _secs(42.26) == "42.3s"
+    assert _secs(135.2) == "2m15s"
+    assert _secs(5939.7) == "99m00s"  # rounded before it is split, never "98m60s"
+    assert _secs(3599.5) == "60m00s" and _secs(3601.0) == "60m01s"
