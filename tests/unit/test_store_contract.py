@@ -353,6 +353,8 @@ def test_update_many_replaces_rows_or_leaves_them(store: OnlineStore) -> None:
         else:
             assert row == {"n": (i if i % 2 == 0 else -1) + 1000}
     assert store.update_many("user", [], bump) == 0
+    # an id given twice is updated twice, the second time from the first's row
+    assert store.update_many("user", [1, 1], bump) == 2 and store.get("user", [1]) == [{"n": -1 + 3000}]
 
 
 def _increment(url: str, n: int, start_at: float) -> int:

@@ -506,10 +506,18 @@ class SqliteStore(SqliteEventLog, OnlineStore):
                     vid = self._live_vid(conn, entity, create=True)
                     found = {int(i): v for i, v in conn.execute(
                         f"SELECT id, value FROM feature_rows WHERE vid = ? AND id IN ({_in_list(len(part))})", [vid, *part])}  # noqa: S608  # fmt: skip
-                    out = [(i, fn(i, None if found.get(i) is None else unpack(found[i]))) for i in part]
-                    blobs = [(vid, i, pack(row)) for i, row in out if row is not None]
-                    conn.executemany("INSERT OR REPLACE INTO feature_rows (vid, id, value) VALUES (?, ?, ?)", blobs)
-                n += len(blobs)
+                    rows: dict[int, Row | None] = {}
+                    blobs: dict[int, bytes] = {}
+                    for i in part:  # an id given twice sees its first update, as one update after another would
+                        row = rows[i] if i in rows else (unpack(found[i]) if i in found else None)
+                        new = fn(i, row)
+                        if new is None:
+                            continue
+                        blobs[i] = pack(new)
+                        rows[i] = unpack(blobs[i])
+                        n += 1
+                    conn.executemany("INSERT OR REPLACE INTO feature_rows (vid, id, value) VALUES (?, ?, ?)",
+                                     [(vid, i, b) for i, b in blobs.items()])  # fmt: skip
         except sqlite3.Error as e:
             raise self._error(e, f"update {entity} rows") from e
         return n
