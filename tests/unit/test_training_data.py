@@ -191,6 +191,39 @@ def test_retriever_rows_of_frames_one_after_another_equal_those_of_their_concate
             assert a.dtype == b.dtype and np.array_equal(a.to_numpy(), b.to_numpy(), equal_nan=a.dtype.kind == "f"), col
 
 
+@pytest.mark.parametrize("positives", ["liked", "all"])
+def test_the_retrievers_rows_in_chunks_are_random_shares_of_its_rows_each_in_order(data, positives):
+    """The training job builds the retriever's rows a chunk at a time: more rows than a chunk holds
+    come as random shares, each the rows of :func:`retriever_rows` at its positions (in order), every
+    row in exactly one share, each share holding rows of both parts; rows that fit one chunk come
+    whole, in order."""
+    from rayrec.training.jobs import RetrieverRows
+
+    parts = [data.train, data.test]
+    exp, exp_likes = retriever_rows(parts, data.movies, 10, positives)
+    built = RetrieverRows.of(parts, data.movies, 10, positives)
+    assert len(built) == len(exp) and np.array_equal(built.likes, exp_likes)
+    assert np.array_equal(built.movie_ids(), exp["movieId"].to_numpy())
+    (whole,) = list(built.chunks(len(exp), seed=3))
+    _same_frames(whole, exp)
+    size = len(exp) // 4 + 1
+    chunks = list(built.chunks(size, seed=3))
+    assert len(chunks) == 4 and all(0 < len(c) <= size for c in chunks)
+    n_train = len(retriever_rows(data.train, data.movies, 10, positives)[0])
+    seen = []
+    for c in chunks:
+        # each row of a chunk is one row of ``exp``: find its position by (user, movie, time)
+        key = lambda f: f["userId"].astype(str) + ":" + f["movieId"].astype(str) + ":" + f["timestamp"].astype(str)  # noqa: E731
+        at = pd.Index(key(exp)).get_indexer(key(c))
+        assert (at >= 0).all() and (np.diff(at) > 0).all()  # in order
+        _same_frames(c, exp.iloc[at].reset_index(drop=True))
+        assert (at < n_train).any() and (at >= n_train).any()  # both parts in every share
+        seen.append(at)
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(exp)))
+    again = list(built.chunks(size, seed=3))
+    assert all(a["movieId"].tolist() == b["movieId"].tolist() for a, b in zip(chunks, again))  # seeded
+
+
 def _same_frames(got: pd.DataFrame, exp: pd.DataFrame) -> None:
     assert list(got.columns) == list(exp.columns) and got.index.equals(exp.index)
     for col in got.columns:

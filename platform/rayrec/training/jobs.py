@@ -54,7 +54,6 @@ from rayrec.training.data import (
     holdout_positions,
     open_features,
     read_table,
-    to_dataset,
     to_dataset_chunks,
     users_at,
 )
@@ -123,6 +122,72 @@ def _subset(fv: FeaturesVersion, max_users: int | None) -> FeaturesVersion:
 HISTORY_COLUMNS = ["userId", "movieId", "rating", "timestamp", "label"]
 
 
+#: liked rows the retriever's training rows are built and encoded at a time: the driver holds one
+#: chunk of feature rows, not every liked sample's (about 15M rows at 25M ratings)
+RETRIEVER_CHUNK_ROWS = 1_000_000
+
+
+@dataclass
+class RetrieverRows:
+    """The retriever's training rows (:func:`retriever_rows`) by reference: which rows of ``parts`` are
+    kept, their histories and the items' snapshot, built into frames a chunk at a time
+    (:meth:`chunks`)."""
+
+    parts: list[Part]
+    kept: list[np.ndarray]  # per part, the positions of its kept rows
+    end: np.ndarray  # per kept row (parts one after another), its history's end in ``likes``
+    length: np.ndarray  # … and its length
+    likes: np.ndarray  # every user's liked movieIds in time order (:class:`Histories`)
+    snapshot: pd.DataFrame  # ITEM_STATS by movieId, as of the end of the rows
+
+    @classmethod
+    def of(cls, rows: Rows, movies: pd.DataFrame, history_len: int, positives: str = "liked") -> RetrieverRows:
+        parts = _parts(rows)
+        ratings = _whole(parts, HISTORY_COLUMNS)
+        hist = history_index(ratings, history_len)
+        keep = ratings["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(ratings), dtype=bool)
+        bounds = np.cumsum([0] + [len(p) for p in parts])
+        kept = [np.flatnonzero(keep[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        snapshot = items_at(ratings, movies).set_index("movieId")[list(ITEM_STATS)]
+        return cls(parts, kept, hist.end[keep], hist.length[keep], hist.likes, snapshot)
+
+    def __len__(self) -> int:
+        return len(self.end)
+
+    def movie_ids(self) -> np.ndarray:
+        """The kept rows' movieIds, in order."""
+        return np.concatenate([_frame(p, ["movieId"])["movieId"].to_numpy()[k] for p, k in zip(self.parts, self.kept)])
+
+    def rows(self, positions: np.ndarray) -> pd.DataFrame:
+        """The kept rows at ``positions`` (ascending), each with its history reference and the item
+        statistics of the snapshot; only those rows are copied."""
+        offsets = np.cumsum([0] + [len(k) for k in self.kept])
+        frames = []
+        for part, kept, a, b in zip(self.parts, self.kept, offsets[:-1], offsets[1:]):
+            local = positions[(positions >= a) & (positions < b)] - a
+            at = kept[local]
+            frames.append(part.frame.take(part.index[at]) if isinstance(part, Taken) else part.take(at))
+        out = frames[0] if len(frames) == 1 else pd.concat(frames)
+        out = out.reset_index(drop=True)
+        out[HISTORY_END] = self.end[positions]
+        out[HISTORY_LEN] = self.length[positions]
+        for col in ITEM_STATS:
+            out[col] = self.snapshot[col].reindex(out["movieId"].to_numpy()).to_numpy()
+        return out
+
+    def chunks(self, size: int, seed: int) -> Iterator[pd.DataFrame]:
+        """The rows in frames of at most ``size``: all of them in order when they fit one frame, else
+        random shares of them (``seed``), each in order, so that a dataset built chunk after chunk
+        (:func:`to_dataset_chunks`) holds every part's rows in every stretch of it."""
+        n = len(self)
+        if n <= size:
+            yield self.rows(np.arange(n))
+            return
+        order = np.random.default_rng(seed).permutation(n)
+        for start in range(0, n, size):
+            yield self.rows(np.sort(order[start : start + size]))
+
+
 def retriever_rows(
     rows: Rows, movies: pd.DataFrame, history_len: int, positives: str = "liked"
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -140,21 +205,10 @@ def retriever_rows(
 
     ``rows`` may be frames whose rows count one after another (the refit's train and test samples):
     the histories read the few columns of :data:`HISTORY_COLUMNS` of all of them, and only the kept
-    rows of each frame are copied, never every sample's features at once."""
-    parts = _parts(rows)
-    ratings = _whole(parts, HISTORY_COLUMNS)
-    hist = history_index(ratings, history_len)
-    # the liked rows taken first, then their history columns: one copy of the kept rows, not a copy of
-    # every row and then of the kept ones
-    keeps = [_frame(p, ["label"])["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(p), dtype=bool) for p in parts]
-    out = _whole([_where(p, k) for p, k in zip(parts, keeps)]).reset_index(drop=True)
-    keep = np.concatenate(keeps)
-    out[HISTORY_END] = hist.end[keep]
-    out[HISTORY_LEN] = hist.length[keep]
-    snap = items_at(ratings, movies).set_index("movieId")
-    for col in ITEM_STATS:
-        out[col] = snap[col].reindex(out["movieId"].to_numpy()).to_numpy()
-    return out, hist.likes
+    rows of each frame are copied, never every sample's features at once. The training job builds
+    the same rows a chunk at a time (:class:`RetrieverRows`)."""
+    built = RetrieverRows.of(rows, movies, history_len, positives)
+    return built.rows(np.arange(len(built))), built.likes
 
 
 def retrieval_data(
@@ -387,13 +441,14 @@ def _ranker_task(
 def _retriever_task(
     cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None
 ) -> tuple[Any, Any]:
-    spec, h = fv.spec, cfg.model_config.history_len
-    train_rows, likes = retriever_rows(rows, fv.movies, h, cfg.model_config.positives)  # a user's history reads all their rows
-    counts = np.bincount(spec.vocabs["item"].lookup(train_rows["movieId"].to_numpy()), minlength=spec.sizes["item_vocab"])
+    spec, h, seed = fv.spec, cfg.model_config.history_len, cfg.train_config.seed
+    built = RetrieverRows.of(rows, fv.movies, h, cfg.model_config.positives)  # a user's history reads all their rows
+    counts = np.bincount(spec.vocabs["item"].lookup(built.movie_ids()), minlength=spec.sizes["item_vocab"])
     vdata = retrieval_data(_whole(rows, HISTORY_COLUMNS), valid, fv.movies, spec, h) if valid is not None else None
-    task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(train_rows), item_counts=counts, valid=vdata,
-                        history_likes=spec.vocabs["item"].lookup(likes))  # fmt: skip
-    ds = to_dataset(train_rows, spec, seed=cfg.train_config.seed, carry=(HISTORY_END, HISTORY_LEN))
+    task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(built), item_counts=counts, valid=vdata,
+                        history_likes=spec.vocabs["item"].lookup(built.likes))  # fmt: skip
+    # built and encoded a chunk at a time (one chunk: the rows of retriever_rows, shuffled as to_dataset does)
+    ds, _ = to_dataset_chunks(built.chunks(RETRIEVER_CHUNK_ROWS, seed), spec, seed=seed, carry=(HISTORY_END, HISTORY_LEN))
     return task, ds
 
 
