@@ -24,6 +24,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from rayrec.arrays import searchsorted
 from rayrec.retrieval.ease import fit_item_weights
 
 __all__ = ["EaseFeature"]
@@ -49,7 +50,7 @@ class EaseFeature:
         self.items = np.unique(movies)
         self.users = np.unique(users)
         self.fold_of = np.random.default_rng(seed).permutation(len(self.users)) % folds  # by user row
-        user_fold = self.fold_of[np.searchsorted(self.users, users)]
+        user_fold = self.fold_of[searchsorted(self.users, users)]
         n = len(self.items)
         self.weights: list[sparse.csr_matrix] = []
         for f in range(folds):
@@ -74,8 +75,8 @@ class EaseFeature:
         users = rows["userId"].to_numpy(np.int64)
         movies = rows["movieId"].to_numpy(np.int64)
         ts = rows["timestamp"].to_numpy(np.int64)
-        upos = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
-        mpos = np.minimum(np.searchsorted(self.items, movies), len(self.items) - 1)
+        upos = np.minimum(searchsorted(self.users, users), len(self.users) - 1)
+        mpos = np.minimum(searchsorted(self.items, movies), len(self.items) - 1)
         ok = (self.users[upos] == users) & (self.items[mpos] == movies)
         idx = np.flatnonzero(ok)
         by_user = idx[np.argsort(upos[idx], kind="stable")]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rayrec.arrays import searchsorted
 from rayrec.features.pointintime import ITEM_FEATURES, USER_FEATURES, attach_movie_attributes
 
 __all__ = ["ItemTimeline", "NegativeSampler", "add_negatives"]
@@ -44,17 +45,17 @@ class ItemTimeline:
 
     def count_before(self, movie_ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Each movie's number of ratings strictly before each ts (the count of :meth:`stats`)."""
-        pos = np.minimum(np.searchsorted(self.items, movie_ids), len(self.items) - 1)
+        pos = np.minimum(searchsorted(self.items, movie_ids), len(self.items) - 1)
         known = self.items[pos] == movie_ids
-        end = np.searchsorted(self.keys, pos.astype(np.int64) * _SHIFT + ts, side="left")
+        end = searchsorted(self.keys, pos.astype(np.int64) * _SHIFT + ts, side="left")
         return np.where(known, end - self.start[pos], 0)
 
     def stats(self, movie_ids: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(count, mean, std) of each movie's ratings strictly before each ts; NaN mean/std at count 0."""
-        pos = np.searchsorted(self.items, movie_ids)
+        pos = searchsorted(self.items, movie_ids)
         pos = np.minimum(pos, len(self.items) - 1)
         known = self.items[pos] == movie_ids
-        end = np.searchsorted(self.keys, pos.astype(np.int64) * _SHIFT + ts, side="left")
+        end = searchsorted(self.keys, pos.astype(np.int64) * _SHIFT + ts, side="left")
         first = self.start[pos]
         count = np.where(known, end - first, 0)
         s = self.csum[end] - self.csum[first]
@@ -77,7 +78,7 @@ class NegativeSampler:
         self.movies_by_time = ratings["movieId"].to_numpy(np.int64)[by_time]
         # movies in order of their first rating: those available at t are a prefix
         first_ts = np.full(len(self.timeline.items), np.iinfo(np.int64).max)
-        np.minimum.at(first_ts, np.searchsorted(self.timeline.items, self.movies_by_time), self.times)
+        np.minimum.at(first_ts, searchsorted(self.timeline.items, self.movies_by_time), self.times)
         self.debut = np.argsort(first_ts, kind="stable")
         self.debut_ts = first_ts[self.debut]
 
@@ -95,10 +96,10 @@ class NegativeSampler:
 
         def draw(size: int, at: np.ndarray, local: np.ndarray) -> np.ndarray:
             out = np.empty(size, dtype=np.int64)
-            pos = np.searchsorted(times, at)
+            pos = searchsorted(times, at)
             near = np.clip(pos + rng.integers(-window, window, size=size), 0, len(times) - 1)
             out[local] = movies_by_time[near[local]]
-            available = np.maximum(np.searchsorted(self.debut_ts, at, side="left"), 1)
+            available = np.maximum(searchsorted(self.debut_ts, at, side="left"), 1)
             pick = (rng.random(size) * available).astype(np.int64)
             out[~local] = timeline.items[self.debut[pick[~local]]]
             return out
@@ -109,7 +110,7 @@ class NegativeSampler:
         def unfit(which: np.ndarray) -> np.ndarray:
             # a movie the user rated, or one nobody had rated yet at t (not in the catalog then)
             keys = users[which] * _SHIFT + picks[which]
-            at = np.minimum(np.searchsorted(self.rated, keys), max(len(self.rated) - 1, 0))
+            at = np.minimum(searchsorted(self.rated, keys), max(len(self.rated) - 1, 0))
             rated = self.rated[at] == keys if len(self.rated) else np.zeros(len(keys), dtype=bool)
             return rated | (timeline.count_before(picks[which], ts[which]) == 0)
 
