@@ -21,6 +21,31 @@ def samples():
     return b[~b["sentinel"]].drop(columns=["sentinel"]).reset_index(drop=True)
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint32])
+def test_an_integer_vocabulary_reads_its_codes_from_a_table_with_the_codes_of_a_search(dtype):
+    """Ids below the table's bound are looked up in a table of codes; the codes are those of the
+    binary search every other vocabulary uses, for ids inside, between, below and beyond the values."""
+    from rayrec.features import spec as spec_module
+
+    rng = np.random.default_rng(0)
+    values = np.unique(rng.integers(0, 300_000, 5_000))
+    vocab = Vocab(tuple(values.tolist()))
+    wide = Vocab(tuple(values.tolist()) + (spec_module._TABLE_MAX + 5,))  # beyond the bound: no table
+    assert vocab._table is not None and wide._table is None
+    ids = np.r_[values, rng.integers(0, 400_000, 20_000), 0, 299_999, 300_000, spec_module._TABLE_MAX + 5].astype(dtype)
+    if np.dtype(dtype).kind == "i":
+        ids = np.r_[ids, -1, -300_000].astype(dtype)
+    got = vocab.lookup(ids)
+    by_search = np.where(np.isin(ids, values), np.searchsorted(values, ids) + 2, OOV)
+    assert got.dtype == np.int64 and np.array_equal(got, by_search)
+    wide_values = np.r_[values, spec_module._TABLE_MAX + 5]
+    wide_codes = np.where(np.isin(ids, wide_values), np.searchsorted(wide_values, ids) + 2, OOV)
+    assert np.array_equal(wide.lookup(ids), wide_codes) and wide_codes.max() == len(values) + 2
+    # one request's few ids, and ids that come as floats, give the same codes
+    assert vocab.lookup(ids[:3].tolist()).tolist() == got[:3].tolist()
+    assert np.array_equal(vocab.lookup(values.astype(np.float64)), np.arange(2, len(values) + 2))
+
+
 def test_vocab_padding_oov_and_lists():
     v = Vocab((10, 20, 30))
     assert v.size == 5

@@ -340,14 +340,17 @@ def to_dataset_chunks(
         # their sampled negatives; a shuffle buffer alone would feed whole batches of one kind
         order = rng.permutation(len(chunk))
         step = max(1, -(-len(chunk) // blocks_per_chunk))
+        # encoded and narrowed once, in the chunk's order (every input is row by row), then dealt into
+        # blocks: a block is a random take of the narrow arrays, not the encoding of a random take of
+        # the feature rows (that take of their list columns cost as much as the encoding); the chunk's
+        # arrays and one block's copy are held at a time
+        encoded = narrowed(encode_pairs(spec, chunk, history_len) | {c: chunk[c].to_numpy(np.int64) for c in carry}, types)
         for start in range(0, max(len(chunk), 1), step):  # an empty chunk: one empty block (the schema)
-            # encoded a block at a time (every input is row by row): one block's arrays are held, not
-            # the whole chunk's twice over (encoded, then permuted)
-            rows = chunk.iloc[order[start : start + step]]
-            block = narrowed(encode_pairs(spec, rows, history_len) | {c: rows[c].to_numpy(np.int64) for c in carry}, types)
+            take = order[start : start + step]
+            block = {k: v[take] for k, v in encoded.items()}
             refs.append(ray.put(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in block.items()})))
         n += len(chunk)
-        del chunk, rows
+        del chunk, encoded
         pa.default_memory_pool().release_unused()  # the chunk's Arrow buffers (list features, takes) go back
     if not refs:
         raise ValueError("to_dataset_chunks needs at least one chunk")
