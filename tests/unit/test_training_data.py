@@ -122,6 +122,22 @@ def test_item_state_at_boundary_equals_reference_for_the_whole_catalog(data):
     assert got["item_rating_count"].sum() == len(history)
 
 
+def test_item_totals_are_the_statistics_of_the_item_pass_sentinel_rows_exactly(data):
+    """The snapshot's statistics come from running sums over the ratings alone: the very numbers of
+    the features pipeline's sentinel rows, to the bit, every movie with ratings and no other."""
+    from rayrec.features.pointintime import item_pass, item_totals
+
+    for ratings in (pd.concat([data.train, data.test]), data.train, data.train.iloc[:0]):
+        ratings = ratings[["userId", "movieId", "rating", "timestamp"]]
+        got = item_totals(ratings)
+        full = item_pass(ratings.copy(), data.movies, sentinels=True)
+        exp = full[full["sentinel"].to_numpy()].sort_values("movieId")
+        assert got["movieId"].tolist() == exp["movieId"].tolist() == sorted(ratings["movieId"].unique().tolist())
+        for col in ("item_rating_count", "item_rating_mean", "item_rating_std"):
+            a, b = got[col].to_numpy(), exp[col].to_numpy()
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), col
+
+
 def test_history_references_gather_the_same_histories(data):
     """The retriever's rows carry their history as (end, length) into one array of likes; gathered
     per batch by the task it is exactly the list history, encoded and padded."""

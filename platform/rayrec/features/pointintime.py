@@ -28,6 +28,7 @@ __all__ = [
     "USER_FEATURES",
     "ITEM_FEATURES",
     "prior_sums",
+    "item_totals",
     "item_pass",
     "user_pass",
 ]
@@ -115,6 +116,28 @@ def item_pass(batch: pd.DataFrame, movies: pd.DataFrame, *, sentinels: bool = Tr
     df["item_rating_mean"] = mean
     df["item_rating_std"] = std
     return attach_movie_attributes(df, movies)
+
+
+def item_totals(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Per rated movie (ascending movieId): ``item_rating_count``, ``item_rating_mean`` and
+    ``item_rating_std`` over all of ``ratings`` (movieId, rating, timestamp): the statistics of
+    :func:`item_pass`'s sentinel rows, the same numbers (the same running sums in the same order),
+    without computing every rating's own statistics or joining the movies' attributes to every row."""
+    movie = ratings["movieId"].to_numpy(np.int64)
+    order = np.lexsort((ratings["timestamp"].to_numpy(), movie))  # item_pass's sort, ties as they come
+    movie = movie[order]
+    starts = np.flatnonzero(np.r_[True, movie[1:] != movie[:-1]]) if len(movie) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(movie)].astype(np.int64)
+    r = np.nan_to_num(ratings["rating"].to_numpy(np.float64))[order]
+
+    def total(values: np.ndarray) -> np.ndarray:  # each movie's sum, as a difference of running sums
+        csum = np.zeros(len(values) + 1)
+        np.cumsum(values, out=csum[1:])
+        return csum[ends] - csum[starts]
+
+    count = total(np.ones(len(movie))).round().astype(np.int64)
+    mean, std = _moments(count, total(r), total(r * r))
+    return pd.DataFrame({"movieId": movie[starts], "item_rating_count": count, "item_rating_mean": mean, "item_rating_std": std})
 
 
 def attach_movie_attributes(df: pd.DataFrame, movies: pd.DataFrame, genres_as: pa.DataType | None = None) -> pd.DataFrame:

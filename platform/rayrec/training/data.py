@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rayrec import uri
-from rayrec.features.pointintime import attach_movie_attributes, item_pass, last_share, prior_sums, user_pass
+from rayrec.features.pointintime import attach_movie_attributes, item_totals, last_share, prior_sums, user_pass
 from rayrec.features.spec import FeatureSpec, arrow_lists, features_path
 from rayrec.models.inputs import HISTORY, encode_pairs
 
@@ -234,10 +234,7 @@ def users_at(
 def items_at(ratings: pd.DataFrame, movies: pd.DataFrame) -> pd.DataFrame:
     """One row per catalog movie: ``movieId`` and the item features as of the end of ``ratings``
     (movies nobody rated yet get count 0), in catalog order."""
-    latest = item_pass(ratings[["userId", "movieId", "rating", "timestamp"]].copy(), movies, sentinels=True)
-    latest = latest[latest["sentinel"].to_numpy()]
-    cols = ["movieId", "item_rating_count", "item_rating_mean", "item_rating_std"]
-    rated = latest[cols].set_index("movieId")
+    rated = item_totals(ratings).set_index("movieId")  # the features pipeline's sentinel rows' statistics
     cat = pd.DataFrame({"movieId": movies["movieId"].to_numpy(np.int64)})
     cat = cat.join(rated, on="movieId")
     cat["item_rating_count"] = cat["item_rating_count"].fillna(0).astype(np.int64)
