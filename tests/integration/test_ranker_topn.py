@@ -125,6 +125,32 @@ def test_the_topn_test_rows_are_built_and_scored_chunk_by_chunk(artifacts, monke
     assert 4.5 * len(fv.test) <= len(labels) <= 5 * len(fv.test)  # each rated row with its ~4 negatives
 
 
+def test_the_validation_arrays_are_built_and_encoded_chunk_by_chunk(artifacts, monkeypatch):
+    """The selection's validation arrays: one chunk gives exactly the narrow encoding of the one-shot
+    rows; in chunks, that of the rows the training chunks would draw (same seeds), one after another."""
+    from rayrec.models.ranker import RankerConfig
+    from rayrec.training import jobs
+    from rayrec.training.data import encoded_narrow
+
+    fv = open_features(artifacts)
+    mc = RankerConfig()
+    sources = jobs.RankerSources.of(fv, mc)
+
+    def same(got: dict, want: dict) -> None:
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k], equal_nan=want[k].dtype.kind == "f"), k
+
+    same(jobs._encoded_rows(fv.test, fv, mc, 7, sources), encoded_narrow(fv.spec, ranker_rows(fv.test, fv, mc, 7, sources)))
+    monkeypatch.setattr(jobs, "RANKER_CHUNK_ROWS", 300)
+    chunks = list(jobs._ranker_chunks(fv.test, fv, mc, 7, sources))
+    assert len(chunks) == -(-len(fv.test) // 300) > 2
+    parts = [encoded_narrow(fv.spec, c) for c in chunks]
+    got = jobs._encoded_rows(fv.test, fv, mc, 7, sources)
+    same(got, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    assert 4.5 * len(fv.test) <= len(got["label"]) <= 5 * len(fv.test)
+
+
 def test_a_ranker_with_the_ease_input_and_candidate_rows_trains_publishes_and_serves(ray_session, artifacts, monkeypatch):
     """``ease_feature`` and ``candidates`` through the real job: the candidate rows join the chunk of
     their user's first rows, anonymous, once each; the version stores the serving EASE weights, and

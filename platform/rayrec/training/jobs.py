@@ -424,16 +424,24 @@ def _topn_test(model: nn.Module, fv: FeaturesVersion, mc: Any, seed: int, source
     return np.concatenate(labels), np.concatenate(scores)
 
 
+def _encoded_rows(rows: Rows, fv: FeaturesVersion, mc: Any, seed: int, sources: RankerSources) -> dict[str, np.ndarray]:
+    """:func:`encoded_narrow` of the ranker rows of ``rows``, built a chunk at a time
+    (:func:`_rated_chunks`; one chunk: exactly those of ``ranker_rows(rows, …, seed)``), so that one
+    chunk's feature rows are held at a time beside the arrays."""
+    parts = [encoded_narrow(fv.spec, out) for _, out in _rated_chunks(rows, fv, mc, seed, sources)]
+    return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def _ranker_task(
     cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None, sources: RankerSources | None = None
 ) -> tuple[Any, Any]:
     spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
     sources = sources or RankerSources.of(fv, mc)  # one for the training and validation rows
     ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sources), spec, seed=seed)
-    vrows = ranker_rows(valid, fv, mc, seed + 1, sources) if valid is not None else None
     # the validation rows go to every worker with the task: their integer columns as narrow as the
-    # training rows', encoded a chunk at a time (not every row's int64 arrays at once: 10M rows at 25M ratings)
-    valid_arrays = encoded_narrow(spec, vrows) if vrows is not None else None
+    # training rows', built and encoded a chunk at a time (10M rows at 25M ratings: not every row's
+    # features, nor their int64 arrays, at once)
+    valid_arrays = _encoded_rows(valid, fv, mc, seed + 1, sources) if valid is not None else None
     task = RankTask(mc, spec.sizes, rows=n_rows, valid=valid_arrays)
     return task, ds
 
