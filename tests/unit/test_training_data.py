@@ -112,6 +112,17 @@ def test_user_state_at_boundary_equals_reference(data):
         assert row["history_items"] == want
 
 
+def test_the_user_states_hold_their_own_lists_not_views_of_a_whole_blocks_values(data):
+    """users_at keeps one row per user of each block's user pass: its list features are copies, so
+    that the block's flat values (every row's, not only the kept ones) are let go with the block."""
+    got = users_at(data.train, data.movies, 50, 3.5, block_rows=500)
+    lists = [v for col in ("user_genres", "user_recent_items") for v in got[col] if isinstance(v, np.ndarray)]
+    assert len(lists) == 2 * len(got) > 0
+    assert all(v.base is None for v in lists)  # each owns its values
+    exp = users_at(data.train, data.movies, 50, 3.5)
+    assert [list(v) for v in got["user_recent_items"]] == [list(v) for v in exp["user_recent_items"]]
+
+
 def test_item_state_at_boundary_equals_reference_for_the_whole_catalog(data):
     history = data.train
     got = items_at(history, data.movies)
