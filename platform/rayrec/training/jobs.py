@@ -354,11 +354,6 @@ def _whole(rows: Rows, columns: list[str] | None = None) -> pd.DataFrame:
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
-def _where(part: Part, keep: np.ndarray) -> pd.DataFrame:
-    """The rows of ``part`` where ``keep`` is true (a copy of those rows only)."""
-    return part.frame.take(part.index[keep]) if isinstance(part, Taken) else part[keep]
-
-
 def row_chunks(rows: Rows, size: int) -> Iterator[pd.DataFrame]:
     """The rows of ``rows`` in order, ``size`` at a time (the last chunk shorter; no rows: one empty
     chunk), the same chunks as slicing their concatenation; only a chunk that spans two parts, or
