@@ -71,7 +71,7 @@ def _transform(x: np.ndarray, how: str) -> np.ndarray:
 
 
 #: integer vocabularies whose values are all below this are looked up in a table (:meth:`Vocab.lookup`):
-#: at most 32 MiB of int64 codes; a training chunk's 25M history ids are read from it in a fraction
+#: at most 32 MiB of int64 codes; a training chunk's millions of ids are read from it in a fraction
 #: of the time of a binary search each
 _TABLE_MAX = 1 << 22
 _ARROW_MIN_ROWS = 256  # rows from which lookup_lists goes through Arrow (measured: ~100 µs fixed cost per call)
