@@ -111,6 +111,9 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
     common = ["--artifacts", artifacts]
     store = [] if args.store == "default" else ["--store", args.store]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    # the local Ray runs one step at a time: a model's workers share the machine's cores (a worker
+    # reserves half a CPU, and Ray would start it on one thread)
+    threads = ["--threads", str(max(1, len(os.sched_getaffinity(0)) // args.num_workers))]
     started = time.perf_counter()
     costs = Costs()
 
@@ -148,7 +151,7 @@ def _run(args: argparse.Namespace, artifacts: str, console: Console | None, say)
     if console:
         say(f"        dataset: {stats.get('source')}")
     for model in ("ranker", "retriever"):
-        step(model, train.main, ["--model", model, "--num-workers", str(args.num_workers), *epochs, *common],
+        step(model, train.main, ["--model", model, "--num-workers", str(args.num_workers), *threads, *epochs, *common],
              lambda m=model: headlines.model_line(artifacts, m))
     step("index", index.main, common, lambda: headlines.index_line(artifacts))
     report: dict[str, str] = {}

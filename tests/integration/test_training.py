@@ -336,3 +336,18 @@ def test_waited_times_the_waits_for_an_iterators_items() -> None:
     assert items.first_s is None and items.waited == 0.0
     assert list(items) == [0.05, 0.01, 0.01]
     assert items.first_s is not None and 0.05 <= items.first_s < 0.5 and items.waited >= 0.07
+
+
+def test_a_workers_torch_threads_are_its_configs_and_a_resumed_run_may_change_them(ray_session, artifacts):
+    """``threads``: the worker trains on that many PyTorch threads (0: as Ray starts it, one thread
+    for its half CPU), and a rerun of the run name with other threads (a scaling knob) is accepted."""
+    tc = quick(epochs=1, valid_fraction=0.0, refit=False, threads=2)
+    result = run_job(JobConfig(name="ranker", artifacts=artifacts, train=tc, run_name="ranker-threads", publish=False))
+    assert [h["torch_threads"] for h in result.final.progress["history"]] == [2]
+    # the same run with other threads: accepted, and finished already
+    again = run_job(JobConfig(name="ranker", artifacts=artifacts, train=tc.with_(threads=0), run_name="ranker-threads", publish=False))
+    assert [h["torch_threads"] for h in again.final.progress["history"]] == [2]
+    default = run_job(JobConfig(name="ranker", artifacts=artifacts, train=tc.with_(threads=0), run_name="ranker-threads-0", publish=False))
+    assert [h["torch_threads"] for h in default.final.progress["history"]] == [1]
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=-1)

@@ -28,6 +28,9 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # fractional, so several workers fit on a small machine
+    # PyTorch threads of each worker (0: as Ray starts it, one thread for a fractional CPU). The local
+    # main job gives its one worker the machine's cores: nothing else runs while a model trains
+    threads: int = 0
     # how Ray places the workers: SPREAD puts them on different nodes where it can (each gets a node's
     # cores and memory bandwidth: CPU training), PACK on as few nodes as fit them (GPUs of one machine)
     placement: Literal["SPREAD", "PACK"] = "SPREAD"
@@ -42,6 +45,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be ≥ 2, got {self.batch_size}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be ≥ 1, got {self.num_workers}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be ≥ 0 (0: as Ray starts the worker), got {self.threads}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.refit_on not in ("train", "all"):

@@ -159,6 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_flush_denormal(True)  # denormals slow the CPU down by orders of magnitude late in training
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     _quiet_report_logs()
 
