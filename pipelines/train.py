@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-worker", type=float, default=0.5, help="CPUs reserved per worker (fractional ok)")
     parser.add_argument("--threads", type=int, default=0,
                         help="PyTorch threads per worker (default 0: as Ray starts it, one for a fractional CPU)")
+    parser.add_argument("--dense-tables", action="store_true",
+                        help="update every row of the user-id tables each step (the default, one CPU worker: only the rows "
+                        "a batch reads, the same result)")
     parser.add_argument("--features-version", default="latest", help="features version to train on")
     parser.add_argument("--run-name", default=None, help="name of the run; reuse it to resume an interrupted job")
     parser.add_argument("--epochs", type=int, default=None, help="most epochs (early stopping may end sooner)")
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train = default_train_config(
             args.model, num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-            placement=args.placement, threads=args.threads, refit=not args.no_refit, refit_on=args.refit_on, **overrides,
+            placement=args.placement, threads=args.threads, lazy_tables=not args.dense_tables, refit=not args.no_refit, refit_on=args.refit_on, **overrides,
         )  # fmt: skip
         cfg = JobConfig(
             name=args.model, artifacts=artifacts_arg(args.artifacts), features_version=args.features_version,

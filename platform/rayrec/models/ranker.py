@@ -134,6 +134,10 @@ class Ranker(nn.Module):
         for table in (self.user, self.item, self.genre):
             nn.init.normal_(table.weight, std=0.05)
 
+    def lazy_tables(self) -> list[nn.Embedding]:
+        """Tables a batch reads a few rows of: the optimizer may update them lazily (``rayrec.training.lazy``)."""
+        return [self.user]
+
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the movie table with its own decay, the rest with ``weight_decay``."""
         rest = [p for n, p in self.named_parameters() if n != "item.weight"]

@@ -145,6 +145,10 @@ class TwoTower(nn.Module):
         log_q = self.config.logq * self.log_q[batch["item_id"]] if self.config.logq else None
         return sampled_softmax_loss(users, items, batch["item_id"], self.config.temperature, log_q)
 
+    def lazy_tables(self) -> list[nn.Embedding]:
+        """Tables a batch reads a few rows of: the optimizer may update them lazily (``rayrec.training.lazy``)."""
+        return [self.user_ids]
+
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: the user table with its own decay, the rest with ``weight_decay``."""
         rest = [p for n, p in self.named_parameters() if n != "user_ids.weight"]

@@ -468,7 +468,8 @@ def _run_manifest(storage: str, run_name: str, cfg: JobConfig, fv: FeaturesVersi
     }
     if uri.exists(target):
         have = uri.read_json(target)
-        scaling = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures", "placement", "threads"}
+        scaling = {"num_workers", "use_gpu", "cpus_per_worker", "max_failures", "placement", "threads",
+                   "lazy_tables"}
         strip = lambda d: {**d, "train": {k: v for k, v in d["train"].items() if k not in scaling}}  # noqa: E731
         if strip(have) != strip(want):
             raise ValueError(

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from rayrec.models.inputs import wide
 from rayrec.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, state_to_cpu
 from rayrec.training.config import TrainConfig
+from rayrec.training.lazy import LazyAdamW
 
 __all__ = ["train_loop_per_worker", "new_progress", "make_optimizer"]
 
@@ -71,9 +72,10 @@ def _sum(values: list[float], device: torch.device, world: int) -> list[float]:
 _FUSED_DEVICES = frozenset({"cpu", "cuda"})
 
 
-def make_optimizer(model: Any, tc: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: Any, tc: TrainConfig, *, lazy: bool = False) -> torch.optim.AdamW:
     """AdamW over the model's parameter groups (``model.param_groups``), with PyTorch's fused kernel
-    where every parameter lives on a device that has it.
+    where every parameter lives on a device that has it; with ``lazy``, the model's ``lazy_tables``
+    are updated only where a batch reads them (:class:`rayrec.training.lazy.LazyAdamW`, the same result).
 
     The embedding tables' gradients are dense, so every step updates every row of every table: the
     update grows with the vocabularies, not with the batch. The default (one tensor at a time)
@@ -82,7 +84,13 @@ def make_optimizer(model: Any, tc: TrainConfig) -> torch.optim.AdamW:
     """
     groups = model.param_groups(tc.weight_decay)
     devices = {p.device.type for g in groups for p in g["params"]}
-    return torch.optim.AdamW(groups, lr=tc.lr, fused=devices <= _FUSED_DEVICES)
+    tables = model.lazy_tables() if lazy and hasattr(model, "lazy_tables") else []
+    if not tables:
+        return torch.optim.AdamW(groups, lr=tc.lr, fused=devices <= _FUSED_DEVICES)
+    optimizer = LazyAdamW(groups, lr=tc.lr, fused=devices <= _FUSED_DEVICES)
+    for table in tables:
+        optimizer.add_table(table)
+    return optimizer
 
 
 T = TypeVar("T")
@@ -179,7 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     progress["workers"] = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
                                    "device": str(device)}, world)  # fmt: skip
     model = ray.train.torch.prepare_model(raw)  # to the device; DDP when world > 1
-    optimizer = make_optimizer(raw, tc)
+    # lazily updated tables need sparse gradients, which DDP would all-reduce (NCCL cannot; Gloo has faults)
+    optimizer = make_optimizer(raw, tc, lazy=tc.lazy_tables and world == 1 and device.type == "cpu")
     per_worker = task.rows // world
     steps = max(1, per_worker // tc.batch_size if task.drop_last else math.ceil(per_worker / tc.batch_size))
     scheduler = _schedule(optimizer, tc, steps)
@@ -228,6 +237,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             n = len(batch["item_id"])
             loss_sum += loss.detach().double() * n
             seen += n
+        if isinstance(optimizer, LazyAdamW):
+            optimizer.flush()  # every row current before validation reads the weights
         train_s = time.perf_counter() - t0
         total_loss, total_seen = _sum([float(loss_sum), float(seen)], device, world)
         metrics: dict[str, float] = {}
