@@ -182,7 +182,8 @@ class LazyAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def flush(self, chunk_rows: int = 65_536) -> None:
         """Bring every row of every lazy table up to the last step: call before the weights are read
-        (validation, a checkpoint, the end of training)."""
+        (validation, a checkpoint, the end of training). The steps after it compute exactly as after
+        resuming from a checkpoint taken here."""
         for p in self._tables:
             state = self.state.get(p)
             if not state or "lazy_last" not in state:
@@ -191,6 +192,8 @@ class LazyAdamW(torch.optim.AdamW):
             for start in range(0, p.shape[0], chunk_rows):
                 rows = torch.arange(start, min(start + chunk_rows, p.shape[0]), device=p.device)
                 self._catch_up(p, state, rows, t)
+            for key in _LAZY_KEYS:  # every row current: start the per-step sums afresh, as a resumed run does
+                del state[key]
 
     # -- checkpoints -----------------------------------------------------------------------------
 
