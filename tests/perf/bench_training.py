@@ -58,7 +58,7 @@ def plain_loop(task, arrays: dict[str, np.ndarray], tc) -> list[float]:  # noqa:
     torch.manual_seed(tc.seed)
     torch.set_flush_denormal(True)
     model = task.build()
-    opt = make_optimizer(model, tc)  # the training loop's optimizer
+    opt = make_optimizer(model, tc, lazy=tc.lazy_tables)  # the training loop's optimizer for one CPU worker
     data = to_tensors(arrays)
     n = len(arrays["item_id"])
     rates = []
@@ -76,6 +76,8 @@ def plain_loop(task, arrays: dict[str, np.ndarray], tc) -> list[float]:  # noqa:
             loss.backward()
             opt.step()
             seen += len(idx)
+        if hasattr(opt, "flush"):
+            opt.flush()  # as the training loop does at each epoch's end
         rates.append(seen / (time.perf_counter() - t0))
     return rates
 

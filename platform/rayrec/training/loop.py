@@ -77,10 +77,10 @@ def make_optimizer(model: Any, tc: TrainConfig, *, lazy: bool = False) -> torch.
     where every parameter lives on a device that has it; with ``lazy``, the model's ``lazy_tables``
     are updated only where a batch reads them (:class:`rayrec.training.lazy.LazyAdamW`, the same result).
 
-    The embedding tables' gradients are dense, so every step updates every row of every table: the
-    update grows with the vocabularies, not with the batch. The default (one tensor at a time)
-    implementation made it most of a CPU step at ml-25m's 162k users and 62k movies (Ranker, batch
-    1024, one thread: 16 ms of a 24 ms step); the fused kernel does the same update in 1.7 ms.
+    Other tables' gradients are dense, so every step updates every row of them: the update grows with
+    the vocabularies, not with the batch. The default (one tensor at a time) implementation made it
+    most of a CPU step at ml-25m's 162k users and 62k movies (Ranker, batch 1024, one thread: 16 ms of
+    a 24 ms step); the fused kernel does the same update in 1.7 ms.
     """
     groups = model.param_groups(tc.weight_decay)
     devices = {p.device.type for g in groups for p in g["params"]}
