@@ -349,5 +349,9 @@ def test_a_workers_torch_threads_are_its_configs_and_a_resumed_run_may_change_th
     assert [h["torch_threads"] for h in again.final.progress["history"]] == [2]
     default = run_job(JobConfig(name="ranker", artifacts=artifacts, train=tc.with_(threads=0), run_name="ranker-threads-0", publish=False))
     assert [h["torch_threads"] for h in default.final.progress["history"]] == [1]
+    # one CPU worker updates the user table lazily unless told not to (rayrec.training.lazy)
+    assert [h["lazy_tables"] for h in result.final.progress["history"]] == [True]
+    dense = run_job(JobConfig(name="ranker", artifacts=artifacts, train=tc.with_(lazy_tables=False), run_name="ranker-dense", publish=False))
+    assert [h["lazy_tables"] for h in dense.final.progress["history"]] == [False]
     with pytest.raises(ValueError, match="threads"):
         TrainConfig(threads=-1)

@@ -135,6 +135,8 @@ def test_refusals():
     _ = m(torch.tensor([1, 2]), torch.tensor([3, 4])).sum().backward()
     with pytest.raises(ValueError, match="lr·weight_decay < 1"):
         opt.step()
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(lambda: 0.0)
 
 
 def test_make_optimizer_makes_the_models_user_tables_lazy_only_when_asked():

@@ -96,11 +96,13 @@ class LazyAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         """AdamW's step for every dense gradient; the lazy tables' sparse gradients update their rows."""
+        if closure is not None:
+            raise ValueError("LazyAdamW.step takes no closure: compute the loss and its gradients first")
         sparse = [(p, p.grad) for p in self._tables if p.grad is not None and p.grad.is_sparse]
         for p, _ in sparse:
             p.grad = None
         try:
-            loss = super().step(closure)
+            loss = super().step()
         finally:
             for p, grad in sparse:
                 p.grad = grad

@@ -264,6 +264,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "stopped": progress["stopped"],
             "resumed_from": progress["starts"][-1],
             "torch_threads": torch.get_num_threads(),
+            "lazy_tables": int(isinstance(optimizer, LazyAdamW)),
         }
         progress["history"].append({k: v for k, v in report.items() if isinstance(v, (int, float))})
         _report(report, rank, raw, optimizer, scheduler, scaler, epoch, progress, best)
