@@ -200,15 +200,7 @@ class LazyAdamW(torch.optim.AdamW):
     # -- checkpoints -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """AdamW's state after a :meth:`flush`: every row current, so AdamW (or this class) resumes it."""
+        """AdamW's state after a :meth:`flush` (which drops the lazy keys): every row current, so AdamW
+        (or this class) resumes it."""
         self.flush()
-        sd = super().state_dict()
-        sd["state"] = {pid: {k: v for k, v in s.items() if k not in _LAZY_KEYS} for pid, s in sd["state"].items()}
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """AdamW's load; a lazy table's rows are all current at the state's step."""
-        super().load_state_dict(state_dict)
-        for p in self._tables:
-            for k in _LAZY_KEYS:
-                self.state[p].pop(k, None)
+        return super().state_dict()
