@@ -11,6 +11,7 @@ import torch
 
 from rayrec.features.spec import OOV
 from rayrec.models import Ranker, RankerConfig, TwoTower, TwoTowerConfig, build_model, model_config
+from rayrec.models.layers import masked_mean, pooled
 from rayrec.models.inputs import HISTORY, encode_items, encode_pairs, encode_users, to_tensors
 from rayrec.models.two_tower import sampled_softmax_loss
 from rayrec.training.data import positive_history
@@ -167,3 +168,60 @@ def test_encoders_map_unknown_users_and_movies_to_oov(data):
     enc = encode_pairs(data.spec, rows)
     assert (enc["user_id"] == OOV).all() and (enc["item_id"] == OOV).all()
     assert np.isfinite(enc["user_dense"]).all() and np.isfinite(enc["item_dense"]).all()
+
+
+def test_pooled_lookups_equal_separate_lookups_in_values_and_gradients():
+    """One embedding_bag call for several lookups of a table gives each lookup's masked mean (or row),
+    and the table the same gradient as the separate lookups; the padding row is neither read nor trained."""
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(50, 8, padding_idx=0)
+    torch.nn.init.normal_(table.weight)  # the padding row is not zero: only the masks keep it out
+    history = torch.randint(0, 50, (6, 7))
+    history[0] = 0  # an empty row: zeros, as masked_mean
+    history[1, 3:] = 0
+    recent = torch.randint(1, 50, (6, 3))
+    ids = torch.tensor([5, 9, 9, 49, 1])
+    weights = [torch.randn(6, 8), torch.randn(6, 8), torch.randn(5, 8)]
+
+    def loss(outs):
+        return sum((o * w).sum() for o, w in zip(outs, weights))
+
+    expected = [masked_mean(table, history), masked_mean(table, recent), table(ids)]
+    loss(expected).backward()
+    grad = table.weight.grad.clone()
+    table.weight.grad = None
+    got = pooled(table, [history, recent, ids])
+    loss(got).backward()
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(table.weight.grad, grad, rtol=1e-6, atol=1e-6)
+    assert not table.weight.grad[0].any()
+    with torch.no_grad():  # separate lookups: the same values
+        for e, g in zip(expected, pooled(table, [history, recent, ids])):
+            torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+
+
+def test_pooled_reads_a_sparse_table_through_its_module():
+    """A table with sparse gradients (one the lazy optimizer updates) is read through its module,
+    whose forward hooks bring its rows up to date; the values are the same."""
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(30, 4, padding_idx=0, sparse=True)
+    calls = []
+    table.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    hist = torch.randint(0, 30, (5, 6))
+    out = pooled(table, [hist, torch.tensor([3, 4])])
+    assert calls == [hist.shape, (2,)]
+    torch.testing.assert_close(out[0], masked_mean(table, hist))
+    out[0].sum().backward()
+    assert table.weight.grad.is_sparse
+
+
+def test_two_tower_forward_reads_both_towers_in_one_lookup(data):
+    """forward reads the movie table once for both towers; the vectors are those of user() and item()."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(hidden=(16,)), data.spec.sizes).eval()
+    batch = tower_batch(data)
+    users, items = model(batch)
+    torch.testing.assert_close(users, model.user(batch), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items, model.item(batch), rtol=1e-5, atol=1e-6)

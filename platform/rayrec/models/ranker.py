@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from rayrec.features.spec import OOV
-from rayrec.models.layers import masked_mean, mlp
+from rayrec.models.layers import masked_mean, mlp, pooled
 
 __all__ = ["RankerConfig", "Ranker", "RANKER_INPUTS", "EASE_FILE"]
 
@@ -152,8 +152,7 @@ class Ranker(nn.Module):
             user_id = _drop(user_id, self.config.id_dropout)
             item_id = _drop(item_id, self.config.id_dropout)
         user = self.user(user_id)  # (B, d)
-        item = self.item(item_id)  # (B, d)
-        recent = masked_mean(self.item, batch["user_recent_items"])  # (B, d)
+        item, recent = pooled(self.item, [item_id, batch["user_recent_items"]])  # (B, d) each, one table read
         user_genres = masked_mean(self.genre, batch["user_genres"])  # (B, d)
         item_genres = masked_mean(self.genre, batch["item_genres"])  # (B, d)
         ug, ig = batch["user_genres"], batch["item_genres"]

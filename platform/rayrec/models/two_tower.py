@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayrec.features.spec import OOV
-from rayrec.models.layers import masked_mean, mlp
+from rayrec.models.layers import masked_mean, mlp, pooled
 
 __all__ = ["TwoTowerConfig", "TwoTower", "USER_INPUTS", "ITEM_INPUTS", "sampled_softmax_loss"]
 
@@ -100,7 +100,29 @@ class TwoTower(nn.Module):
         self.register_buffer("log_q", torch.zeros(sizes["item_vocab"]), persistent=False)
 
     def user(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        history = batch.get("history_items", batch["user_recent_items"])  # (B, H)
+        return self._user(batch, *pooled(self.item_ids, self._user_items(batch)))
+
+    def item(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        ids = self._item_ids(batch)
+        return self._item(batch, pooled(self.item_ids, [ids])[0])
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        # one read of the movie table for both towers: one pass over its gradient (``pooled``)
+        ids = self._item_ids(batch)
+        history, recent, items = pooled(self.item_ids, [*self._user_items(batch), ids])
+        return self._user(batch, history, recent), self._item(batch, items)
+
+    def _user_items(self, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The movie ids the user tower pools: the liked history (B, H) and the latest likes (B, 5)."""
+        return [batch.get("history_items", batch["user_recent_items"]), batch["user_recent_items"]]
+
+    def _item_ids(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["item_id"]
+        if self.training and self.config.id_dropout > 0:
+            ids = torch.where(torch.rand(ids.shape, device=ids.device) < self.config.id_dropout, OOV, ids)
+        return ids
+
+    def _user(self, batch: Mapping[str, torch.Tensor], history: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
         side = torch.cat(
             [
                 masked_mean(self.genres, batch["user_genres"]),  # (B, f)
@@ -110,17 +132,14 @@ class TwoTower(nn.Module):
             dim=1,
         )
         x = (
-            masked_mean(self.item_ids, history)  # (B, d): long-term taste
-            + masked_mean(self.item_ids, batch["user_recent_items"])  # (B, d): the latest likes
+            history  # (B, d): long-term taste, the mean of the liked movies' vectors
+            + recent  # (B, d): the latest likes
             + self.user_ids(batch["user_id"])  # (B, d)
             + self.user_arch(side)  # (B, d)
         )
         return F.normalize(x, dim=1)  # (B, d)
 
-    def item(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        ids = batch["item_id"]
-        if self.training and self.config.id_dropout > 0:
-            ids = torch.where(torch.rand(ids.shape, device=ids.device) < self.config.id_dropout, OOV, ids)
+    def _item(self, batch: Mapping[str, torch.Tensor], movie: torch.Tensor) -> torch.Tensor:
         side = torch.cat(
             [
                 masked_mean(self.genres, batch["item_genres"]),  # (N, f)
@@ -130,10 +149,7 @@ class TwoTower(nn.Module):
             ],
             dim=1,
         )
-        return F.normalize(self.item_ids(ids) + self.item_arch(side), dim=1)  # (N, d)
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user(batch), self.item(batch)
+        return F.normalize(movie + self.item_arch(side), dim=1)  # (N, d)
 
     def set_sampling_counts(self, counts: torch.Tensor) -> None:
         """Per movie id, how often it is a training positive: the log-Q correction's estimate."""
@@ -169,10 +185,10 @@ def sampled_softmax_loss(
 
     ``log_q`` (N,) corrects for popular items appearing as negatives more often than uniform sampling
     would (Yi et al., 2019); other rows holding the same movie as row i are not negatives."""
-    logits = users @ items.T / temperature  # (B, B)
+    logits = (users / temperature) @ items.T  # (B, B); scaling the (B, D) side costs less than the (B, B)
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
     same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)  # (B, B)
     same.fill_diagonal_(False)
-    logits = logits.masked_fill(same, float("-inf"))
+    logits = logits.masked_fill_(same, float("-inf"))  # in place: neither the product nor the difference is kept for backward
     return F.cross_entropy(logits.float(), torch.arange(len(users), device=users.device))
