@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from rayrec.features.pointintime import item_pass, prior_sums, user_pass
+from rayrec.features.pointintime import USER_FEATURES, item_pass, prior_sums, user_pass, user_totals
 
 
 def run_passes(ratings: pd.DataFrame, movies: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -43,6 +43,24 @@ def test_latest_features_match_reference():
     rated = ref.latest_items(ratings, movies)
     rated = rated[rated["movieId"].isin(ratings["movieId"])]
     ref.assert_same_features(a[a["sentinel"]][rated.columns], rated, ["movieId"])
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_user_totals_are_the_sentinel_rows_of_the_user_pass(seed):
+    """The end-of-data user state from per-user totals equals the user pass's sentinel rows and the
+    reference: ties in time, movies without a year or genres, users without a positive."""
+    ratings, movies = ref.random_dataset(seed=seed)
+    ratings.loc[ratings["userId"] == 1, "rating"] = 1.0  # a user who liked nothing: no genres, no recent items
+    a, b = run_passes(ratings, movies)
+    rows = a[~a["sentinel"]].drop(columns=["sentinel"])
+    got = user_totals(rows.sample(frac=1.0, random_state=seed), movies)  # any row order
+    assert got.columns.tolist() == ["userId", *USER_FEATURES] and got["userId"].is_unique
+    sentinels = b[b["sentinel"]][["userId", *USER_FEATURES]]
+    ref.assert_same_features(got, sentinels, ["userId"])
+    exp = ref.latest_users(ratings, movies)
+    ref.assert_same_features(got[exp.columns], exp, ["userId"])
+    assert len(got.loc[got["userId"] == 1, "user_recent_items"].iloc[0]) == 0
+    assert user_totals(rows.iloc[:0], movies).columns.tolist() == ["userId", *USER_FEATURES]
 
 
 def test_real_movielens_subset_matches_reference(movielens):

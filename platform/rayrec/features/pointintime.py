@@ -31,6 +31,7 @@ __all__ = [
     "item_totals",
     "item_pass",
     "user_pass",
+    "user_totals",
 ]
 
 SENTINEL_TS = np.iinfo(np.int64).max  # "after every rating": a sentinel sees a key's whole history
@@ -227,6 +228,49 @@ def user_pass(
     return df
 
 
+def user_totals(batch: pd.DataFrame, movies: pd.DataFrame, *, threshold: float = LABEL_THRESHOLD) -> pd.DataFrame:
+    """One row per user of ``batch``: ``userId`` and the user features as of the end of the data,
+    the values :func:`user_pass`'s sentinel rows hold, from per-user totals.
+
+    ``batch`` is as :func:`user_pass` takes it (every rating of its users, ``item_year`` attached). A
+    sentinel sees every rating of its user, so its prior sums are the user's totals: this skips the
+    prior sums, genre counts and top-genre sorts of every rated row that the user pass computes to
+    keep one row per user (at 20M ratings, minutes for 160,000 rows). Sums run in another order, so
+    means and deviations agree with the sentinels' to float rounding; the rest is equal."""
+    df = _sorted(batch, "userId")
+    keys = df["userId"].to_numpy()
+    if len(keys) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in ("userId", *USER_FEATURES)})
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    rating = df["rating"].to_numpy(np.float64)
+    label = np.nan_to_num(rating) >= threshold
+    year = df["item_year"].to_numpy(np.float64) - _YEAR_ORIGIN
+    has_year = ~np.isnan(year)
+    y = np.where(has_year, year, 0.0)
+    dense = np.stack([np.ones(len(keys)), rating, rating * rating, has_year.astype(np.float64), y, y * y], axis=1)
+    sums = np.add.reduceat(dense, starts, axis=0)
+    count = sums[:, 0].round().astype(np.int64)
+    mean, std = _moments(count, sums[:, 1], sums[:, 2])
+    ycount = sums[:, 3].round().astype(np.int64)
+    ymean, ystd = _moments(ycount, sums[:, 4], sums[:, 5])
+    gm, names = _genre_matrix(df["movieId"].to_numpy(), label, movies)
+    genre_counts = np.add.reduceat(gm.astype(np.int64), starts, axis=0) if gm.shape[1] else gm[starts]
+    positives = np.flatnonzero(label)
+    first = np.searchsorted(positives, starts)  # each user's first positive, in positives
+    return pd.DataFrame(
+        {
+            "userId": keys[starts],
+            "user_rating_count": count,
+            "user_rating_mean": mean,
+            "user_rating_std": std,
+            "user_year_mean": ymean + _YEAR_ORIGIN,
+            "user_year_std": ystd,
+            "user_genres": _top_genres(genre_counts, names, N_USER_GENRES),
+            "user_recent_items": _last_positives(df["movieId"].to_numpy()[positives], first, np.r_[first[1:], len(positives)]),
+        }
+    )
+
+
 def _genre_matrix(items: np.ndarray, mask: np.ndarray, movies: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     """Multi-hot (N, G) of each row's movie genres where ``mask``; columns are genre names sorted."""
     names = sorted({g for gl in movies["genres"] for g in gl})
@@ -255,8 +299,12 @@ def _recent_positives(
     new_key[1:] = keys[1:] != keys[:-1]
     first_row = np.maximum.accumulate(np.where(new_key, np.arange(n), 0))
     key_pos_start = np.searchsorted(pos_idx, first_row)
-    end = key_pos_start + npos  # exclusive end in pos_items
-    lo = np.maximum(key_pos_start, end - N_RECENT_ITEMS)
+    return _last_positives(pos_items, key_pos_start, key_pos_start + npos)
+
+
+def _last_positives(pos_items: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per row, the last N_RECENT_ITEMS of ``pos_items[start:end]``, most recent (last) first."""
+    lo = np.maximum(start, end - N_RECENT_ITEMS)
     lengths = end - lo
     # row i lists pos_items[end_i - 1], pos_items[end_i - 2], …, pos_items[lo_i]: most recent first
     step = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)

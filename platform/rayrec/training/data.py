@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rayrec import uri
-from rayrec.features.pointintime import attach_movie_attributes, item_totals, last_share, prior_sums, user_pass
+from rayrec.features.pointintime import USER_FEATURES, attach_movie_attributes, item_totals, last_share, prior_sums, user_totals
 from rayrec.features.spec import FeatureSpec, arrow_lists, features_path
 from rayrec.models.inputs import HISTORY, encode_pairs
 
@@ -195,29 +195,13 @@ def holdout_positions(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> t
 USERS_AT_ROWS = 250_000
 
 
-#: the user pass's list features: each row's list is a view of its block's flat values
-_LIST_FEATURES = ("user_genres", "user_recent_items")
-
-
-def _owned(lists: np.ndarray) -> np.ndarray:
-    """An object array of copies of ``lists``' arrays (other values as they are). The user pass gives
-    each row a view of its block's flat array of values: one kept row would hold every row's values
-    (the retriever's test step at 25M ratings: a peak 6.5 GiB higher, for 162k kept rows)."""
-    out = np.empty(len(lists), dtype=object)
-    for i, v in enumerate(lists):
-        out[i] = v.copy() if isinstance(v, np.ndarray) else v
-    return out
-
-
 def users_at(
     ratings: pd.DataFrame, movies: pd.DataFrame, history_len: int, threshold: float, block_rows: int = USERS_AT_ROWS
 ) -> pd.DataFrame:
     """One row per user: ``userId``, the user features and ``history_items`` as of the end of
-    ``ratings`` (userId, movieId, rating, timestamp), by the features pipeline's point-in-time code.
-
-    The user pass runs on blocks of whole users, about ``block_rows`` rated rows each, as the features
-    pipeline runs it: it computes every row's features to keep each user's last, and over every rating
-    at once those arrays were the retriever job's peak (5M samples: several GiB)."""
+    ``ratings`` (userId, movieId, rating, timestamp): the values the features pipeline's point-in-time
+    code gives a user's sentinel row (:func:`~rayrec.features.pointintime.user_totals`), on blocks of
+    whole users of about ``block_rows`` rated rows each."""
     r = ratings[["userId", "movieId", "rating", "timestamp"]]
     users = r["userId"].to_numpy()
     if len(users) > 1 and bool(np.any(users[1:] < users[:-1])):
@@ -226,23 +210,23 @@ def users_at(
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
     # a block ends at the first user to start at or after each multiple of block_rows
     cuts = np.unique(starts[np.minimum(np.searchsorted(starts, np.arange(block_rows, len(users), block_rows)), len(starts) - 1)])
-    keep = ["userId", "user_rating_count", "user_rating_mean", "user_rating_std", "user_year_mean",
-            "user_year_std", "user_genres", "user_recent_items"]  # fmt: skip
+    keep = ["userId", *USER_FEATURES]
     parts = []
     for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(users)]):
         if hi <= lo:
             continue
-        out = user_pass(attach_movie_attributes(r.iloc[lo:hi].copy(), movies), movies, threshold=threshold, sentinels=True)
-        last = out.loc[out["sentinel"].to_numpy(), keep]
-        del out
-        for col in _LIST_FEATURES:  # the kept rows' lists, not views of every row's of the block
-            last[col] = _owned(last[col].to_numpy())
-        parts.append(last)
+        parts.append(user_totals(attach_movie_attributes(r.iloc[lo:hi].copy(), movies), movies, threshold=threshold))
     latest = pd.concat(parts) if len(parts) > 1 else (parts[0] if parts else pd.DataFrame(columns=keep))
     rated = ratings["rating"].to_numpy(np.float64) >= threshold
     liked = ratings.loc[rated, ["userId", "timestamp", "movieId"]]  # three columns, not every feature of the liked rows
     liked = liked.sort_values(["userId", "timestamp", "movieId"], ascending=[True, False, False], kind="mergesort")
-    hist = liked.groupby("userId")["movieId"].agg(lambda s: s.to_numpy(np.int64)[:history_len].tolist())
+    who = liked["userId"].to_numpy()
+    first = np.flatnonzero(np.r_[True, who[1:] != who[:-1]]) if len(who) else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[first, len(who)])
+    rank = np.arange(len(who)) - np.repeat(first, counts)  # 0: the user's latest like
+    ids = liked["movieId"].to_numpy(np.int64)[rank < history_len]
+    taken = np.minimum(counts, history_len)
+    hist = dict(zip(who[first].tolist(), (a.tolist() for a in np.split(ids, np.cumsum(taken)[:-1]))))
     latest = latest.reset_index(drop=True)
     latest[HISTORY] = [hist.get(u, []) for u in latest["userId"].to_numpy()]
     return latest
