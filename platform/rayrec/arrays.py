@@ -6,7 +6,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["SORTED_QUERIES_MIN", "searchsorted"]
+__all__ = ["SORTED_QUERIES_MIN", "searchsorted", "unique"]
 
 #: queries from which :func:`searchsorted` looks them up in ascending order
 SORTED_QUERIES_MIN = 256
@@ -27,3 +27,16 @@ def searchsorted(a: np.ndarray, v: np.ndarray, side: Literal["left", "right"] = 
     out = np.empty(len(v), dtype=np.intp)
     out[order] = np.searchsorted(a, v[order], side=side)
     return out
+
+
+def unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` of a 1-D integer array, the same sorted values, found by a sort.
+
+    numpy 2's ``np.unique`` hashes the values first: measured on one core for 25M int64, 5.7 s
+    against 0.57 s with 160,000 distinct values, and 34 s against 0.75 s when most are distinct (the
+    (user, movie) keys of every rating). Other dtypes (NaN handling, objects) go to ``np.unique``."""
+    a = np.asarray(a)
+    if a.ndim != 1 or a.dtype.kind not in "iub":
+        return np.unique(a)
+    out = np.sort(a)
+    return out[np.r_[True, out[1:] != out[:-1]]] if len(out) else out

@@ -1,11 +1,12 @@
-"""rayrec.arrays.searchsorted: np.searchsorted's positions, found with the queries in order."""
+"""rayrec.arrays: searchsorted gives np.searchsorted's positions, found with the queries in order; unique
+gives np.unique's values, found by a sort."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rayrec.arrays import SORTED_QUERIES_MIN, searchsorted
+from rayrec.arrays import SORTED_QUERIES_MIN, searchsorted, unique
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -27,3 +28,19 @@ def test_strings_and_arrays_of_more_dimensions_are_searched_as_they_come():
     assert np.array_equal(searchsorted(keys, q), np.searchsorted(keys, q))
     grid = np.arange(600).reshape(20, 30) % 7
     assert np.array_equal(searchsorted(np.arange(7), grid), np.searchsorted(np.arange(7), grid))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, bool])
+def test_unique_equals_numpys(dtype):
+    rng = np.random.default_rng(0)
+    for values in (rng.integers(0, 50, 1_000), rng.integers(0, 2**15, 300), np.zeros(0, np.int64), np.array([7])):
+        a = values.astype(dtype)
+        got = unique(a)
+        assert got.dtype == np.unique(a).dtype and np.array_equal(got, np.unique(a))
+
+
+def test_unique_leaves_other_dtypes_to_numpy():
+    """Floats go to np.unique, which keeps one NaN; a sort would keep each."""
+    a = np.array([2.0, np.nan, 1.0, np.nan, 2.0])
+    assert np.array_equal(unique(a), np.array([1.0, 2.0, np.nan]), equal_nan=True)
+    assert unique(np.array(["b", "a", "b"])).tolist() == ["a", "b"]

@@ -111,6 +111,32 @@ def test_task_excludes_seen_items_and_users_without_relevant_items():
     assert m["users"] == 2
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_task_holds_each_users_seen_and_relevant_catalog_items_by_definition(seed):
+    """The task against sets built row by row: repeated ratings, movies outside the catalog, users
+    only in the held-out ratings, a held-out movie the user had already rated."""
+    rng = np.random.default_rng(seed)
+    history = pd.concat([_ratings(rng, 30, 80, 600)] * 2)  # every pair twice
+    heldout = pd.concat([_ratings(rng, 40, 90, 300), history.iloc[:20].assign(rating=5.0)])
+    catalog = rng.permutation(np.arange(1, 71))  # not sorted; movies 71-90 are unknown
+    task = build_task(history, heldout, catalog, threshold=3.5)
+    want = {}
+    for u in sorted(set(heldout["userId"])):
+        seen = {m for m in history.loc[history["userId"] == u, "movieId"] if m in set(catalog)}
+        liked = heldout[(heldout["userId"] == u) & (heldout["rating"] >= 3.5)]["movieId"]
+        rel = {m for m in liked if m in set(catalog)} - seen
+        if rel:
+            want[u] = (seen, rel)
+    assert task.user_ids.tolist() == sorted(want) and task.user_ids.dtype == np.int64
+    for i, u in enumerate(task.user_ids):
+        seen, rel = task.item_ids[task.seen_of(i)], task.item_ids[task.relevant_of(i)]
+        assert set(seen) == want[u][0] and len(seen) == len(want[u][0])
+        assert set(rel) == want[u][1] and len(rel) == len(want[u][1])
+        assert np.all(np.diff(task.seen_of(i)) > 0) and np.all(np.diff(task.relevant_of(i)) > 0)  # sorted positions
+    empty = build_task(history.iloc[:0], heldout.iloc[:0], catalog, threshold=3.5)
+    assert empty.n_users == 0 and empty.seen_indptr.tolist() == [0]
+
+
 def test_top_k_orders_best_first_with_stable_ties():
     s = np.array([[0.1, 0.5, 0.5, 0.9, -1.0]])
     assert top_k(s, 3).tolist() == [[3, 1, 2]]

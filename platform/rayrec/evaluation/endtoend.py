@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rayrec.arrays import unique
 from rayrec.data.movielens import MovieLens
 from rayrec.evaluation.baselines import Interactions, ease_scores, item_knn, most_popular, top_unseen, tune_ease
 from rayrec.evaluation.protocols import Split, split_ratings
@@ -256,7 +257,7 @@ def tune_serving(
     work = Path(workdir)
     inner = split_ratings(known, protocol)
     rel_df = inner.relevant
-    users = np.unique(inner.known["userId"].to_numpy(np.int64))
+    users = unique(inner.known["userId"].to_numpy(np.int64))
     if cfg.max_users:
         users = users[: cfg.max_users]
         rel_df = rel_df[rel_df["userId"].isin(users)]
@@ -375,7 +376,7 @@ def run_end_to_end(
     t = time.perf_counter()
     split = split_ratings(data.ratings, cfg.protocol)
     rel_df = split.relevant
-    known_users = np.unique(split.known["userId"].to_numpy(np.int64))
+    known_users = unique(split.known["userId"].to_numpy(np.int64))
     rel = Relevance.of(known_users, rel_df["userId"].to_numpy(), rel_df["movieId"].to_numpy())
     if cfg.max_users:
         keep = rel.user_ids[: cfg.max_users]

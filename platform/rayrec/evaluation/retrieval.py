@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from rayrec.arrays import unique
+
 __all__ = ["RetrievalTask", "build_task", "evaluate", "popularity_scores", "top_k"]
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # user positions (b,) → scores (b, N) over the catalog
@@ -41,12 +43,15 @@ class RetrievalTask:
         return self.relevant[self.relevant_indptr[u] : self.relevant_indptr[u + 1]]
 
 
-def _csr(user_pos: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, sorted unique item positions) of user position → items, from parallel arrays."""
-    pairs = np.unique(np.stack([user_pos, items], axis=1), axis=0) if len(user_pos) else np.zeros((0, 2), np.int64)
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.add.at(indptr, pairs[:, 0] + 1, 1)
-    return np.cumsum(indptr), pairs[:, 1].astype(np.int64)
+def _pairs(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """Sorted unique (user position, item position) pairs as int64 keys ``user * n_items + item``."""
+    return unique(users.astype(np.int64) * n_items + items)
+
+
+def _csr(keys: np.ndarray, to_pos: np.ndarray, n_items: int, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, item positions) of sorted pair keys, users renumbered by ``to_pos`` (increasing)."""
+    users = to_pos[keys // n_items]
+    return np.r_[0, np.cumsum(np.bincount(users, minlength=n_users))].astype(np.int64), (keys % n_items).astype(np.int64)
 
 
 def build_task(
@@ -58,28 +63,34 @@ def build_task(
 ) -> RetrievalTask:
     """The retrieval task of a split: ``history`` (userId, movieId: the training ratings, all of them)
     and ``heldout`` (userId, movieId, rating). Users without a relevant held-out item are left out;
-    an item of the user's history is never relevant (it is excluded from the ranking)."""
+    an item of the user's history is never relevant (it is excluded from the ranking).
+
+    Pairs are int64 keys (user, catalog position), deduplicated and matched by sorting, not by
+    pandas joins: at 20M ratings this took seconds where the joins took over a minute."""
     catalog = np.asarray(catalog, dtype=np.int64)
     index = pd.Index(catalog)
     if not index.is_unique:
         raise ValueError("catalog movieIds must be unique")
-    hist = pd.DataFrame(
-        {"userId": history["userId"].to_numpy(np.int64), "pos": index.get_indexer(history["movieId"].to_numpy(np.int64))}
-    )
-    hist = hist[hist["pos"] >= 0].drop_duplicates()
-    liked = heldout[heldout["rating"].to_numpy(np.float64) >= threshold]
-    rel = pd.DataFrame(
-        {"userId": liked["userId"].to_numpy(np.int64), "pos": index.get_indexer(liked["movieId"].to_numpy(np.int64))}
-    )
-    rel = rel[rel["pos"] >= 0].drop_duplicates()
-    rel = rel.merge(hist, on=["userId", "pos"], how="left", indicator=True)
-    rel = rel[rel["_merge"] == "left_only"]
-    users = np.unique(rel["userId"].to_numpy(np.int64))
-    uindex = pd.Index(users)
-    hist = hist[hist["userId"].isin(users)]
-    seen_indptr, seen = _csr(uindex.get_indexer(hist["userId"]), hist["pos"].to_numpy(np.int64), len(users))
-    rel_indptr, relevant = _csr(uindex.get_indexer(rel["userId"]), rel["pos"].to_numpy(np.int64), len(users))
-    return RetrievalTask(users, catalog, seen_indptr, seen, rel_indptr, relevant)
+    n_items = max(len(catalog), 1)
+    h_user = history["userId"].to_numpy(np.int64)
+    h_pos = index.get_indexer(history["movieId"].to_numpy(np.int64))
+    liked = heldout["rating"].to_numpy(np.float64) >= threshold
+    r_user = heldout["userId"].to_numpy(np.int64)[liked]
+    r_pos = index.get_indexer(heldout["movieId"].to_numpy(np.int64)[liked])
+    h_user, h_pos = h_user[h_pos >= 0], h_pos[h_pos >= 0]
+    r_user, r_pos = r_user[r_pos >= 0], r_pos[r_pos >= 0]
+    everyone = unique(np.r_[h_user, r_user])
+    seen = _pairs(np.searchsorted(everyone, h_user), h_pos, n_items)
+    rel = _pairs(np.searchsorted(everyone, r_user), r_pos, n_items)
+    at = np.minimum(np.searchsorted(seen, rel), max(len(seen) - 1, 0))
+    rel = rel[seen[at] != rel] if len(seen) else rel  # a seen item is never relevant
+    kept = unique(rel // n_items)  # positions in ``everyone`` of the users with a relevant item
+    to_pos = np.full(len(everyone), -1, dtype=np.int64)
+    to_pos[kept] = np.arange(len(kept))
+    seen = seen[to_pos[seen // n_items] >= 0]
+    seen_indptr, seen_items = _csr(seen, to_pos, n_items, len(kept))
+    rel_indptr, relevant = _csr(rel, to_pos, n_items, len(kept))
+    return RetrievalTask(everyone[kept], catalog, seen_indptr, seen_items, rel_indptr, relevant)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

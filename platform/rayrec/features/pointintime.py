@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayrec.arrays import unique
+
 __all__ = [
     "last_share",
     "SENTINEL_TS",
@@ -88,7 +90,7 @@ def _sorted(df: pd.DataFrame, key: str) -> pd.DataFrame:
 
 def _with_sentinels(df: pd.DataFrame, key: str) -> pd.DataFrame:
     """Append one sentinel row per key (timestamp at the end of time, no rating)."""
-    keys = np.unique(df[key].to_numpy())
+    keys = unique(df[key].to_numpy())
     s = pd.DataFrame({key: keys, "timestamp": np.full(len(keys), SENTINEL_TS, dtype=np.int64)})
     other = "movieId" if key == "userId" else "userId"
     s[other] = np.int64(-1)
@@ -141,17 +143,22 @@ def item_totals(ratings: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"movieId": movie[starts], "item_rating_count": count, "item_rating_mean": mean, "item_rating_std": std})
 
 
-def attach_movie_attributes(df: pd.DataFrame, movies: pd.DataFrame, genres_as: pa.DataType | None = None) -> pd.DataFrame:
+def attach_movie_attributes(
+    df: pd.DataFrame, movies: pd.DataFrame, genres_as: pa.DataType | None = None, *, genres: bool = True
+) -> pd.DataFrame:
     """Join the movie's release year and first genres (static item features) onto rows by movieId.
     With ``genres_as`` (an Arrow list type), ``item_genres`` stays an Arrow column of that type
-    (``pd.ArrowDtype``, as the training data keeps its list features) instead of numpy arrays."""
+    (``pd.ArrowDtype``, as the training data keeps its list features) instead of numpy arrays;
+    with ``genres=False``, only the year (what the user features read)."""
     cat = movies.set_index("movieId")
     pos = cat.index.get_indexer(df["movieId"].to_numpy())
     known = pos >= 0
     years = cat["year"].to_numpy(dtype=np.float64, na_value=np.nan)
     df["item_year"] = np.where(known, years[np.maximum(pos, 0)], np.nan)
-    genres = [list(g)[:N_ITEM_GENRES] for g in cat["genres"]] + [[]]  # one row per movie, last: unknown
-    table = pa.array(genres, pa.large_list(pa.string()))
+    if not genres:
+        return df
+    firsts = [list(g)[:N_ITEM_GENRES] for g in cat["genres"]] + [[]]  # one row per movie, last: unknown
+    table = pa.array(firsts, pa.large_list(pa.string()))
     taken = pc.take(table, pa.array(np.where(known, pos, len(cat))))
     if genres_as is not None:
         df["item_genres"] = pd.Series(pd.arrays.ArrowExtensionArray(taken.cast(genres_as)), index=df.index)
@@ -254,7 +261,7 @@ def user_totals(batch: pd.DataFrame, movies: pd.DataFrame, *, threshold: float =
     ycount = sums[:, 3].round().astype(np.int64)
     ymean, ystd = _moments(ycount, sums[:, 4], sums[:, 5])
     gm, names = _genre_matrix(df["movieId"].to_numpy(), label, movies)
-    genre_counts = np.add.reduceat(gm.astype(np.int64), starts, axis=0) if gm.shape[1] else gm[starts]
+    genre_counts = np.add.reduceat(gm, starts, axis=0, dtype=np.int64) if gm.shape[1] else gm[starts]
     positives = np.flatnonzero(label)
     first = np.searchsorted(positives, starts)  # each user's first positive, in positives
     return pd.DataFrame(

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayrec import uri
-from rayrec.arrays import searchsorted
+from rayrec.arrays import searchsorted, unique
 from rayrec.features.pointintime import LABEL_THRESHOLD, N_ITEM_GENRES, N_RECENT_ITEMS, N_USER_GENRES
 
 SPEC_FILE = "spec.json"  # in each features version
@@ -215,8 +215,8 @@ class SpecPartial:
         flattened by Arrow, with no per-row Python)."""
         p = cls()
         p.rows = len(batch)
-        p.users = set(np.unique(column_numpy(batch, "userId")).tolist())
-        p.items = set(np.unique(column_numpy(batch, "movieId")).tolist())
+        p.users = set(unique(column_numpy(batch, "userId")).tolist())
+        p.items = set(unique(column_numpy(batch, "movieId")).tolist())
         for col in ("item_genres", "user_genres"):
             p.genres.update(list_values(batch, col, distinct=True))
         for name, how in USER_NUMERIC + ITEM_NUMERIC:

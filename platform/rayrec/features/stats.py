@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rayrec.arrays import unique
 from rayrec.features.spec import column_numpy, list_values
 
 __all__ = ["StatsPartial", "build_report", "format_report"]
@@ -40,7 +41,7 @@ class StatsPartial:
             m = split == s
             p.rows[str(s)] = int(m.sum())
             p.positives[str(s)] = int(label[m].sum())
-            p.users[str(s)] = int(len(np.unique(users[m])))
+            p.users[str(s)] = int(len(unique(users[m])))
         vals, cnt = np.unique(column_numpy(batch, "rating", np.float64), return_counts=True)
         p.ratings.update(dict(zip(vals.tolist(), cnt.tolist())))
         if isinstance(batch, pa.Table):

@@ -24,7 +24,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rayrec.arrays import searchsorted
+from rayrec.arrays import searchsorted, unique
 from rayrec.retrieval.ease import fit_item_weights
 
 __all__ = ["EaseFeature"]
@@ -47,8 +47,8 @@ class EaseFeature:
         users = ratings["userId"].to_numpy(np.int64)
         movies = ratings["movieId"].to_numpy(np.int64)
         ts = ratings["timestamp"].to_numpy(np.int64)
-        self.items = np.unique(movies)
-        self.users = np.unique(users)
+        self.items = unique(movies)
+        self.users = unique(users)
         self.fold_of = np.random.default_rng(seed).permutation(len(self.users)) % folds  # by user row
         user_fold = self.fold_of[searchsorted(self.users, users)]
         n = len(self.items)

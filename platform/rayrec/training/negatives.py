@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rayrec.arrays import searchsorted
+from rayrec.arrays import searchsorted, unique
 from rayrec.features.pointintime import ITEM_FEATURES, USER_FEATURES, attach_movie_attributes
 
 __all__ = ["ItemTimeline", "NegativeSampler", "add_negatives"]
@@ -72,7 +72,7 @@ class NegativeSampler:
     def __init__(self, ratings: pd.DataFrame, movies: pd.DataFrame) -> None:
         self.movies = movies
         self.timeline = ItemTimeline(ratings)
-        self.rated = np.unique(ratings["userId"].to_numpy(np.int64) * _SHIFT + ratings["movieId"].to_numpy(np.int64))
+        self.rated = unique(ratings["userId"].to_numpy(np.int64) * _SHIFT + ratings["movieId"].to_numpy(np.int64))
         by_time = np.argsort(ratings["timestamp"].to_numpy(np.int64), kind="stable")
         self.times = ratings["timestamp"].to_numpy(np.int64)[by_time]
         self.movies_by_time = ratings["movieId"].to_numpy(np.int64)[by_time]
