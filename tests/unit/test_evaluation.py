@@ -143,6 +143,28 @@ def test_top_k_orders_best_first_with_stable_ties():
     assert top_k(s, 10).shape == (1, 5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_equals_a_full_sort_by_score_then_position(dtype):
+    """Continuous scores, scores with many ties (most straddling the k-th place), masked -inf
+    columns, a row with fewer finite scores than k: each row's top k is that of a full stable sort
+    (and with a NaN, the other rows')."""
+    rng = np.random.default_rng(0)
+    cont = rng.standard_normal((40, 300))
+    tied = rng.integers(0, 6, (40, 300)).astype(float)
+    tied[:, rng.integers(0, 300, 50)] = -np.inf
+    tied[3, 5:] = -np.inf
+    nan = cont.copy()
+    nan[7, 11] = np.nan
+    for name, scores in (("continuous", cont), ("tied", tied), ("nan", nan)):
+        scores = scores.astype(dtype)
+        for k in (1, 10, 100, 300):
+            want = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :k]
+            got = top_k(scores, k)
+            if name == "nan":  # numpy's partition: its own picks among ties, and NaN's place
+                got, want = np.delete(got, 7, axis=0), np.delete(want, 7, axis=0)
+            assert np.array_equal(got, want), (name, k)
+
+
 def test_popularity_counts_training_ratings_per_catalog_item():
     history = pd.DataFrame({"userId": [1, 2, 3, 1], "movieId": [5, 5, 7, 9]})
     assert popularity_scores(history, np.array([7, 5, 8])).tolist() == [1.0, 2.0, 0.0]
