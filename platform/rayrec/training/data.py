@@ -191,8 +191,8 @@ def holdout_positions(df: pd.DataFrame, fraction: float, min_rows: int = 5) -> t
     return pos[~is_valid], pos[is_valid]
 
 
-#: rated rows per block of whole users that :func:`users_at` takes the totals of: a block costs about
-#: 350 bytes a row while it lasts, and each pays a fixed cost over the catalog (its genres table)
+#: rated rows per block of whole users that :func:`users_at` takes the totals of: a block holds a few
+#: arrays of its rows while it lasts, and each pays a fixed cost over the catalog (its genres table)
 USERS_AT_ROWS = 1_000_000
 
 
