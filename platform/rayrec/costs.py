@@ -31,36 +31,61 @@ def _footprint(p: psutil.Process) -> int:
 class TreeMemory:
     """Samples the memory of process ``pid`` (default: this one) and all its descendants every
     ``interval`` seconds while in use as a context manager; ``peak`` is the largest sum seen (bytes),
-    ``peak_at`` when it was seen (seconds after entering)."""
+    ``peak_at`` when it was seen (seconds after entering).
 
-    def __init__(self, pid: int | None = None, interval: float = 0.5) -> None:
+    A process's PSS is summed by the kernel over every page it maps, so a sample costs more the more
+    memory the tree holds: at 25M ratings (a 10 GiB driver, a 2.6 GiB training worker, the object
+    store's spill workers) one took 150-170 ms of a core, and every 0.5 s that was a quarter of one of
+    the machine's two cores, taken from the training it measured. The wait after a sample is therefore
+    at least what keeps sampling within ``max_share`` of one core (``sampling_s`` is its total): at
+    that size a sample every 5 s or so, so a peak shorter than that may be missed; a small tree is
+    still sampled every ``interval``."""
+
+    def __init__(self, pid: int | None = None, interval: float = 0.5, max_share: float = 0.03) -> None:
+        if interval <= 0 or not 0 < max_share <= 1:
+            raise ValueError(f"interval must be > 0 and max_share in (0, 1], got {interval} and {max_share}")
         self.root = psutil.Process(pid)
         self.interval = interval
+        self.max_share = max_share
         self.peak = 0
         self.peak_at = 0.0
         self.samples = 0
+        self.sampling_s = 0.0  # time spent sampling, in all
+        self._last_s = 0.0  # what the last sample took
         self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> int:
-        total = 0
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        for p in procs:
-            try:
-                total += _footprint(p)
-            except psutil.Error:  # a process that ended between listing and reading
-                continue
+        t = time.perf_counter()
+        total = self._tree_bytes()
+        self._last_s = time.perf_counter() - t
+        self.sampling_s += self._last_s
         if total > self.peak:
             self.peak, self.peak_at = total, time.perf_counter() - self._t0
         self.samples += 1
         return total
 
+    def _tree_bytes(self) -> int:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += _footprint(p)
+            except psutil.Error:  # a process that ended between listing and reading
+                continue
+        return total
+
+    def wait_s(self) -> float:
+        """The wait before the next sample: ``interval``, or longer where the last sample took so
+        long that sampling would take more than ``max_share`` of a core."""
+        return max(self.interval, self._last_s * (1.0 / self.max_share - 1.0))
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.wait_s()):
             self.sample()
 
     def __enter__(self) -> TreeMemory:

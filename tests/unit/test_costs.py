@@ -34,7 +34,7 @@ def test_tree_memory_counts_the_memory_of_a_grandchild_process():
         assert proc.stdout is not None
         ready, pid = proc.stdout.readline().split()
         assert ready == "ready"
-        with TreeMemory(proc.pid, interval=0.05) as mem:
+        with TreeMemory(proc.pid, interval=0.05, max_share=1.0) as mem:  # every 0.05 s, whatever a sample costs
             time.sleep(0.3)
         assert mem.samples >= 3
         assert mem.peak >= 300 * MIB, mem.peak / MIB
@@ -59,6 +59,41 @@ def test_tree_memory_says_when_the_peak_came() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+class _Costly(TreeMemory):
+    """A tree of 1 MiB whose every sample takes ``cost`` seconds of this thread's CPU (not the real
+    tree: under the test session's Ray a real sample costs more than the cheap case allows)."""
+
+    def __init__(self, cost: float, *, interval: float, max_share: float) -> None:
+        super().__init__(interval=interval, max_share=max_share)
+        self.cost = cost
+
+    def _tree_bytes(self) -> int:
+        end = time.perf_counter() + self.cost
+        while time.perf_counter() < end:
+            pass
+        return MIB
+
+
+def test_tree_memory_keeps_its_sampling_within_its_share_of_a_core() -> None:
+    # the first sample (on entering) sets the pace: 40 ms within 10% of a core is one every 0.4 s
+    with _Costly(0.04, interval=0.01, max_share=0.1) as mem:
+        time.sleep(1.2)
+    assert mem.wait_s() >= 0.04 * 9 * 0.99
+    assert 3 <= mem.samples <= 6, mem.samples  # entering, about three in 1.2 s, leaving; every 10 ms would be ~25
+    assert mem.sampling_s <= 0.15 * 1.2 + 0.08, mem.sampling_s  # the share, with the enter and exit samples
+    assert mem.peak > 0
+    # a cheap sample keeps the interval asked for
+    with _Costly(0.0, interval=0.02, max_share=0.1) as cheap:
+        time.sleep(0.5)
+    assert cheap.samples >= 8, cheap.samples
+
+
+def test_tree_memory_refuses_a_share_outside_zero_to_one() -> None:
+    for interval, share in ((0.5, 0.0), (0.5, 1.5), (0.0, 0.03)):
+        with pytest.raises(ValueError, match="max_share"):
+            TreeMemory(interval=interval, max_share=share)
 
 
 def test_costs_table_and_json():
