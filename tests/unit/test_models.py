@@ -11,7 +11,7 @@ import torch
 
 from rayrec.features.spec import OOV
 from rayrec.models import Ranker, RankerConfig, TwoTower, TwoTowerConfig, build_model, model_config
-from rayrec.models.layers import masked_mean, pooled
+from rayrec.models.layers import BitDropout, masked_mean, mlp, pooled
 from rayrec.models.inputs import HISTORY, encode_items, encode_pairs, encode_users, to_tensors
 from rayrec.models.two_tower import sampled_softmax_loss
 from rayrec.training.data import positive_history
@@ -225,3 +225,53 @@ def test_two_tower_forward_reads_both_towers_in_one_lookup(data):
     users, items = model(batch)
     torch.testing.assert_close(users, model.user(batch), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(items, model.item(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_bit_dropout_keeps_each_element_with_one_minus_p_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(2000, 1000)
+    out = BitDropout(0.2).train()(x)
+    kept = out > 0
+    scale = 65536 / (65536 - 13107)
+    assert out.unique().tolist() == [0.0, pytest.approx(scale)]
+    sigma = math.sqrt(0.8 * 0.2 / x.numel())
+    assert abs(kept.float().mean().item() - (1 - 13107 / 65536)) < 5 * sigma
+    assert abs(out.mean().item() - 1.0) < 5 * sigma * scale
+    # every 16-bit lane of the 64-bit draws: without the draw's bounds the top lane would keep all
+    flat = kept.reshape(-1)
+    for lane in range(4):
+        share = flat[lane::4].float().mean().item()
+        assert abs(share - 0.8) < 5 * math.sqrt(0.16 / flat[lane::4].numel()), (lane, share)
+    # neighbours (often two lanes of one draw) are kept independently
+    both = (flat[:-1] & flat[1:]).float().mean().item()
+    assert abs(both - 0.64) < 5 * math.sqrt(0.64 * 0.36 / (flat.numel() - 1))
+
+
+def test_bit_dropout_gradient_is_its_mask_and_a_seed_repeats_it():
+    x = torch.randn(7, 9, requires_grad=True)  # 63 elements: not a whole number of draws
+    d = BitDropout(0.5).train()
+    torch.manual_seed(3)
+    out = d(x)
+    out.sum().backward()
+    mask = (out != 0).float()
+    assert x.grad is not None and torch.equal(x.grad, mask * 2.0)
+    assert torch.allclose(out, x.detach() * mask * 2.0)
+    torch.manual_seed(3)
+    assert torch.equal(d(x), out)
+    assert 0 < mask.sum() < mask.numel()
+
+
+def test_bit_dropout_is_the_input_in_eval_mode_or_at_zero_and_refuses_a_bad_p():
+    x = torch.randn(4, 8)
+    assert BitDropout(0.3).eval()(x) is x
+    assert BitDropout(0.0).train()(x) is x
+    for p in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout probability"):
+            BitDropout(p)
+
+
+def test_mlp_layers_keep_their_positions_so_saved_models_load():
+    # the layers' indices name the weights in a saved state dict (Linear, ReLU, Dropout per width)
+    names = [k for k in mlp(10, (8, 8), 2, dropout=0.2).state_dict()]
+    assert names == ["0.weight", "0.bias", "3.weight", "3.bias", "6.weight", "6.bias"]
+    assert [type(m).__name__ for m in mlp(10, (8,), None, dropout=0.2)] == ["Linear", "ReLU", "BitDropout"]
