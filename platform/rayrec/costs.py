@@ -35,7 +35,7 @@ class TreeMemory:
 
     A process's PSS is summed by the kernel over every page it maps, so a sample costs more the more
     memory the tree holds: at 25M ratings (a 10 GiB driver, a 2.6 GiB training worker, the object
-    store's spill workers) one took 150-170 ms of a core, and every 0.5 s that was a quarter of one of
+    store's spill workers) one took 145-175 ms of a core, and every 0.5 s that was a quarter of one of
     the machine's two cores, taken from the training it measured. The wait after a sample is therefore
     at least what keeps sampling within ``max_share`` of one core (``sampling_s`` is its total): at
     that size a sample every 5 s or so, so a peak shorter than that may be missed; a small tree is

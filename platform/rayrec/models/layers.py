@@ -61,7 +61,7 @@ _LEVELS = 1 << 16
 class BitDropout(nn.Module):
     """Dropout that draws its mask from 16 random bits an element.
 
-    ``nn.Dropout`` on a CPU draws its mask with ``bernoulli_``: 0.82 ms for a (1024, 128) activation
+    ``nn.Dropout`` on a CPU draws its mask with ``bernoulli_``: 0.82-0.86 ms for a (1024, 128) activation
     on one thread, where one 64-bit draw per four elements costs 0.1 ms. The ranker's two dropout
     layers took 16% of its training steps at ml-25m's scale (a profile of the training worker).
     Here an element is kept where its 16 bits, read as a signed integer, reach ``cut - 32768`` with
