@@ -32,6 +32,8 @@ def _summary(result) -> str:  # noqa: ANN001
         lines.append(f"popularity     {fmt(m['popularity'])}")
     if "valid" in m:
         lines.append(f"selection      {m['valid']['best_epoch']} epoch(s), valid metric {m['valid']['metric']:.4f}")
+    if "refit_from" in m:
+        lines.append(f"refit          from {m['refit_from']}, {m['train_rows']['refit']:,} rows")
     lines.append("timings        " + "  ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     if result.path:
         lines.append(f"registry       {result.path}")
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refit-on", choices=["all", "train"], default="all",
                         help="the refit learns from every sample (all: train + test; the test metrics then come from the "
                         "selection model) or from the train samples only")
+    parser.add_argument("--refit-from", choices=["auto", "scratch", "selection"], default="auto",
+                        help="the refit trains new weights for the selected epochs on every sample (scratch), or "
+                        "continues the selection's model for one pass over the samples it did not see (selection); "
+                        "auto: selection when one epoch was selected, else scratch")
     parser.add_argument("--max-users", type=int, default=None, help="train on the first N users only (quick check)")
     parser.add_argument("--no-publish", action="store_true", help="evaluate without registering the model")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train = default_train_config(
             args.model, num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-            placement=args.placement, threads=args.threads, lazy_tables=not args.dense_tables, refit=not args.no_refit, refit_on=args.refit_on, **overrides,
+            placement=args.placement, threads=args.threads, lazy_tables=not args.dense_tables, refit=not args.no_refit, refit_on=args.refit_on,
+            refit_from=args.refit_from, **overrides,
         )  # fmt: skip
         cfg = JobConfig(
             name=args.model, artifacts=artifacts_arg(args.artifacts), features_version=args.features_version,

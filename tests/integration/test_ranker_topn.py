@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from rayrec import registry
 from rayrec.models import build_model
@@ -27,11 +28,12 @@ def artifacts(tmp_path_factory) -> str:
 
 
 def test_topn_ranker_refits_on_all_samples_and_tests_the_selection_model(ray_session, artifacts):
-    train = TrainConfig(epochs=3, batch_size=256, lr=3e-3, patience=3, valid_fraction=0.2)
+    train = TrainConfig(epochs=3, batch_size=256, lr=3e-3, patience=3, valid_fraction=0.2, refit_from="scratch")
     result = run_job(JobConfig(name="ranker", artifacts=artifacts, train=train, run_name="topn-refit"))
     fv = open_features(artifacts)
     m = result.metrics
-    assert m["tested_model"] == "select"
+    assert m["tested_model"] == "select" and m["refit_from"] == "scratch"
+    assert result.final.epochs_run == m["valid"]["best_epoch"]
     assert {"auc", "logloss"} <= set(m["test"]) and {"auc"} <= set(m["test_topn"])
     # the published weights are the refit's, trained on train + test rows (with their negatives)
     stored = registry.load(artifacts, "ranker")
@@ -50,6 +52,38 @@ def test_topn_ranker_refits_on_all_samples_and_tests_the_selection_model(ray_ses
     rated = len(fv.train) + len(fv.test)
     assert 4.5 * rated <= m["train_rows"]["refit"] <= 5 * rated
     assert m["train_rows"]["select"] < m["train_rows"]["refit"]
+
+
+def test_a_refit_from_the_selection_continues_its_model_on_the_samples_it_did_not_see(ray_session, artifacts):
+    """``refit_from="selection"``: the refit starts from the selected weights and makes one pass over
+    the validation split and the test samples (with their negatives), not over every sample again."""
+    train = TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=3, valid_fraction=0.2, refit_from="selection")
+    result = run_job(JobConfig(name="ranker", artifacts=artifacts, train=train, run_name="topn-continue", publish=False))
+    fv = open_features(artifacts)
+    m = result.metrics
+    assert m["refit_from"] == "selection" and m["tested_model"] == "select"
+    assert result.final.epochs_run == 1 and result.final.returned["starts"] == [0]
+    # the rows the selection did not see: the validation split (each user's last fifth of train rows,
+    # users with 5 rows or more) and the test samples, each with about 4 sampled negatives
+    new = len(fv.train) + len(fv.test) - m["train_rows"]["select"] / 5
+    assert 0.8 * 5 * new <= m["train_rows"]["refit"] <= 1.2 * 5 * new
+    assert m["train_rows"]["refit"] < 0.5 * 4.5 * (len(fv.train) + len(fv.test))  # a scratch refit's rows: every sample's
+    assert any(not np.array_equal(result.final.weights[k].numpy(), result.select.weights[k].numpy()) for k in result.final.weights)
+    # from the selected weights: a continuation that cannot move (learning rate 0) returns them unchanged
+    still = run_job(JobConfig(name="ranker", artifacts=artifacts, run_name="topn-continue-still", publish=False,
+                              train=train.with_(lr=0.0, schedule="constant", epochs=1)))  # fmt: skip
+    assert still.metrics["refit_from"] == "selection"
+    for k, v in still.select.weights.items():
+        assert torch.equal(still.final.weights[k], v), k
+
+
+def test_auto_refits_from_scratch_after_several_selected_epochs_and_continues_after_one():
+    tc = TrainConfig()
+    assert tc.refit_from == "auto" and tc.refit_continues(1) and not tc.refit_continues(2)
+    assert not tc.with_(refit_from="scratch").refit_continues(1)
+    assert tc.with_(refit_from="selection").refit_continues(5)
+    with pytest.raises(ValueError, match="refit_from"):
+        TrainConfig(refit_from="warm")  # type: ignore[arg-type]
 
 
 def test_ranker_rows_are_built_chunk_by_chunk(ray_session, artifacts, monkeypatch):
@@ -175,7 +209,7 @@ def test_a_ranker_with_the_ease_input_and_candidate_rows_trains_publishes_and_se
     assert all(c["ease_score"].notna().all() for c in chunks)
     monkeypatch.undo()
 
-    train = TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=3, valid_fraction=0.2)
+    train = TrainConfig(epochs=2, batch_size=256, lr=3e-3, patience=3, valid_fraction=0.2, refit_from="scratch")
     result = run_job(JobConfig(name="ranker", artifacts=artifacts, train=train, model=mc, run_name="topn-ease"))
     rated = len(fv.train) + len(fv.test)
     assert result.metrics["train_rows"]["refit"] > 4.5 * rated + len(want) / 2  # the refit's own candidates too

@@ -114,6 +114,20 @@ def test_retriever_job_beats_popularity_and_writes_catalog_embeddings(ray_sessio
     assert enc.users(state).shape == (len(state), vectors.shape[1])
 
 
+def test_a_retriever_refit_from_the_selection_learns_from_the_liked_samples_it_did_not_see(ray_session, learned):
+    """The continued retriever's rows are the liked samples of the validation split and the test
+    samples; the published catalog embeddings are the continued model's."""
+    tc = quick(epochs=1, refit_from="selection")
+    result = run_job(JobConfig(name="retriever", artifacts=learned, train=tc, run_name="continue", publish=False))
+    m = result.metrics
+    assert m["refit_from"] == "selection" and m["tested_model"] == "select" and result.final.epochs_run == 1
+    fv = open_features(learned)
+    _, valid = temporal_holdout(fv.train, tc.valid_fraction)
+    liked = int((valid["label"] == 1).sum() + (fv.test["label"] == 1).sum())
+    assert m["train_rows"] == {"select": int((fv.train["label"] == 1).sum()) - int((valid["label"] == 1).sum()), "refit": liked}
+    assert any(not torch.equal(result.final.weights[k], result.select.weights[k]) for k in result.final.weights)
+
+
 #: ml-latest-small's first 200 users (29k ratings), 4 epochs, seeds 0 and 1 when the floor was set: the
 #: retriever's test Recall@50 0.202 / 0.207 against popularity's 0.134 in the same run, a lead of at
 #: least 0.068; the floor keeps half of it

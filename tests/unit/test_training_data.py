@@ -394,3 +394,22 @@ def test_row_chunks_of_several_frames_are_the_slices_of_their_concatenation():
         got = [c["x"].tolist() for c in row_chunks(parts, size)]
         want = [whole["x"].iloc[s : s + size].tolist() for s in range(0, max(len(whole), 1), size)]
         assert got == want, (len(whole), size)
+
+
+@pytest.mark.parametrize("positives", ["liked", "all"])
+def test_a_continued_retrievers_rows_are_the_new_rows_with_histories_of_every_row(data, positives):
+    """A refit that continues the selection's model learns from the rows it did not see; their
+    histories and the items' snapshot still read the rows it saw (``seen``): the rows are exactly
+    those the new rows give among every row's."""
+    from rayrec.training.jobs import RetrieverRows
+
+    exp, exp_likes = retriever_rows([data.train, data.test], data.movies, 10, positives)
+    n_before = len(retriever_rows(data.train, data.movies, 10, positives)[0])
+    built = RetrieverRows.of(data.test, data.movies, 10, positives, seen=data.train)
+    assert np.array_equal(built.likes, exp_likes)
+    assert 0 < len(built) == len(exp) - n_before
+    _same_frames(built.rows(np.arange(len(built))), exp.iloc[n_before:].reset_index(drop=True))
+    assert np.array_equal(built.movie_ids(), exp["movieId"].to_numpy()[n_before:])
+    # without them, the new rows' histories would start empty
+    alone, _ = retriever_rows(data.test, data.movies, 10, positives)
+    assert alone["history_len"].sum() < built.rows(np.arange(len(built)))["history_len"].sum()

@@ -6,7 +6,9 @@
    Recall@50 over the catalog), which picks the number of epochs.
 3. **refit** (``TrainConfig.refit``): train again for that many epochs on every sample the features
    know (``refit_on="all"``: train and test, so the published model misses no rating, the most recent
-   ones included) or on the train samples (``refit_on="train"``).
+   ones included) or on the train samples (``refit_on="train"``); or (``TrainConfig.refit_from``;
+   by default when the selection kept one epoch) continue the selection's model for one pass over
+   the samples it did not see: the validation split, and the test samples with ``refit_on="all"``.
 4. **test**: ranker ROC AUC, PR AUC, log loss and accuracy on the test split; retriever Recall@k,
    NDCG@10, HitRate@10 and coverage, with the popularity baseline scored on the same task. The model
    tested never saw a test row: the selection model when the refit learnt from the test samples
@@ -141,12 +143,18 @@ class RetrieverRows:
     snapshot: pd.DataFrame  # ITEM_STATS by movieId, as of the end of the rows
 
     @classmethod
-    def of(cls, rows: Rows, movies: pd.DataFrame, history_len: int, positives: str = "liked") -> RetrieverRows:
+    def of(
+        cls, rows: Rows, movies: pd.DataFrame, history_len: int, positives: str = "liked", seen: Rows | None = None
+    ) -> RetrieverRows:
+        """The training rows of ``rows``; the rows of ``seen`` (earlier rows of the same users, which a
+        continued model learnt from already) count in the histories and the items' snapshot only."""
+        before = _parts(seen) if seen is not None else []
         parts = _parts(rows)
-        ratings = _whole(parts, HISTORY_COLUMNS)
+        ratings = _whole([*before, *parts], HISTORY_COLUMNS)
         hist = history_index(ratings, history_len)
         keep = ratings["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(ratings), dtype=bool)
-        bounds = np.cumsum([0] + [len(p) for p in parts])
+        keep[: sum(len(p) for p in before)] = False
+        bounds = np.cumsum([0] + [len(p) for p in [*before, *parts]])[len(before) :]
         kept = [np.flatnonzero(keep[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         snapshot = items_at(ratings, movies).set_index("movieId")[list(ITEM_STATS)]
         return cls(parts, kept, hist.end[keep], hist.length[keep], hist.likes, snapshot)
@@ -428,8 +436,11 @@ def _encoded_rows(rows: Rows, fv: FeaturesVersion, mc: Any, seed: int, sources: 
 
 
 def _ranker_task(
-    cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None, sources: RankerSources | None = None
-) -> tuple[Any, Any]:
+    cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None, sources: RankerSources | None = None,
+    seen: Rows | None = None,
+) -> tuple[Any, Any]:  # fmt: skip
+    # ``seen`` (rows a continued model learnt from already) is not read: a ranker row carries its
+    # point-in-time features, and the negatives are drawn against every rating of the features version
     spec, mc, seed = fv.spec, cfg.model_config, cfg.train_config.seed
     sources = sources or RankerSources.of(fv, mc)  # one for the training and validation rows
     ds, n_rows = to_dataset_chunks(_ranker_chunks(rows, fv, mc, seed, sources), spec, seed=seed)
@@ -442,10 +453,11 @@ def _ranker_task(
 
 
 def _retriever_task(
-    cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None
+    cfg: JobConfig, fv: FeaturesVersion, rows: Rows, valid: pd.DataFrame | None, seen: Rows | None = None
 ) -> tuple[Any, Any]:
     spec, h, seed = fv.spec, cfg.model_config.history_len, cfg.train_config.seed
-    built = RetrieverRows.of(rows, fv.movies, h, cfg.model_config.positives)  # a user's history reads all their rows
+    # a user's history reads all their rows, those a continued model learnt from already (``seen``) too
+    built = RetrieverRows.of(rows, fv.movies, h, cfg.model_config.positives, seen=seen)
     counts = np.bincount(spec.vocabs["item"].lookup(built.movie_ids()), minlength=spec.sizes["item_vocab"])
     vdata = retrieval_data(_whole(rows, HISTORY_COLUMNS), valid, fv.movies, spec, h) if valid is not None else None
     task = RetrieveTask(cfg.model_config, spec.sizes, rows=len(built), item_counts=counts, valid=vdata,
@@ -514,20 +526,28 @@ def run_job(cfg: JobConfig) -> JobResult:
         timings["select_s"] = time.perf_counter() - t
         print(f"[{cfg.name}] selected {select.best_epoch + 1} epoch(s): valid {task.metric} "
               f"{select.progress['best_metric']:.4f}", flush=True)  # fmt: skip
-        # the selection's rows leave the object store, and its split of the samples the driver, before
-        # the refit's are built
-        del task, ds, fit_rows, valid_rows
+        del task, ds  # the selection's rows leave the object store before the refit's are built
+    continues = select is not None and tc.refit and tc.refit_continues(select.best_epoch + 1)
+    if not continues:  # the selection's split of the samples leaves the driver too
+        del fit_rows, valid_rows
     tested = None
     if select is None or tc.refit:
         t = time.perf_counter()
         epochs = select.best_epoch + 1 if select is not None else tc.epochs
         refit_rows: Rows = fv.train
+        seen: Rows | None = None
+        init = None
         if select is not None and tc.refit_on == "all":
             refit_rows = [fv.train, fv.test]  # one after the other, not concatenated
             tested = select  # the refit model has seen the test rows
-        task, ds = make_task(cfg, fv, refit_rows, None)
-        del refit_rows  # encoded into ``ds``
-        final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir)
+        if continues:  # one pass over the rows the selection did not see, from its model
+            assert select is not None and valid_rows is not None
+            refit_rows = [valid_rows, fv.test] if tc.refit_on == "all" else valid_rows
+            seen, init, epochs = fit_rows, select.weights, 1
+            del fit_rows, valid_rows
+        task, ds = make_task(cfg, fv, refit_rows, None, seen=seen)
+        del refit_rows, seen  # encoded into ``ds``
+        final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir, init=init)
         rows_used["refit"] = task.rows
         del task, ds  # the refit's rows leave the object store before the test rows are built
         timings["refit_s"] = time.perf_counter() - t
@@ -571,6 +591,8 @@ def run_job(cfg: JobConfig) -> JobResult:
                             "history": select.progress["history"]}  # fmt: skip
     metrics["tested_model"] = "select" if tested is not final else ("refit" if select is not None and tc.refit else "fit")
     metrics["train_rows"] = rows_used
+    if "refit" in rows_used:  # new weights, or the selection's model continued (TrainConfig.refit_from)
+        metrics["refit_from"] = "selection" if continues else "scratch"
     metrics["epochs"] = final.epochs_run
     # per stage: where each rank of its last worker group ran, and the epoch each attempt started from
     # (more than one start: the run resumed from a checkpoint after a failure or a rerun)

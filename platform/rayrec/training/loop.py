@@ -157,7 +157,8 @@ def _schedule(optimizer: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """``config``: ``task`` (a training task) and ``train`` (a TrainConfig)."""
+    """``config``: ``task`` (a training task), ``train`` (a TrainConfig) and ``init`` (the weights to
+    start from, or None: new ones; a checkpoint to resume from wins over both)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -182,6 +183,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             state = load_checkpoint(folder)
         raw.load_state_dict(state["weights"])
         progress, start_epoch = state["progress"], int(state["epoch"]) + 1
+    elif config.get("init") is not None:
+        raw.load_state_dict(config["init"])
     progress["starts"].append(start_epoch)
     # where this worker group runs, rank by rank (a restart after a node loss may move it)
     progress["workers"] = _gather({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),

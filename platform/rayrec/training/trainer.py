@@ -48,8 +48,11 @@ def _storage_path(storage: str) -> str:
     return storage if "://" in storage else path
 
 
-def fit(task: Any, dataset: Any, tc: TrainConfig, *, name: str, storage: str) -> FitResult:
-    """Train ``task`` on the Ray Dataset ``dataset`` with ``tc.num_workers`` workers.
+def fit(
+    task: Any, dataset: Any, tc: TrainConfig, *, name: str, storage: str, init: dict[str, torch.Tensor] | None = None
+) -> FitResult:
+    """Train ``task`` on the Ray Dataset ``dataset`` with ``tc.num_workers`` workers, from the weights
+    ``init`` when given (a continued model: a new optimizer and schedule), else from new ones.
 
     The run lives at ``<storage>/<name>``; calling again with the same name resumes from its last
     checkpoint (a finished run returns at once with its result)."""
@@ -59,7 +62,7 @@ def fit(task: Any, dataset: Any, tc: TrainConfig, *, name: str, storage: str) ->
     resources = {"CPU": tc.cpus_per_worker}
     trainer = TorchTrainer(
         train_loop_per_worker,  # type: ignore[arg-type]
-        train_loop_config={"task": task, "train": tc},
+        train_loop_config={"task": task, "train": tc, "init": init},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources,
                                      placement_strategy=tc.placement),
         run_config=RunConfig(
