@@ -28,6 +28,8 @@ def _summary(result) -> str:  # noqa: ANN001
     lines = [f"model          {result.name} version {result.version or '(not published)'} (run {result.run_name})"]
     fmt = lambda d: "  ".join(f"{k} {v:.4f}" for k, v in d.items() if k not in ("users", "rows"))  # noqa: E731
     lines.append(f"test           {fmt(m['test'])}")
+    if "test_topn" in m:  # the ranker's ranking score: liked test rows against their sampled negatives
+        lines.append(f"test (top-n)   {fmt(m['test_topn'])}")
     if "popularity" in m:
         lines.append(f"popularity     {fmt(m['popularity'])}")
     if "valid" in m:
