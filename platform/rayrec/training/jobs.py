@@ -153,8 +153,9 @@ class RetrieverRows:
         ratings = _whole([*before, *parts], HISTORY_COLUMNS)
         hist = history_index(ratings, history_len)
         keep = ratings["label"].to_numpy() == 1 if positives == "liked" else np.ones(len(ratings), dtype=bool)
-        keep[: sum(len(p) for p in before)] = False
-        bounds = np.cumsum([0] + [len(p) for p in [*before, *parts]])[len(before) :]
+        n_before = sum(len(p) for p in before)
+        keep[:n_before] = False
+        bounds = n_before + np.cumsum([0] + [len(p) for p in parts])
         kept = [np.flatnonzero(keep[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         snapshot = items_at(ratings, movies).set_index("movieId")[list(ITEM_STATS)]
         return cls(parts, kept, hist.end[keep], hist.length[keep], hist.likes, snapshot)
