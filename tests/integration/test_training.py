@@ -128,6 +128,40 @@ def test_a_retriever_refit_from_the_selection_learns_from_the_liked_samples_it_d
     assert any(not torch.equal(result.final.weights[k], result.select.weights[k]) for k in result.final.weights)
 
 
+@pytest.mark.parametrize("name, refit_from", [("ranker", "scratch"), ("retriever", "selection")])
+def test_no_stage_trains_while_the_driver_holds_the_train_samples_features(ray_session, learned, monkeypatch, name, refit_from):
+    """Once a stage's rows are built, the job keeps the train samples' rating columns only: no frame
+    of every train sample with its features is alive while the selection or the refit trains (a
+    refit from scratch reads them again to build its rows, and its row count says it read them all)."""
+    import gc
+
+    from rayrec.training import jobs
+
+    fv = open_features(learned)
+    n_train, n_liked = len(fv.train), int((fv.train["label"] == 1).sum())
+    del fv
+    seen: list[tuple[str, int]] = []
+    real_fit = jobs.fit
+
+    def watched(task, ds, tc, name, **kw):
+        gc.collect()
+        wide = [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and "user_genres" in o.columns and len(o) >= n_train]
+        seen.append((name, len(wide)))
+        return real_fit(task, ds, tc, name=name, **kw)
+
+    monkeypatch.setattr(jobs, "fit", watched)
+    tc = quick(epochs=2 if refit_from == "scratch" else 1, refit_from=refit_from)
+    result = run_job(JobConfig(name=name, artifacts=learned, train=tc, run_name=f"narrow-{name}", publish=False))
+    assert seen == [("select", 0), ("refit", 0)]
+    m = result.metrics
+    assert m["refit_from"] == refit_from
+    if refit_from == "scratch":  # the refit learnt from every train and test sample again
+        rated = n_train + len(open_features(learned).test)  # with about 4 sampled negatives each
+        assert 4.5 * rated <= m["train_rows"]["refit"] <= 5 * rated
+    else:
+        assert 0 < m["train_rows"]["refit"] < n_liked
+
+
 #: ml-latest-small's first 200 users (29k ratings), 4 epochs, seeds 0 and 1 when the floor was set: the
 #: retriever's test Recall@50 0.202 / 0.207 against popularity's 0.134 in the same run, a lead of at
 #: least 0.068; the floor keeps half of it

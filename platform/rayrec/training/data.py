@@ -34,6 +34,7 @@ __all__ = [
     "FeaturesVersion",
     "features_path",
     "open_features",
+    "train_samples",
     "read_table",
     "Histories",
     "history_index",
@@ -88,6 +89,14 @@ def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
     # RSS before; 266 with this and without the split column)
     pa.default_memory_pool().release_unused()
     return FeaturesVersion(path.rsplit("/", 1)[-1], path, spec, train, test, movies)
+
+
+def train_samples(fv: FeaturesVersion) -> pd.DataFrame:
+    """The train samples of ``fv``, read again from its files as :func:`open_features` reads them
+    (the same rows in the same order), for a job that let its copy go while it trained."""
+    out = _samples(uri.join(fv.path, "samples", "train"))
+    pa.default_memory_pool().release_unused()
+    return out
 
 
 def _samples(target: str) -> pd.DataFrame:
