@@ -129,23 +129,26 @@ def test_a_retriever_refit_from_the_selection_learns_from_the_liked_samples_it_d
 
 
 @pytest.mark.parametrize("name, refit_from", [("ranker", "scratch"), ("retriever", "selection")])
-def test_no_stage_trains_while_the_driver_holds_the_train_samples_features(ray_session, learned, monkeypatch, name, refit_from):
-    """Once a stage's rows are built, the job keeps the train samples' rating columns only: no frame
-    of every train sample with its features is alive while the selection or the refit trains (a
-    refit from scratch reads them again to build its rows, and its row count says it read them all)."""
+def test_no_stage_trains_while_the_driver_holds_the_samples_features(ray_session, learned, monkeypatch, name, refit_from):
+    """Once a stage's rows are built, the job keeps the samples' rating columns only: no frame of
+    every train sample, or of every test sample, with their features is alive while the selection or
+    the refit trains (a refit reads the features it learns from again, and its row count says it
+    read them all)."""
     import gc
 
     from rayrec.training import jobs
 
     fv = open_features(learned)
-    n_train, n_liked = len(fv.train), int((fv.train["label"] == 1).sum())
+    n_train, n_test, n_liked = len(fv.train), len(fv.test), int((fv.train["label"] == 1).sum())
+    n_valid = len(temporal_holdout(fv.train, quick().valid_fraction)[1])
+    assert n_valid < n_test  # so that a frame of n_test rows or more is a whole split (the validation rows are kept)
     del fv
     seen: list[tuple[str, int]] = []
     real_fit = jobs.fit
 
     def watched(task, ds, tc, name, **kw):
         gc.collect()
-        wide = [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and "user_genres" in o.columns and len(o) >= n_train]
+        wide = [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and "user_genres" in o.columns and len(o) >= n_test]
         seen.append((name, len(wide)))
         return real_fit(task, ds, tc, name=name, **kw)
 
@@ -155,9 +158,9 @@ def test_no_stage_trains_while_the_driver_holds_the_train_samples_features(ray_s
     assert seen == [("select", 0), ("refit", 0)]
     m = result.metrics
     assert m["refit_from"] == refit_from
-    if refit_from == "scratch":  # the refit learnt from every train and test sample again
-        rated = n_train + len(open_features(learned).test)  # with about 4 sampled negatives each
-        assert 4.5 * rated <= m["train_rows"]["refit"] <= 5 * rated
+    if refit_from == "scratch":  # the refit learnt from every train and test sample, about 4 negatives each
+        assert 4.5 * (n_train + n_test) <= m["train_rows"]["refit"] <= 5 * (n_train + n_test)
+        assert {"auc", "logloss"} <= set(m["test"]) and {"auc"} <= set(m["test_topn"])
     else:
         assert 0 < m["train_rows"]["refit"] < n_liked
 

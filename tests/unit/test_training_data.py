@@ -416,24 +416,31 @@ def test_a_continued_retrievers_rows_are_the_new_rows_with_histories_of_every_ro
 
 
 @pytest.mark.parametrize("max_users", [None, 7])
-def test_the_train_samples_features_let_go_and_read_again_are_the_same_samples(tmp_path, max_users):
-    """A job keeps the train samples' rating columns only once a stage's rows are built, and a refit
-    from scratch reads every feature again: the same rows in the same order as the job opened them
-    (a ``max_users`` job's users only), and a split of them keeps its positions."""
-    from rayrec.training.data import open_features
-    from rayrec.training.jobs import HISTORY_COLUMNS, Taken, _release_train_features, _restore_train_features, _subset
+def test_the_samples_features_let_go_and_read_again_are_the_same_samples(tmp_path, max_users):
+    """A job keeps a split's rating columns only while no stage builds rows from its features, and
+    reads them again when one does: the same rows in the same order as the job opened them (a
+    ``max_users`` job's users only); a split of the train samples keeps its positions."""
+    from rayrec.training.data import RATING_COLUMNS, open_features
+    from rayrec.training.jobs import Taken, _features, _subset
     from train_data import write_version
 
     write_version(small(n_users=20, n_items=30, n=400, seed=4), str(tmp_path))
     fv = _subset(open_features(str(tmp_path)), max_users)
-    assert fv.train["userId"].nunique() == (max_users or 20) and "user_genres" in fv.train
+    assert fv.train["userId"].nunique() == (max_users or 20) and "user_genres" in fv.train and "user_genres" in fv.test
+    lean = _subset(open_features(str(tmp_path), ratings_only=["test"]), max_users)  # as a job opens them
+    assert list(lean.test.columns) == RATING_COLUMNS and "user_genres" in lean.train
+    pd.testing.assert_frame_equal(lean.test, fv.test[RATING_COLUMNS])
     split = Taken(fv.train, np.arange(0, len(fv.train), 3))
-    narrow, narrow_split = _release_train_features(fv, split)
-    assert list(narrow.train.columns) == HISTORY_COLUMNS and narrow.test is fv.test
-    pd.testing.assert_frame_equal(narrow.train, fv.train[HISTORY_COLUMNS])
+    narrow, narrow_split = _features(fv, (), split)
+    assert list(narrow.train.columns) == list(narrow.test.columns) == RATING_COLUMNS
+    pd.testing.assert_frame_equal(narrow.train, fv.train[RATING_COLUMNS])
     assert isinstance(narrow_split, Taken) and narrow_split.frame is narrow.train
-    pd.testing.assert_frame_equal(narrow_split.rows(), split.rows(columns=HISTORY_COLUMNS))
-    assert _release_train_features(narrow)[0] is narrow  # nothing left to let go
-    again = _restore_train_features(narrow)
+    pd.testing.assert_frame_equal(narrow_split.rows(), split.rows(columns=RATING_COLUMNS))
+    assert _features(narrow)[0] is narrow  # nothing left to let go
+    train_only = _features(narrow, ["train"])[0]
+    pd.testing.assert_frame_equal(train_only.train, fv.train)
+    assert train_only.test is narrow.test
+    again = _features(narrow, ["train", "test"])[0]
     pd.testing.assert_frame_equal(again.train, fv.train)
-    assert _restore_train_features(fv) is fv  # nothing to read again
+    pd.testing.assert_frame_equal(again.test, fv.test)
+    assert _features(fv, ["train", "test"])[0] is fv  # nothing to read again

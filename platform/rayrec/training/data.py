@@ -34,7 +34,8 @@ __all__ = [
     "FeaturesVersion",
     "features_path",
     "open_features",
-    "train_samples",
+    "read_samples",
+    "RATING_COLUMNS",
     "read_table",
     "Histories",
     "history_index",
@@ -76,13 +77,21 @@ def read_table(target: str, columns: list[str] | None = None, *, lists_in_arrow:
     return table.to_pandas(ignore_metadata=True, types_mapper=arrow_lists if lists_in_arrow else None)
 
 
-def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
-    """Load a features version's spec, samples and catalog (``version``: a name or "latest")."""
+#: a sample's rating, not its features: what a training job reads of the samples besides the rows
+#: it learns from (users' histories and states, the items' statistics, EASE weights, the data range)
+RATING_COLUMNS = ["userId", "movieId", "rating", "timestamp", "label"]
+
+
+def open_features(artifacts: str, version: str = "latest", *, ratings_only: Sequence[str] = ()) -> FeaturesVersion:
+    """Load a features version's spec, samples and catalog (``version``: a name or "latest"); the
+    splits named in ``ratings_only`` ("train", "test") with their :data:`RATING_COLUMNS` only."""
     path = features_path(artifacts, version)
     spec = FeatureSpec.of(path)
     # the samples' list features stay in Arrow: as numpy arrays of Python objects, one per row, they
     # were most of the samples' memory (1M synthetic samples: 700 bytes a sample of RSS, 359 in Arrow)
-    train, test = (_samples(uri.join(path, "samples", split)) for split in ("train", "test"))
+    train, test = (
+        _samples(uri.join(path, "samples", split), RATING_COLUMNS if split in ratings_only else None) for split in ("train", "test")
+    )
     movies = read_table(uri.join(path, "movies.parquet"))
     # the read's and the sort's buffers go back to the system: Arrow's pool keeps freed memory for
     # reuse, and the driver holds these samples for the whole job (5M samples: 363 bytes a sample of
@@ -91,15 +100,15 @@ def open_features(artifacts: str, version: str = "latest") -> FeaturesVersion:
     return FeaturesVersion(path.rsplit("/", 1)[-1], path, spec, train, test, movies)
 
 
-def train_samples(fv: FeaturesVersion) -> pd.DataFrame:
-    """The train samples of ``fv``, read again from its files as :func:`open_features` reads them
-    (the same rows in the same order), for a job that let its copy go while it trained."""
-    out = _samples(uri.join(fv.path, "samples", "train"))
+def read_samples(fv: FeaturesVersion, split: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A split's samples of ``fv`` (``columns`` only, when given) read again from its files as
+    :func:`open_features` reads them: the same rows in the same order."""
+    out = _samples(uri.join(fv.path, "samples", split), columns)
     pa.default_memory_pool().release_unused()
     return out
 
 
-def _samples(target: str) -> pd.DataFrame:
+def _samples(target: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """A split's samples in :func:`_sorted`'s order, without their ``split`` column (one value per
     file, and a Python string per row in pandas), list features in Arrow. Sorted in Arrow a column at
     a time, each read column let go once its sorted copy is made: the samples are held about once
@@ -107,15 +116,15 @@ def _samples(target: str) -> pd.DataFrame:
     beside the read frame and the table it came from: 20M samples peaked 12.7 GiB in the job's process)."""
     fs, path = uri.filesystem(target)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    table = dataset.to_table(columns=[c for c in dataset.schema.names if c != "split"])
+    table = dataset.to_table(columns=[c for c in dataset.schema.names if c != "split"] if columns is None else list(columns))
     order = pc.sort_indices(table, sort_keys=[(c, "ascending") for c in SAMPLE_ORDER])  # stable, as the mergesort
-    columns: dict[str, pa.ChunkedArray] = {}
+    taken: dict[str, pa.ChunkedArray] = {}
     for name in table.column_names:
-        columns[name] = pc.take(table.column(name), order)
+        taken[name] = pc.take(table.column(name), order)
         table = table.drop_columns([name])
     del table, order
-    sorted_table = pa.table(columns)
-    columns.clear()
+    sorted_table = pa.table(taken)
+    taken.clear()
     return sorted_table.to_pandas(ignore_metadata=True, types_mapper=arrow_lists)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeAlias
@@ -55,9 +55,10 @@ from rayrec.training.data import (
     history_index,
     holdout_positions,
     open_features,
+    RATING_COLUMNS,
+    read_samples,
     read_table,
     to_dataset_chunks,
-    train_samples,
     users_at,
 )
 from rayrec.retrieval.ease import fit_item_weights
@@ -122,38 +123,40 @@ def _subset(fv: FeaturesVersion, max_users: int | None) -> FeaturesVersion:
 
 
 #: the columns a user's history and the items' snapshot read from every rated row
-HISTORY_COLUMNS = ["userId", "movieId", "rating", "timestamp", "label"]
+HISTORY_COLUMNS = RATING_COLUMNS
 
 
-def _release_train_features(fv: FeaturesVersion, fit_rows: Rows | None = None) -> tuple[FeaturesVersion, Rows | None]:
-    """``fv`` with the train samples' :data:`HISTORY_COLUMNS` only (and ``fit_rows``, a split of
-    them, re-pointed at those), once a stage's rows are built from them: what the job reads of the
-    train samples later (histories, the items' snapshot and the users' states of the retriever's
-    test, the EASE weights, the data range) is in those columns. The features are most of the
-    samples' memory (about 200 of 240 bytes a sample), and the driver held them through every
-    stage's training: 4.8 GB at 25M ratings. A refit from scratch reads them again
-    (:func:`_restore_train_features`)."""
-    if list(fv.train.columns) == HISTORY_COLUMNS:
+def _features(fv: FeaturesVersion, wide: Collection[str] = (), fit_rows: Rows | None = None) -> tuple[FeaturesVersion, Rows | None]:
+    """``fv`` whose splits named in ``wide`` ("train", "test") hold every feature of their samples
+    and the others their :data:`RATING_COLUMNS` only; ``fit_rows``, a split of the train samples,
+    re-pointed at the new train frame.
+
+    A stage's rows are built from the samples' features; everything else a job reads of the samples
+    (histories, the items' snapshot, the users' states of the retriever's test, the EASE weights, the
+    data range) is in the rating columns. The features are most of the samples' memory (about 200
+    of 240 bytes a sample), and the driver held them through every stage's training: 6 GB at 25M
+    ratings. A split's features are read again from the features version's files (the same rows in
+    the same order; a ``max_users`` job's users only) when a stage builds rows from them."""
+    splits = {"train": fv.train, "test": fv.test}
+    changed = False
+    for split, df in splits.items():
+        narrow = list(df.columns) == RATING_COLUMNS
+        if split in wide and narrow:
+            full = read_samples(fv, split)
+            if len(full) != len(df):
+                full = full[full["userId"].isin(np.unique(df["userId"].to_numpy()))].reset_index(drop=True)
+            if len(full) != len(df) or not np.array_equal(full["userId"].to_numpy(), df["userId"].to_numpy()):
+                raise RuntimeError(f"the {split} samples of features {fv.version} changed while the job ran")
+            splits[split], changed = full, True
+        elif split not in wide and not narrow:
+            splits[split], changed = df[RATING_COLUMNS].copy(), True  # a copy: no view keeps the features' blocks
+    if not changed:
         return fv, fit_rows
-    narrow = fv.train[HISTORY_COLUMNS].copy()  # a copy: no view keeps the features' blocks alive
     if isinstance(fit_rows, Taken):
-        fit_rows = Taken(narrow, fit_rows.index)
-    fv = replace(fv, train=narrow)
+        fit_rows = Taken(splits["train"], fit_rows.index)
+    fv = replace(fv, train=splits["train"], test=splits["test"])
     pa.default_memory_pool().release_unused()  # the list features' Arrow buffers go back to the system
     return fv, fit_rows
-
-
-def _restore_train_features(fv: FeaturesVersion) -> FeaturesVersion:
-    """``fv`` with every feature of its train samples again (:func:`_release_train_features`): read
-    from the features version's files, the users of ``fv`` only (a ``max_users`` job's)."""
-    if list(fv.train.columns) != HISTORY_COLUMNS:
-        return fv
-    train = train_samples(fv)
-    if len(train) != len(fv.train):
-        train = train[train["userId"].isin(np.unique(fv.train["userId"].to_numpy()))].reset_index(drop=True)
-    if len(train) != len(fv.train) or not np.array_equal(train["userId"].to_numpy(), fv.train["userId"].to_numpy()):
-        raise RuntimeError(f"the train samples of features {fv.version} changed while the job ran")
-    return replace(fv, train=train)
 
 
 #: liked rows the retriever's training rows are built and encoded at a time: the driver holds one
@@ -535,7 +538,8 @@ def run_job(cfg: JobConfig) -> JobResult:
     storage = cfg.storage or runs_root(cfg.artifacts)
     pinned = uri.join(storage, run_name, "run.json")
     version = uri.read_json(pinned)["features_version"] if uri.exists(pinned) else cfg.features_version
-    fv = _subset(open_features(cfg.artifacts, version), cfg.max_users)
+    # the test samples' features are read when a stage builds rows from them (_features)
+    fv = _subset(open_features(cfg.artifacts, version, ratings_only=["test"]), cfg.max_users)
     run_dir = _run_manifest(storage, run_name, cfg, fv)
     # the ranker's sources (negatives' sampler, EASE feature) serve every stage of the job
     sources = RankerSources.of(fv, cfg.model_config) if cfg.name == "ranker" else None
@@ -554,7 +558,7 @@ def run_job(cfg: JobConfig) -> JobResult:
     if valid_rows is not None:
         t = time.perf_counter()
         task, ds = make_task(cfg, fv, fit_rows, valid_rows)
-        fv, fit_rows = _release_train_features(fv, fit_rows)  # not held while the selection trains
+        fv, fit_rows = _features(fv, (), fit_rows)  # not held while the selection trains
         select = fit(task, ds, tc, name="select", storage=run_dir)
         rows_used["select"] = task.rows
         timings["select_s"] = time.perf_counter() - t
@@ -568,8 +572,10 @@ def run_job(cfg: JobConfig) -> JobResult:
     if select is None or tc.refit:
         t = time.perf_counter()
         epochs = select.best_epoch + 1 if select is not None else tc.epochs
-        if not continues:  # a refit from scratch learns from every train sample's features
-            fv = _restore_train_features(fv)
+        # the features of the samples the refit learns from: every train sample's from scratch, and
+        # the test samples' with refit_on="all"
+        wide = ([] if continues else ["train"]) + (["test"] if select is not None and tc.refit_on == "all" else [])
+        fv, _ = _features(fv, wide)
         refit_rows: Rows = fv.train
         seen: Rows | None = None
         init = None
@@ -583,7 +589,7 @@ def run_job(cfg: JobConfig) -> JobResult:
             del fit_rows, valid_rows
         task, ds = make_task(cfg, fv, refit_rows, None, seen=seen)
         del refit_rows, seen  # encoded into ``ds``
-        fv, _ = _release_train_features(fv)
+        fv, _ = _features(fv)
         final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir, init=init)
         rows_used["refit"] = task.rows
         del task, ds  # the refit's rows leave the object store before the test rows are built
@@ -600,6 +606,7 @@ def run_job(cfg: JobConfig) -> JobResult:
     if cfg.name == "ranker":
         # P(like | rated) on the rated test pairs: the explicit-rating AUC of every ranker
         assert sources is not None
+        fv, _ = _features(fv, ["test"])  # the test rows' features
         # scored a chunk at a time (a whole number of predict_ranker's batches: the same scores), not
         # encoded all at once beside a copy of every test sample with its EASE score
         like = [predict_ranker(model, encode_pairs(fv.spec, sources.with_ease(c)), like=True) for c in row_chunks(fv.test, TEST_CHUNK_ROWS)]
