@@ -38,6 +38,7 @@ from torch import nn
 
 from rayrec import registry, tracking, uri
 from rayrec.config import default_artifacts
+from rayrec.costs import release_memory
 from rayrec.evaluation.classification import classification_metrics
 from rayrec.evaluation.retrieval import build_task, evaluate, popularity_scores
 from rayrec.features.spec import FeatureSpec
@@ -136,7 +137,11 @@ def _features(fv: FeaturesVersion, wide: Collection[str] = (), fit_rows: Rows | 
     data range) is in the rating columns. The features are most of the samples' memory (about 200
     of 240 bytes a sample), and the driver held them through every stage's training: 6 GB at 25M
     ratings. A split's features are read again from the features version's files (the same rows in
-    the same order; a ``max_users`` job's users only) when a stage builds rows from them."""
+    the same order; a ``max_users`` job's users only) when a stage builds rows from them.
+
+    The caller lets the old version go, then gives its memory back (:func:`release_memory`): Arrow's
+    pool and the C heap keep what is freed for reuse: letting the train features of 5M samples go
+    took the job's process from 1.39 to 1.47 GiB without it, and from 1.50 to 0.66 GiB with it."""
     splits = {"train": fv.train, "test": fv.test}
     changed = False
     for split, df in splits.items():
@@ -154,9 +159,7 @@ def _features(fv: FeaturesVersion, wide: Collection[str] = (), fit_rows: Rows | 
         return fv, fit_rows
     if isinstance(fit_rows, Taken):
         fit_rows = Taken(splits["train"], fit_rows.index)
-    fv = replace(fv, train=splits["train"], test=splits["test"])
-    pa.default_memory_pool().release_unused()  # the list features' Arrow buffers go back to the system
-    return fv, fit_rows
+    return replace(fv, train=splits["train"], test=splits["test"]), fit_rows
 
 
 #: liked rows the retriever's training rows are built and encoded at a time: the driver holds one
@@ -559,6 +562,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         t = time.perf_counter()
         task, ds = make_task(cfg, fv, fit_rows, valid_rows)
         fv, fit_rows = _features(fv, (), fit_rows)  # not held while the selection trains
+        release_memory()
         select = fit(task, ds, tc, name="select", storage=run_dir)
         rows_used["select"] = task.rows
         timings["select_s"] = time.perf_counter() - t
@@ -590,6 +594,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         task, ds = make_task(cfg, fv, refit_rows, None, seen=seen)
         del refit_rows, seen  # encoded into ``ds``
         fv, _ = _features(fv)
+        release_memory()
         final = fit(task, ds, tc.with_(epochs=epochs), name="refit", storage=run_dir, init=init)
         rows_used["refit"] = task.rows
         del task, ds  # the refit's rows leave the object store before the test rows are built
