@@ -95,6 +95,39 @@ def test_retrieval_metrics_match_brute_force(seed):
         assert got[key] == pytest.approx(value, abs=1e-9), key
 
 
+@pytest.mark.parametrize("seed, n_items", [(0, 400), (1, 400), (2, 30)])
+def test_scores_every_user_shares_give_the_lists_of_scoring_the_whole_catalog(seed, n_items, monkeypatch):
+    """A popularity baseline's scores are one array for every user: its lists come from the first
+    items of one order of the catalog (ties by position, seen items masked), and every metric is the
+    one of scoring the whole catalog for each user; a catalog too small for the shortcut is scored whole."""
+    from rayrec.evaluation import retrieval
+
+    rng = np.random.default_rng(seed)
+    history = _ratings(rng, 40, n_items, 40 * n_items // (12 if n_items > 100 else 2))  # small: users saw half of it
+    heldout = _ratings(rng, 40, n_items, 600)
+    heldout = heldout.merge(history[["userId", "movieId"]], how="left", indicator=True)
+    heldout = heldout[heldout["_merge"] == "left_only"].drop(columns="_merge")
+    catalog = np.arange(1, n_items + 1)
+    pop = rng.integers(0, 6, size=n_items).astype(np.float32)  # few values: ties everywhere
+    task = build_task(history, heldout, catalog, threshold=3.5)
+    widths: list[int] = []
+    real_top_k = retrieval.top_k
+    monkeypatch.setattr(retrieval, "top_k", lambda scores, k: widths.append(scores.shape[1]) or real_top_k(scores, k))
+    got = evaluate(task, pop, ks=(5, 20), batch_users=9)
+    shortcut = widths[:]
+    whole = evaluate(task, lambda pos: np.broadcast_to(pop, (len(pos), n_items)), ks=(5, 20), batch_users=9)
+    assert got == whole
+    exp = _reference(history, heldout, catalog, lambda u: dict(zip(catalog.tolist(), pop.tolist())), (5, 20), 3.5)
+    for key, value in exp.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    if n_items > 100:  # the shortcut's columns: the order's first kmax + (the most a batch's user saw)
+        assert max(shortcut) < n_items and len(shortcut) == -(-task.n_users // 9)
+    else:
+        assert set(shortcut) == {n_items}
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(task, pop[:-1])
+
+
 def test_task_excludes_seen_items_and_users_without_relevant_items():
     history = pd.DataFrame({"userId": [1, 1, 2], "movieId": [10, 20, 10], "rating": [4.0, 2.0, 5.0]})
     heldout = pd.DataFrame({"userId": [1, 1, 2, 3], "movieId": [30, 40, 20, 30], "rating": [4.0, 1.0, 3.0, 5.0]})

@@ -134,7 +134,7 @@ def _rows_of(indptr: np.ndarray, start: int, end: int) -> np.ndarray:
 
 def evaluate(
     task: RetrievalTask,
-    scorer: Scorer,
+    scorer: Scorer | np.ndarray,
     *,
     ks: Sequence[int] = (10, 50, 100),
     ndcg_k: int = 10,
@@ -144,9 +144,25 @@ def evaluate(
     """Recall@k for each k, NDCG@ndcg_k, HitRate@hit_k and coverage@k (share of the catalog that
     appears in at least one user's top k), averaged over the task's users. Vectorised over each
     batch of users: their seen items masked in one scatter, hits found by one sorted search of
-    (user, item) keys."""
+    (user, item) keys.
+
+    ``scorer`` is a function of user positions, or one (N,) array of scores that every user shares
+    (a popularity baseline). Such scores are put in order once: a batch's lists are then the best
+    ``kmax`` of the first ``kmax`` + (the most any of its users has seen) items of that order, seen
+    items masked, the same lists as scoring the whole catalog for each user (ties: lower position)
+    without the (users × catalog) scores; 162,000 users and 62,000 items took as long as the model's
+    own evaluation."""
     kmax = max(max(ks), ndcg_k, hit_k)
     n_items = len(task.item_ids)
+    fixed = order = rank = None
+    if isinstance(scorer, np.ndarray):
+        fixed = np.asarray(scorer, dtype=np.float32)
+        if fixed.shape != (n_items,):
+            raise ValueError(f"shared scores have shape {fixed.shape}, expected {(n_items,)}")
+        if not np.isnan(fixed).any():  # NaN scores: top_k's own picks, over the whole catalog
+            order = np.lexsort((np.arange(n_items), -fixed))  # best first, ties by position
+            rank = np.empty(n_items, dtype=np.int64)
+            rank[order] = np.arange(n_items)
     recall = {k: 0.0 for k in ks}
     ndcg = hit = 0.0
     covered = {k: np.zeros(n_items, dtype=bool) for k in ks}
@@ -158,12 +174,25 @@ def evaluate(
     for start in range(0, task.n_users, batch_users):
         end = min(start + batch_users, task.n_users)
         pos = np.arange(start, end)
-        scores = np.array(scorer(pos), dtype=np.float32, copy=True)
-        if scores.shape != (len(pos), n_items):
-            raise ValueError(f"scorer returned shape {scores.shape}, expected {(len(pos), n_items)}")
         lo, hi = task.seen_indptr[start], task.seen_indptr[end]
-        scores[_rows_of(task.seen_indptr, start, end), task.seen[lo:hi]] = -np.inf
-        top = top_k(scores, kmax)
+        seen_rows, seen_cols = _rows_of(task.seen_indptr, start, end), task.seen[lo:hi]
+        width = kmax + int(np.diff(task.seen_indptr[start : end + 1]).max(initial=0))
+        if order is not None and rank is not None and fixed is not None and width < n_items:
+            # every user of the batch has kmax unseen items among the first ``width`` of the order,
+            # and every item after them comes later in (score, position) order than each of those
+            cols = order[:width]
+            scores = np.repeat(fixed[cols][None, :], len(pos), axis=0)
+            at = rank[seen_cols]
+            inside = at < width
+            scores[seen_rows[inside], at[inside]] = -np.inf
+            top = cols[top_k(scores, kmax)]
+        else:
+            scores = (np.repeat(fixed[None, :], len(pos), axis=0) if fixed is not None
+                      else np.array(scorer(pos), dtype=np.float32, copy=True))  # fmt: skip
+            if scores.shape != (len(pos), n_items):
+                raise ValueError(f"scorer returned shape {scores.shape}, expected {(len(pos), n_items)}")
+            scores[seen_rows, seen_cols] = -np.inf
+            top = top_k(scores, kmax)
         keys = pos[:, None] * n_items + top
         mine = rel_keys[task.relevant_indptr[start] : task.relevant_indptr[end]]
         at = np.minimum(np.searchsorted(mine, keys), max(len(mine) - 1, 0))

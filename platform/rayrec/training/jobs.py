@@ -629,7 +629,7 @@ def run_job(cfg: JobConfig) -> JobResult:
         pop = popularity_scores(liked, data.task.item_ids)
         metrics = {
             "test": retrieval_metrics(model, data),
-            "popularity": evaluate(data.task, lambda pos: np.broadcast_to(pop, (len(pos), len(pop)))),
+            "popularity": evaluate(data.task, pop),  # scores every user shares
         }
         if tested is not final:
             model.load_state_dict(final.weights)
