@@ -94,7 +94,7 @@ def open_features(artifacts: str, version: str = "latest", *, ratings_only: Sequ
     )
     movies = read_table(uri.join(path, "movies.parquet"))
     # the read's and the sort's buffers go back to the system: Arrow's pool keeps freed memory for
-    # reuse, and the driver holds these samples for the whole job (5M samples: 363 bytes a sample of
+    # reuse, and a job holds these samples for long (5M samples: 363 bytes a sample of
     # RSS before; 266 with this and without the split column)
     pa.default_memory_pool().release_unused()
     return FeaturesVersion(path.rsplit("/", 1)[-1], path, spec, train, test, movies)
