@@ -155,6 +155,7 @@ def evaluate(
     kmax = max(max(ks), ndcg_k, hit_k)
     n_items = len(task.item_ids)
     fixed = order = rank = None
+    score_users = None if isinstance(scorer, np.ndarray) else scorer
     if isinstance(scorer, np.ndarray):
         fixed = np.asarray(scorer, dtype=np.float32)
         if fixed.shape != (n_items,):
@@ -187,8 +188,11 @@ def evaluate(
             scores[seen_rows[inside], at[inside]] = -np.inf
             top = cols[top_k(scores, kmax)]
         else:
-            scores = (np.repeat(fixed[None, :], len(pos), axis=0) if fixed is not None
-                      else np.array(scorer(pos), dtype=np.float32, copy=True))  # fmt: skip
+            if score_users is None:
+                assert fixed is not None
+                scores = np.repeat(fixed[None, :], len(pos), axis=0)
+            else:
+                scores = np.array(score_users(pos), dtype=np.float32, copy=True)
             if scores.shape != (len(pos), n_items):
                 raise ValueError(f"scorer returned shape {scores.shape}, expected {(len(pos), n_items)}")
             scores[seen_rows, seen_cols] = -np.inf
