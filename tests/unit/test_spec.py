@@ -171,3 +171,16 @@ def test_merged_partials_equal_one_partial(samples):
     whole = FeatureSpec.fit(SpecPartial.of(samples), label_threshold=3.5)
     halves = SpecPartial.of(samples.iloc[::2]).merge(SpecPartial.of(samples.iloc[1::2]))
     assert FeatureSpec.fit(halves, label_threshold=3.5).hash == whole.hash
+
+
+def test_lookup_lists_of_dictionary_encoded_lists_agree_with_the_plain_strings():
+    """A list column whose strings are dictionary-encoded (the training data's compact samples) gives
+    the codes of the same lists as plain strings: unknown and missing values OOV, empty lists padded."""
+
+    genres = Vocab(("Comedy", "Drama", "War"))
+    plain = pa.array([["War", "Nope", "Drama"], [], None, ["Comedy", None]] * 30, pa.large_list(pa.string()))
+    encoded = plain.cast(pa.list_(pa.dictionary(pa.int16(), pa.string())))
+    want = genres.lookup_lists(plain, width=3)
+    assert want[:4].tolist() == [[4, OOV, 3], [PAD] * 3, [PAD] * 3, [2, OOV, PAD]]
+    np.testing.assert_array_equal(genres.lookup_lists(encoded, width=3), want)
+    np.testing.assert_array_equal(genres.lookup_lists(pa.chunked_array([encoded[:50], encoded[50:]]), width=3), want)

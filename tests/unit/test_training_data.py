@@ -78,8 +78,14 @@ def test_samples_are_read_in_the_sorted_order(data, tmp_path):
         pq.write_table(pa.Table.from_pandas(part, preserve_index=False), folder / f"part-{i}.parquet")
     got = _samples(str(folder))
     want = _sorted(read_table(str(folder), [c for c in df.columns if c != "split"], lists_in_arrow=True))
-    pd.testing.assert_frame_equal(got, want, check_exact=True)
-    assert "split" not in got.columns and isinstance(got["user_recent_items"].dtype, pd.ArrowDtype)
+    lists = [c for c in want.columns if isinstance(want[c].dtype, pd.ArrowDtype)]
+    assert sorted(lists) == ["item_genres", "user_genres", "user_recent_items"]
+    for c in lists:  # the same lists, held narrower (compact_list)
+        assert pa.array(got[c].array).to_pylist() == pa.array(want[c].array).to_pylist(), c
+    assert got["user_genres"].dtype.pyarrow_dtype == pa.list_(pa.dictionary(pa.int16(), pa.string()))
+    assert got["user_recent_items"].dtype.pyarrow_dtype == pa.list_(pa.int32())
+    pd.testing.assert_frame_equal(got.drop(columns=lists), want.drop(columns=lists), check_exact=True)
+    assert "split" not in got.columns
     same = got[(got["userId"] == tie["userId"].iloc[0]) & (got["timestamp"] == tie["timestamp"].iloc[0])
                & (got["movieId"] == tie["movieId"].iloc[0])]  # fmt: skip
     assert same["rating"].tolist() == [df["rating"].iloc[0], df["rating"].iloc[0] + 0.5]
@@ -444,3 +450,56 @@ def test_the_samples_features_let_go_and_read_again_are_the_same_samples(tmp_pat
     pd.testing.assert_frame_equal(again.train, fv.train)
     pd.testing.assert_frame_equal(again.test, fv.test)
     assert _features(fv, ["train", "test"])[0] is fv  # nothing to read again
+
+
+def test_compact_lists_hold_the_same_values_narrower():
+    """The samples' list columns are read narrower (32-bit offsets, strings by dictionary, int32
+    ids): the same values, nulls and empty lists included; ids beyond int32 stay int64."""
+    import pyarrow as pa
+
+    from rayrec.training.data import compact_list
+
+    genres = pa.chunked_array([pa.array([["Drama", "War"], [], None], pa.large_list(pa.string())),
+                               pa.array([["Comedy", None, "Drama"]], pa.large_list(pa.string()))])  # fmt: skip
+    got = compact_list(genres)
+    assert got.type == pa.list_(pa.dictionary(pa.int16(), pa.string()))
+    assert got.to_pylist() == genres.to_pylist()
+    assert got.nbytes < genres.nbytes
+    ids = pa.array([[3, 1], [], [2**31 - 1]], pa.large_list(pa.int64()))
+    assert compact_list(ids).type == pa.list_(pa.int32()) and compact_list(ids).to_pylist() == ids.to_pylist()
+    big = pa.array([[2**31], [-1]], pa.large_list(pa.int64()))
+    assert compact_list(big).type == pa.list_(pa.int64()) and compact_list(big).to_pylist() == big.to_pylist()
+    numbers = pa.chunked_array([pa.array([1.5, 2.0])])
+    assert compact_list(numbers) is numbers  # not a list: as it is
+
+
+def test_ranker_rows_of_compact_samples_encode_as_those_of_the_samples_as_written(tmp_path):
+    """A training job's samples (compact lists) give the ranker's rows, sampled negatives and all, the
+    very arrays that the samples with their lists as written give."""
+    import rayrec.training.data as training_data
+    from rayrec.models.inputs import encode_pairs
+    from rayrec.models.ranker import RankerConfig
+    from rayrec.training.jobs import RankerSources, ranker_rows
+    from train_data import write_version
+
+    write_version(small(n_users=25, n_items=40, n=900, seed=6), str(tmp_path))
+    fv = training_data.open_features(str(tmp_path))
+    compact = training_data.compact_list
+    try:
+        training_data.compact_list = lambda column: column  # the lists as they are written
+        written = training_data.read_samples(fv, "train")
+    finally:
+        training_data.compact_list = compact
+    assert written["user_genres"].dtype.pyarrow_dtype == written["item_genres"].dtype.pyarrow_dtype
+    assert pa_type_name(fv.train["user_genres"]) != pa_type_name(written["user_genres"])
+    mc = RankerConfig(objective="topn", negatives=3)
+    sources = RankerSources.of(fv, mc)
+    got = encode_pairs(fv.spec, ranker_rows(fv.train, fv, mc, 5, sources))
+    want = encode_pairs(fv.spec, ranker_rows(written, fv, mc, 5, sources))
+    assert sorted(got) == sorted(want) and len(got["label"]) > len(fv.train)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def pa_type_name(column: pd.Series) -> str:
+    return str(column.dtype.pyarrow_dtype)

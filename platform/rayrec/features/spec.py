@@ -160,7 +160,11 @@ class Vocab:
         return pa.array(self.array.tolist(), pa.string())
 
     def _lookup_arrow(self, flat: pa.Array) -> np.ndarray:
-        """:meth:`lookup` of an Arrow array: strings by a hash lookup in C++, numbers as numpy."""
+        """:meth:`lookup` of an Arrow array: strings by a hash lookup in C++, numbers as numpy; a
+        dictionary-encoded array by its values once, then its indices (a missing value: OOV)."""
+        if pa.types.is_dictionary(flat.type):
+            table = np.append(self._lookup_arrow(flat.dictionary), OOV)
+            return table[flat.indices.fill_null(len(flat.dictionary)).to_numpy(zero_copy_only=False).astype(np.int64)]
         if (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)) and self.array.dtype.kind == "U":
             pos = pc.index_in(flat, value_set=self._arrow_strings).fill_null(-1)
             idx = pos.to_numpy(zero_copy_only=False).astype(np.int64)
