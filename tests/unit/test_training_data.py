@@ -456,6 +456,7 @@ def test_compact_lists_hold_the_same_values_narrower():
     """The samples' list columns are read narrower (32-bit offsets, strings by dictionary, int32
     ids): the same values, nulls and empty lists included; ids beyond int32 stay int64."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from rayrec.training.data import compact_list
 
@@ -471,6 +472,43 @@ def test_compact_lists_hold_the_same_values_narrower():
     assert compact_list(big).type == pa.list_(pa.int64()) and compact_list(big).to_pylist() == big.to_pylist()
     numbers = pa.chunked_array([pa.array([1.5, 2.0])])
     assert compact_list(numbers) is numbers  # not a list: as it is
+    # chunks read a batch at a time: one array, one dictionary, and int64 where any chunk needs it
+    mixed = compact_list(pa.chunked_array([ids, big]))
+    assert mixed.type == pa.list_(pa.int64()) and mixed.to_pylist() == ids.to_pylist() + big.to_pylist()
+    other = pa.array([["War", "Western"]], pa.large_list(pa.string()))
+    joined = compact_list(pa.chunked_array([*genres.chunks, other]))
+    assert isinstance(joined, pa.Array) and joined.to_pylist() == genres.to_pylist() + other.to_pylist()
+    assert len(pc.list_flatten(joined).dictionary) == 4  # Drama, War, Comedy, Western
+    empty = compact_list(pa.chunked_array([], pa.large_list(pa.string())))
+    assert len(empty) == 0 and empty.type == pa.list_(pa.dictionary(pa.int16(), pa.string()))
+
+
+def test_samples_of_many_files_are_read_a_batch_at_a_time_with_the_same_values(data, tmp_path):
+    """A split over many files, its lists read a batch at a time: the sorted samples of reading
+    every file at once, with one dictionary a list column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from rayrec.training.data import _samples, _sorted, read_table
+
+    df = data.train.sample(frac=1.0, random_state=5).reset_index(drop=True).assign(split="train")
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 9)):
+        pq.write_table(pa.Table.from_pandas(df.iloc[part], preserve_index=False), folder / f"part-{i}.parquet", row_group_size=7)
+    got = _samples(str(folder))
+    want = _sorted(read_table(str(folder), [c for c in df.columns if c != "split"], lists_in_arrow=True))
+    assert len(got) == len(want) == len(df)
+    for c in want.columns:
+        if isinstance(want[c].dtype, pd.ArrowDtype):
+            column = pa.array(got[c].array)
+            assert column.to_pylist() == pa.array(want[c].array).to_pylist(), c
+            if pa.types.is_dictionary(got[c].dtype.pyarrow_dtype.value_type):
+                assert len(column.chunks if isinstance(column, pa.ChunkedArray) else [column]) == 1
+                assert len(pc.list_flatten(column).dictionary) == len(set(pc.list_flatten(column).cast(pa.string()).to_pylist()) - {None})
+        else:
+            np.testing.assert_array_equal(got[c].to_numpy(), want[c].to_numpy(), err_msg=c)
 
 
 def test_ranker_rows_of_compact_samples_encode_as_those_of_the_samples_as_written(tmp_path):

@@ -111,57 +111,100 @@ def read_samples(fv: FeaturesVersion, split: str, columns: Sequence[str] | None 
 
 def _samples(target: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """A split's samples in :func:`_sorted`'s order, without their ``split`` column (one value per
-    file, and a Python string per row in pandas), list features in Arrow. Sorted in Arrow a column at
-    a time, each read column let go once its sorted copy is made: the samples are held about once
-    and a column over while sorting, not twice and more (pandas' sort copies every column at once
-    beside the read frame and the table it came from: 20M samples peaked 12.7 GiB in the job's process)."""
+    file, and a Python string per row in pandas), list features in Arrow (:func:`compact_list`).
+
+    The order comes from the sort keys alone; then each column is read from the files, put in that
+    order and made compact, one at a time, and the frame takes the sorted columns over as they are
+    converted (numbers without a copy where they have no nulls). The samples are held once and one
+    column over while they are read. Reading the whole table and sorting it a column at a time held
+    the read table, the reader's freed buffers and the sorted columns at once: 20M samples (25M
+    ratings) peaked 9.5 GiB in the job's process for a frame of 3.4; pandas' sort of the read frame,
+    before that, 12.7 GiB."""
     fs, path = uri.filesystem(target)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    table = dataset.to_table(columns=[c for c in dataset.schema.names if c != "split"] if columns is None else list(columns))
-    order = pc.sort_indices(table, sort_keys=[(c, "ascending") for c in SAMPLE_ORDER])  # stable, as the mergesort
+    names = [c for c in dataset.schema.names if c != "split"] if columns is None else list(columns)
+    keys = dataset.to_table(columns=list(SAMPLE_ORDER))
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in SAMPLE_ORDER])  # stable, as the mergesort
+    del keys
     taken: dict[str, pa.ChunkedArray | pa.Array] = {}
-    for name in table.column_names:
-        taken[name] = compact_list(pc.take(table.column(name), order))
-        table = table.drop_columns([name])
-    del table, order
+    pool = pa.default_memory_pool()
+    for name in names:
+        column = _read_column(dataset, name)
+        if len(column) != len(order):
+            raise RuntimeError(f"{target}: column {name!r} has {len(column):,} rows, the sort keys {len(order):,}")
+        taken[name] = compact_list(pc.take(column, order))
+        del column
+        pool.release_unused()  # the reader's and the take's buffers, before the next column is read
+    del order
     sorted_table = pa.table(taken)
     taken.clear()
-    return sorted_table.to_pandas(ignore_metadata=True, types_mapper=arrow_lists)
+    # each column handed over as it is converted, and let go by Arrow (self_destruct) once it is:
+    # not every numeric column twice, in Arrow and in pandas' consolidated blocks, at the end
+    return sorted_table.to_pandas(ignore_metadata=True, types_mapper=arrow_lists, split_blocks=True, self_destruct=True)
 
 
 #: the most elements a list column may hold in all for 32-bit list offsets
 _LIST_OFFSETS_MAX = 2**31 - 1
 
 
+def _read_column(dataset: pads.Dataset, name: str) -> pa.ChunkedArray | pa.Array:
+    """One column of ``dataset`` in the files' order; a list column read a batch at a time, each
+    batch made narrow as it comes (:func:`compact_list`). Read whole, the 20M samples' user genres
+    (1.2 GB as strings) held 3.6 GiB at their peak and took 9.3 s; by batches 1.1 GiB and 2.7 s."""
+    if not _is_list_type(dataset.schema.field(name).type):
+        return dataset.to_table(columns=[name]).column(0)
+    batches = dataset.to_batches(columns=[name], batch_readahead=1, fragment_readahead=1)
+    chunks = [_narrow_chunk(b.column(0), large=False) for b in batches]
+    return compact_list(pa.chunked_array(chunks, type=chunks[0].type) if chunks else dataset.to_table(columns=[name]).column(0))
+
+
+def _is_list_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t))
+
+
+def _narrow_chunk(arr: pa.Array, large: bool) -> pa.Array:
+    """A list array with strings dictionary-encoded (int32 indices) and integers as int32 where all
+    of its values fit; 64-bit offsets only with ``large``."""
+    value = arr.type.value_type
+    if pa.types.is_string(value) or pa.types.is_large_string(value):
+        value = pa.dictionary(pa.int32(), pa.string())
+    elif pa.types.is_integer(value) and value.bit_width > 32:
+        bounds = pc.min_max(pc.list_flatten(arr))
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if lo is None or (-(2**31) <= lo and hi < 2**31):
+            value = pa.int32()
+    return arr.cast((pa.large_list if large else pa.list_)(value))
+
+
 def compact_list(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """A list column in a narrower Arrow form with the same values; any other column as it is.
+    """A list column in a narrower Arrow form with the same values, as one array; any other column
+    as it is.
 
     The samples' lists are ``large_list`` (64-bit offsets) of strings (genres) or int64 (movie ids):
-    at 239 bytes a sample in all, they took 136 (1M synthetic samples: user genres 59, recent items
-    46, item genres 31). Here their offsets are 32-bit where the column's elements fit, strings are
-    dictionary-encoded (one index a genre, not its characters and a 64-bit offset) and integers are
-    int32 where every value fits: 38 bytes a sample, 141 in all. Encoding reads the same values
+    of 239 bytes a sample in all, they took 137 (1M synthetic samples: user genres 59, recent items
+    47, item genres 31). Here their offsets are 32-bit where the column's elements fit, strings are
+    dictionary-encoded (an int16 index a genre while there are fewer than 16,384 of them, not its
+    characters and a 64-bit offset) and integers are int32 where every value fits: 45 bytes a sample
+    (14, 23 and 8), 148 in all. Encoding reads the same values
     (:meth:`rayrec.features.spec.Vocab.lookup_lists` takes a dictionary's values once, then its
     indices), and rows taken, sliced or concatenated with other rows (sampled negatives, whose genres
     are cast to the rows' type) keep them."""
-    t = column.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+    if not _is_list_type(column.type):
         return column
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    flat = pc.list_flatten(arr)
-    value = t.value_type
-    if pa.types.is_string(value) or pa.types.is_large_string(value):
-        distinct = len(pc.unique(flat))
-        index = pa.int16() if distinct < 2**14 else pa.int32()  # room for values other rows bring
-        value = pa.dictionary(index, pa.string())
-    elif pa.types.is_integer(value) and len(flat):
-        bounds = pc.min_max(flat)
-        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
-        if lo is not None and -(2**31) <= lo and hi < 2**31:
-            value = pa.int32()
-    if len(flat) > _LIST_OFFSETS_MAX:
-        return arr.cast(pa.large_list(value))
-    return arr.cast(pa.list_(value))
+    chunks = list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
+    chunks = chunks or [pa.array([], column.type)]
+    total = sum(int(pc.sum(pc.list_value_length(c)).as_py() or 0) for c in chunks)
+    large = total > _LIST_OFFSETS_MAX
+    parts = [_narrow_chunk(c, large) for c in chunks]
+    if len({p.type for p in parts}) > 1:  # some chunk's integers beyond int32: int64 for all
+        parts = [p.cast((pa.large_list if large else pa.list_)(pa.int64())) for p in parts]
+    arr = parts[0] if len(parts) == 1 else pa.chunked_array(parts, type=parts[0].type).combine_chunks()  # one dictionary
+    value = arr.type.value_type
+    if pa.types.is_dictionary(value):
+        size = len(pc.list_flatten(arr).dictionary)
+        index = pa.int16() if size < 2**14 else pa.int32()  # room for values other rows bring
+        arr = arr.cast((pa.large_list if large else pa.list_)(pa.dictionary(index, value.value_type)))
+    return arr
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
