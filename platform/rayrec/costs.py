@@ -107,6 +107,8 @@ class StepCost:
     step: str
     wall_s: float
     peak_bytes: int
+    peak_at_s: float = 0.0  # when in the step the peak was sampled: which of its phases to look at
+    samples: int = 0  # memory samples taken (a peak between two of them is missed)
 
 
 def release_memory() -> None:
@@ -149,7 +151,7 @@ class Costs:
         t = time.perf_counter()
         with TreeMemory(interval=self.interval) as mem:
             yield
-        self.steps.append(StepCost(name, time.perf_counter() - t, mem.peak))
+        self.steps.append(StepCost(name, time.perf_counter() - t, mem.peak, mem.peak_at, mem.samples))
 
     def to_dict(self) -> dict[str, Any]:
         wall = sum(s.wall_s for s in self.steps)

@@ -52,7 +52,8 @@ def table(results: list[dict]) -> str:
         for r in ok:
             by = {s["step"]: s for s in r["costs"]["steps"]}
             s = by.get(name) or r["costs"]["total"]
-            cells.append(f"{s['wall_s']:.1f}s / {s['peak_bytes'] / 2**30:.2f} / {s['rows_per_s']:,.0f}")
+            at = f" (at {s['peak_at_s']:.0f}s)" if "peak_at_s" in s else ""  # when in the step the peak came
+            cells.append(f"{s['wall_s']:.1f}s / {s['peak_bytes'] / 2**30:.2f}{at} / {s['rows_per_s']:,.0f}")
             if prev is not None:
                 size = r["ratings"] / prev[0]
                 growth.append(f"×{size:g} data: wall ×{s['wall_s'] / max(prev[1], 1e-9):.2f}, peak ×{s['peak_bytes'] / max(prev[2], 1):.2f}")

@@ -106,6 +106,7 @@ def test_costs_table_and_json():
     d = costs.to_dict()
     assert [s["step"] for s in d["steps"]] == ["data", "features"]
     assert all(s["rows"] == 1000 and s["wall_s"] >= 0.1 and s["peak_bytes"] > 0 for s in d["steps"])
+    assert all(0 <= s["peak_at_s"] <= s["wall_s"] and s["samples"] >= 2 for s in d["steps"])
     assert d["steps"][0]["rows_per_s"] == pytest.approx(1000 / d["steps"][0]["wall_s"])
     assert d["total"]["peak_bytes"] == max(s["peak_bytes"] for s in d["steps"])
     json.dumps(d)
