@@ -132,7 +132,7 @@ def _samples(target: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         column = _read_column(dataset, name)
         if len(column) != len(order):
             raise RuntimeError(f"{target}: column {name!r} has {len(column):,} rows, the sort keys {len(order):,}")
-        taken[name] = compact_list(pc.take(column, order))
+        taken[name] = pc.take(column, order)  # a list column: compact already (_read_column)
         del column
         pool.release_unused()  # the reader's and the take's buffers, before the next column is read
     del order
