@@ -184,3 +184,9 @@ def test_lookup_lists_of_dictionary_encoded_lists_agree_with_the_plain_strings()
     assert want[:4].tolist() == [[4, OOV, 3], [PAD] * 3, [PAD] * 3, [2, OOV, PAD]]
     np.testing.assert_array_equal(genres.lookup_lists(encoded, width=3), want)
     np.testing.assert_array_equal(genres.lookup_lists(pa.chunked_array([encoded[:50], encoded[50:]]), width=3), want)
+    # a dictionary that fills its index type, with a missing value: still OOV, no overflow
+    full = [f"g{i}" for i in range(128)]
+    rows = pa.array([full[:3] + [None], full[-2:]], pa.list_(pa.dictionary(pa.int8(), pa.string())))
+    rows = pa.ListArray.from_arrays(rows.offsets, pa.DictionaryArray.from_arrays(rows.values.indices, pa.array(full)))
+    many = Vocab(tuple(full[:2]))
+    assert many.lookup_lists(rows, width=4).tolist() == [[2, 3, OOV, OOV], [OOV, OOV, PAD, PAD]]

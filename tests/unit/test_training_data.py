@@ -514,6 +514,8 @@ def test_samples_of_many_files_are_read_a_batch_at_a_time_with_the_same_values(d
 def test_ranker_rows_of_compact_samples_encode_as_those_of_the_samples_as_written(tmp_path):
     """A training job's samples (compact lists) give the ranker's rows, sampled negatives and all, the
     very arrays that the samples with their lists as written give."""
+    import pyarrow as pa
+
     import rayrec.training.data as training_data
     from rayrec.models.inputs import encode_pairs
     from rayrec.models.ranker import RankerConfig
@@ -522,14 +524,11 @@ def test_ranker_rows_of_compact_samples_encode_as_those_of_the_samples_as_writte
 
     write_version(small(n_users=25, n_items=40, n=900, seed=6), str(tmp_path))
     fv = training_data.open_features(str(tmp_path))
-    compact = training_data.compact_list
-    try:
-        training_data.compact_list = lambda column: column  # the lists as they are written
-        written = training_data.read_samples(fv, "train")
-    finally:
-        training_data.compact_list = compact
-    assert written["user_genres"].dtype.pyarrow_dtype == written["item_genres"].dtype.pyarrow_dtype
-    assert pa_type_name(fv.train["user_genres"]) != pa_type_name(written["user_genres"])
+    train = f"{fv.path}/samples/train"  # the lists as they are written: strings and int64 ids
+    written = training_data._sorted(training_data.read_table(train, list(fv.train.columns), lists_in_arrow=True))
+    assert all(written[c].dtype.pyarrow_dtype.value_type == pa.string() for c in ("user_genres", "item_genres"))
+    assert written["user_recent_items"].dtype.pyarrow_dtype.value_type == pa.int64()
+    assert pa_type_name(fv.train["user_genres"]) == "list<item: dictionary<values=string, indices=int16, ordered=0>>"
     mc = RankerConfig(objective="topn", negatives=3)
     sources = RankerSources.of(fv, mc)
     got = encode_pairs(fv.spec, ranker_rows(fv.train, fv, mc, 5, sources))
@@ -541,3 +540,52 @@ def test_ranker_rows_of_compact_samples_encode_as_those_of_the_samples_as_writte
 
 def pa_type_name(column: pd.Series) -> str:
     return str(column.dtype.pyarrow_dtype)
+
+
+def test_samples_whose_files_need_int64_ids_in_some_batches_only_read_as_int64(tmp_path):
+    """Each batch of a list column is narrowed as it is read: a batch whose ids need int64 beside
+    batches that fit int32 gives one int64 column, the values as written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayrec.training.data import _samples
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    lists = pa.large_list(pa.int64())
+    for i, recent in enumerate(([[1], [2, 3]], [[2**40, 5]])):
+        n = len(recent)
+        pq.write_table(pa.table({"userId": pa.array(range(i * 10, i * 10 + n), pa.int64()), "timestamp": pa.array([0] * n, pa.int64()),
+                                 "movieId": pa.array([1] * n, pa.int64()), "user_recent_items": pa.array(recent, lists)}),
+                       folder / f"part-{i}.parquet")  # fmt: skip
+    got = _samples(str(folder))
+    assert got["user_recent_items"].dtype.pyarrow_dtype == pa.list_(pa.int64())
+    assert pa.array(got["user_recent_items"].array).to_pylist() == [[1], [2, 3], [2**40, 5]]
+
+
+def test_splits_compacted_apart_agree_on_one_type_a_list_column():
+    """Train and test samples made compact by their own values may pick different types; agreed,
+    each list column has the widest, the values unchanged, and rows of both concatenate in Arrow."""
+    import pyarrow as pa
+
+    from rayrec.training.data import agree_lists
+
+    def frame(genres: pa.DataType, ids: pa.DataType) -> pd.DataFrame:
+        g = pa.array([["Drama"], [], None], pa.large_list(pa.string())).cast(genres)
+        r = pa.array([[1], [2, 3], []], pa.large_list(pa.int64())).cast(ids)
+        return pd.DataFrame({"userId": [1, 2, 3], "user_genres": pd.arrays.ArrowExtensionArray(g),
+                             "user_recent_items": pd.arrays.ArrowExtensionArray(r)})  # fmt: skip
+
+    narrow = frame(pa.list_(pa.dictionary(pa.int16(), pa.string())), pa.list_(pa.int32()))
+    wide = frame(pa.list_(pa.dictionary(pa.int32(), pa.string())), pa.large_list(pa.int64()))
+    a, b = agree_lists(narrow, wide)
+    assert a["user_genres"].dtype.pyarrow_dtype == b["user_genres"].dtype.pyarrow_dtype == pa.list_(pa.dictionary(pa.int32(), pa.string()))
+    assert a["user_recent_items"].dtype.pyarrow_dtype == b["user_recent_items"].dtype.pyarrow_dtype == pa.large_list(pa.int64())
+    assert b is wide and a is not narrow  # only what differs is cast
+    for got, was in ((a, narrow), (b, wide)):
+        for c in ("user_genres", "user_recent_items"):
+            assert pa.array(got[c].array).to_pylist() == pa.array(was[c].array).to_pylist()
+    both = pd.concat([a, b], ignore_index=True)
+    assert isinstance(both["user_genres"].dtype, pd.ArrowDtype) and isinstance(both["user_recent_items"].dtype, pd.ArrowDtype)
+    same = agree_lists(narrow, narrow.copy())
+    assert same[0] is narrow

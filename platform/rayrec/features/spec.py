@@ -164,7 +164,7 @@ class Vocab:
         dictionary-encoded array by its values once, then its indices (a missing value: OOV)."""
         if pa.types.is_dictionary(flat.type):
             table = np.append(self._lookup_arrow(flat.dictionary), OOV)
-            return table[flat.indices.fill_null(len(flat.dictionary)).to_numpy(zero_copy_only=False).astype(np.int64)]
+            return table[flat.indices.cast(pa.int64()).fill_null(len(flat.dictionary)).to_numpy(zero_copy_only=False)]
         if (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)) and self.array.dtype.kind == "U":
             pos = pc.index_in(flat, value_set=self._arrow_strings).fill_null(-1)
             idx = pos.to_numpy(zero_copy_only=False).astype(np.int64)

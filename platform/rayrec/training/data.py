@@ -50,6 +50,7 @@ __all__ = [
     "narrowed",
     "storage_types",
     "compact_list",
+    "agree_lists",
 ]
 
 
@@ -93,6 +94,7 @@ def open_features(artifacts: str, version: str = "latest", *, ratings_only: Sequ
     train, test = (
         _samples(uri.join(path, "samples", split), RATING_COLUMNS if split in ratings_only else None) for split in ("train", "test")
     )
+    train, test = agree_lists(train, test)
     movies = read_table(uri.join(path, "movies.parquet"))
     # the read's and the sort's buffers go back to the system: Arrow's pool keeps freed memory for
     # reuse, and a job holds these samples for long (5M samples: 363 bytes a sample of
@@ -113,31 +115,36 @@ def _samples(target: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """A split's samples in :func:`_sorted`'s order, without their ``split`` column (one value per
     file, and a Python string per row in pandas), list features in Arrow (:func:`compact_list`).
 
-    The order comes from the sort keys alone; then each column is read from the files, put in that
-    order and made compact, one at a time, and the frame takes the sorted columns over as they are
-    converted (numbers without a copy where they have no nulls). The samples are held once and one
-    column over while they are read. Reading the whole table and sorting it a column at a time held
-    the read table, the reader's freed buffers and the sorted columns at once: 20M samples (25M
-    ratings) peaked 9.5 GiB in the job's process for a frame of 3.4; pandas' sort of the read frame,
-    before that, 12.7 GiB."""
+    The order comes from the sort keys alone (taken into that order first); then each other column is
+    read from the files, put in that order and made compact, one at a time, and the frame takes the
+    sorted columns over as they are converted (numbers without a copy where they have no nulls: the
+    frame's columns are read-only, so it is never written in place). The samples are held once, with
+    the order (8 bytes a sample) and one column over while they are read. Reading the whole table and
+    sorting it a column at a time held the read table, the reader's freed buffers and the sorted
+    columns at once: 20M samples (25M ratings) peaked 9.5 GiB in the job's process for a frame of
+    3.4; pandas' sort of the read frame, before that, 12.7 GiB."""
     fs, path = uri.filesystem(target)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     names = [c for c in dataset.schema.names if c != "split"] if columns is None else list(columns)
     keys = dataset.to_table(columns=list(SAMPLE_ORDER))
     order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in SAMPLE_ORDER])  # stable, as the mergesort
+    taken: dict[str, pa.ChunkedArray | pa.Array] = {c: pc.take(keys.column(c), order) for c in SAMPLE_ORDER if c in names}
     del keys
-    taken: dict[str, pa.ChunkedArray | pa.Array] = {}
     pool = pa.default_memory_pool()
     for name in names:
+        if name in taken:
+            continue
         column = _read_column(dataset, name)
         if len(column) != len(order):
             raise RuntimeError(f"{target}: column {name!r} has {len(column):,} rows, the sort keys {len(order):,}")
         taken[name] = pc.take(column, order)  # a list column: compact already (_read_column)
         del column
         pool.release_unused()  # the reader's and the take's buffers, before the next column is read
+    rows = len(order)
     del order
-    sorted_table = pa.table(taken)
-    taken.clear()
+    if not names:
+        return pd.DataFrame(index=pd.RangeIndex(rows))
+    sorted_table = pa.table({name: taken.pop(name) for name in names})
     # each column handed over as it is converted, and let go by Arrow (self_destruct) once it is:
     # not every numeric column twice, in Arrow and in pandas' consolidated blocks, at the end
     return sorted_table.to_pandas(ignore_metadata=True, types_mapper=arrow_lists, split_blocks=True, self_destruct=True)
@@ -149,13 +156,22 @@ _LIST_OFFSETS_MAX = 2**31 - 1
 
 def _read_column(dataset: pads.Dataset, name: str) -> pa.ChunkedArray | pa.Array:
     """One column of ``dataset`` in the files' order; a list column read a batch at a time, each
-    batch made narrow as it comes (:func:`compact_list`). Read whole, the 20M samples' user genres
-    (1.2 GB as strings) held 3.6 GiB at their peak and took 9.3 s; by batches 1.1 GiB and 2.7 s."""
+    batch narrowed as it comes (:func:`_narrow_chunk`), then made one compact array
+    (:func:`compact_list`). Read whole, the 20M samples' user genres (1.2 GB as strings) held 3.6 GiB
+    at their peak and took 9.3 s; by batches 1.1 GiB and 2.7 s."""
     if not _is_list_type(dataset.schema.field(name).type):
         return dataset.to_table(columns=[name]).column(0)
     batches = dataset.to_batches(columns=[name], batch_readahead=1, fragment_readahead=1)
-    chunks = [_narrow_chunk(b.column(0), large=False) for b in batches]
+    chunks = _one_type([_narrow_chunk(b.column(0), large=False) for b in batches], large=False)
     return compact_list(pa.chunked_array(chunks, type=chunks[0].type) if chunks else dataset.to_table(columns=[name]).column(0))
+
+
+def _one_type(parts: list[pa.Array], large: bool) -> list[pa.Array]:
+    """Narrowed chunks of one column in one type: where some chunk's integers did not fit int32
+    (and others did), every chunk's as int64."""
+    if len({p.type for p in parts}) > 1:
+        return [p.cast((pa.large_list if large else pa.list_)(pa.int64())) for p in parts]
+    return parts
 
 
 def _is_list_type(t: pa.DataType) -> bool:
@@ -195,9 +211,7 @@ def compact_list(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Arr
     chunks = chunks or [pa.array([], column.type)]
     total = sum(int(pc.sum(pc.list_value_length(c)).as_py() or 0) for c in chunks)
     large = total > _LIST_OFFSETS_MAX
-    parts = [_narrow_chunk(c, large) for c in chunks]
-    if len({p.type for p in parts}) > 1:  # some chunk's integers beyond int32: int64 for all
-        parts = [p.cast((pa.large_list if large else pa.list_)(pa.int64())) for p in parts]
+    parts = _one_type([_narrow_chunk(c, large) for c in chunks], large)
     arr = parts[0] if len(parts) == 1 else pa.chunked_array(parts, type=parts[0].type).combine_chunks()  # one dictionary
     value = arr.type.value_type
     if pa.types.is_dictionary(value):
@@ -205,6 +219,40 @@ def compact_list(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Arr
         index = pa.int16() if size < 2**14 else pa.int32()  # room for values other rows bring
         arr = arr.cast((pa.large_list if large else pa.list_)(pa.dictionary(index, value.value_type)))
     return arr
+
+
+def agree_lists(*frames: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """``frames`` whose list columns of the same name hold one Arrow type: each split's samples
+    are made compact by their own values (:func:`compact_list`), so one split may need int64 ids,
+    int32 dictionary indices or 64-bit offsets where another does not; rows of both concatenated
+    (a refit's train and test samples) would then turn into Python objects. A column is cast to the
+    widest of its types; frames already in agreement are returned as they are."""
+    out = list(frames)
+    names = {c for f in frames for c in f.columns if isinstance(f[c].dtype, pd.ArrowDtype)}
+    for name in sorted(names):
+        types = {f[name].dtype.pyarrow_dtype for f in frames if name in f.columns}
+        if len(types) < 2:
+            continue
+        wide = _widest(types)
+        for i, f in enumerate(out):
+            if name in f.columns and f[name].dtype.pyarrow_dtype != wide:
+                cast = pa.array(f[name].array).cast(wide)
+                out[i] = f.assign(**{name: pd.Series(pd.arrays.ArrowExtensionArray(cast), index=f.index)})
+    return tuple(out)
+
+
+def _widest(types: set[pa.DataType]) -> pa.DataType:
+    """The list type every one of ``types`` (compact list types of one column) casts to exactly."""
+    large = any(pa.types.is_large_list(t) for t in types)
+    values = [t.value_type for t in types]
+    if all(pa.types.is_dictionary(v) for v in values):
+        index = max((v.index_type for v in values), key=lambda t: t.bit_width)
+        value: pa.DataType = pa.dictionary(index, pa.string())
+    elif all(pa.types.is_integer(v) for v in values):
+        value = max(values, key=lambda t: t.bit_width)
+    else:
+        raise TypeError(f"list columns of different kinds cannot agree: {sorted(map(str, types))}")
+    return (pa.large_list if large else pa.list_)(value)
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:

@@ -50,6 +50,7 @@ from rayrec.models.two_tower import TwoTower
 from rayrec.training.config import TrainConfig, default_train_config
 from rayrec.training.data import (
     FeaturesVersion,
+    agree_lists,
     data_range,
     encoded_narrow,
     items_at,
@@ -138,10 +139,12 @@ def _features(fv: FeaturesVersion, wide: Collection[str] = (), fit_rows: Rows | 
 
     A stage's rows are built from the samples' features; everything else a job reads of the samples
     (histories, the items' snapshot, the users' states of the retriever's test, the EASE weights, the
-    data range) is in the rating columns. The features are most of the samples' memory (about 200
-    of 240 bytes a sample as written, 110 of 148 as read, :func:`~rayrec.training.data.compact_list`),
-    and the driver held them through every stage's training: 6 GB at 25M ratings. A split's features are read again from the features version's files (the same rows in
-    the same order; a ``max_users`` job's users only) when a stage builds rows from them.
+    data range) is in the rating columns. The features are most of the samples' memory (about 210
+    of 240 bytes a sample as written, 119 of 148 as read: :func:`~rayrec.training.data.compact_list`),
+    and the driver held them through every stage's training: 6 GB at 25M ratings. A split's
+    features are read again from the features version's files (the same rows in the same order; a
+    ``max_users`` job's users only) when a stage builds rows from them; the two splits' list columns
+    are then made to agree on their types (:func:`~rayrec.training.data.agree_lists`).
 
     The caller lets the old version go, then gives its memory back (:func:`release_memory`): Arrow's
     pool and the C heap keep what is freed for reuse: letting the train features of 5M samples go
@@ -160,6 +163,7 @@ def _features(fv: FeaturesVersion, wide: Collection[str] = (), fit_rows: Rows | 
             splits[split] = df[RATING_COLUMNS].copy()  # a copy: no view keeps the features' blocks
     if splits["train"] is fv.train and splits["test"] is fv.test:
         return fv, fit_rows
+    splits["train"], splits["test"] = agree_lists(splits["train"], splits["test"])  # rows of both may be concatenated
     if isinstance(fit_rows, Taken):
         fit_rows = Taken(splits["train"], fit_rows.index)
     return replace(fv, train=splits["train"], test=splits["test"]), fit_rows
