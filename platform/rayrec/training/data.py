@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 
 from rayrec import uri
 from rayrec.features.pointintime import USER_FEATURES, attach_movie_attributes, item_totals, last_share, prior_sums, user_totals
-from rayrec.features.spec import FeatureSpec, arrow_lists, features_path
+from rayrec.features.spec import FeatureSpec, _is_list, arrow_lists, features_path
 from rayrec.models.inputs import HISTORY, encode_pairs
 
 __all__ = [
@@ -159,7 +159,7 @@ def _read_column(dataset: pads.Dataset, name: str) -> pa.ChunkedArray | pa.Array
     batch narrowed as it comes (:func:`_narrow_chunk`), then made one compact array
     (:func:`compact_list`). Read whole, the 20M samples' user genres (1.2 GB as strings) held 3.6 GiB
     at their peak and took 9.3 s; by batches 1.1 GiB and 2.7 s."""
-    if not _is_list_type(dataset.schema.field(name).type):
+    if not _is_list(dataset.schema.field(name).type):
         return dataset.to_table(columns=[name]).column(0)
     batches = dataset.to_batches(columns=[name], batch_readahead=1, fragment_readahead=1)
     chunks = _one_type([_narrow_chunk(b.column(0), large=False) for b in batches], large=False)
@@ -172,10 +172,6 @@ def _one_type(parts: list[pa.Array], large: bool) -> list[pa.Array]:
     if len({p.type for p in parts}) > 1:
         return [p.cast((pa.large_list if large else pa.list_)(pa.int64())) for p in parts]
     return parts
-
-
-def _is_list_type(t: pa.DataType) -> bool:
-    return bool(pa.types.is_list(t) or pa.types.is_large_list(t))
 
 
 def _narrow_chunk(arr: pa.Array, large: bool) -> pa.Array:
@@ -205,7 +201,7 @@ def compact_list(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Arr
     (:meth:`rayrec.features.spec.Vocab.lookup_lists` takes a dictionary's values once, then its
     indices), and rows taken, sliced or concatenated with other rows (sampled negatives, whose genres
     are cast to the rows' type) keep them."""
-    if not _is_list_type(column.type):
+    if not _is_list(column.type):
         return column
     chunks = list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
     chunks = chunks or [pa.array([], column.type)]
