@@ -75,6 +75,37 @@ def test_user_states_match_the_point_in_time_reference(world, states):
         assert list(s.recent_positives) == pos["movieId"].tolist()
 
 
+def test_embedding_path_searches_twice_its_need_first_and_deeper_only_when_the_user_saw_too_many(world):
+    """k unseen items lie within the first k + |seen|: the path asks 2k first, and the full depth only
+    when those held fewer than k unseen; either way the answer is the brute-force one."""
+    _, _, _, index, vec = world
+    ids, mat = np.array(list(vec)), np.stack(list(vec.values()))
+    q = normalize(np.ones((1, 8), np.float32))[0]
+    nearest = [int(i) for i in ids[np.argsort(-(mat @ q), kind="stable")]]
+    asked: list[int] = []
+
+    class Counting:
+        def __init__(self, index):
+            self.index = index
+
+        def search(self, vectors, k):
+            asked.append(k)
+            return self.index.search(vectors, k)
+
+    path = EmbeddingRecall(Counting(index))  # type: ignore[arg-type]
+    for seen, k, want_asks in (
+        (nearest[20:40], 5, [10]),  # seen items elsewhere: 2k is enough
+        (nearest[:8], 5, [10, 13]),  # the 8 nearest seen: 2k holds 2 unseen, so the full depth
+        (nearest[:3] + nearest[30:50], 5, [10]),  # 23 seen, 2k holds 7 unseen: enough
+        (nearest[:-2], 5, [10, len(nearest) - 2 + 5]),  # all but 2 seen: deeper, and only 2 exist
+    ):
+        asked.clear()
+        user = UserState(user_id=1, seen=frozenset(seen)).with_vector(q)
+        got = path.recall(user, k)
+        assert got.movie_ids.tolist() == [m for m in nearest if m not in set(seen)][:k]
+        assert asked == want_asks, (len(seen), asked)
+
+
 def test_popularity_as_of_and_window_match_pandas(world):
     ratings, _, catalog, _, _ = world
     pop = Popularity(catalog, ratings)

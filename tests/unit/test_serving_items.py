@@ -121,3 +121,29 @@ def test_item_inputs_equal_the_spec_encoding_and_follow_row_changes() -> None:
     changed = {**rows[0], "item_rating_count": 50}  # a re-read row: a new dict, new statistics
     check([1, 3], [changed, rows[2]])
     check(list(range(3, 200)), [None] * 197)  # growing past the first capacity
+
+
+def test_rerank_fields_follow_the_rows_they_were_derived_from(store) -> None:
+    from types import SimpleNamespace
+
+    from rayrec.serving.finalize import RowFields
+
+    catalog = SimpleNamespace(genres_of=lambda m: ("Comedy",) if m == 99 else ())
+    bundle = SimpleNamespace(catalog=catalog)
+    rows = ItemRows(ttl_s=0.2)
+    fields = RowFields(max_items=3)
+    first = rows.get(store, [1, 2, 3])
+    first[0]["item_year"] = 1999.0  # (the rows are the store's dicts: a year on one)
+    genres, years, counts = fields.of([1, 2, 3, 99], [*first, None], bundle)  # type: ignore[arg-type]
+    assert genres == [("Drama",)] * 3 + [("Comedy",)]  # the store lacks 99: its catalog genres
+    assert years[0] == 1999.0 and np.isnan(years[1:]).all() and counts.tolist() == [1.0, 2.0, 3.0, 0.0]
+    kept = fields._kept[2]
+    fields.of([2], [first[1]], bundle)  # type: ignore[arg-type]
+    assert fields._kept[2] is kept, "the same row object: derived once"
+    time.sleep(0.25)
+    store.inner.put("item", [(2, {"movieId": 2, "item_rating_count": 20, "genres": ["War", "Drama"]})])
+    changed = rows.get(store, [2])
+    genres, _, counts = fields.of([2], changed, bundle)  # type: ignore[arg-type]
+    assert genres == [("War", "Drama")] and counts.tolist() == [20.0], "a changed row is derived again"
+    fields.of([4, 5], rows.get(store, [4, 5]), bundle)  # type: ignore[arg-type]
+    assert len(fields._kept) == 3 and 1 not in fields._kept, "at most max_items, the oldest out first"

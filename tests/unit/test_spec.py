@@ -190,3 +190,28 @@ def test_lookup_lists_of_dictionary_encoded_lists_agree_with_the_plain_strings()
     rows = pa.ListArray.from_arrays(rows.offsets, pa.DictionaryArray.from_arrays(rows.values.indices, pa.array(full)))
     many = Vocab(tuple(full[:2]))
     assert many.lookup_lists(rows, width=4).tolist() == [[2, 3, OOV, OOV], [OOV, OOV, PAD, PAD]]
+
+
+def test_one_row_encodes_as_its_row_in_a_batch_and_dense_columns_as_each_numerics_normalise(samples):
+    """A request encodes one row at a time (its own paths: a list looked up as it is, the numeric
+    columns z-scored together): the same codes and values as the row within many rows."""
+    train = samples[samples["split"] == "train"]
+    spec = FeatureSpec.fit(SpecPartial.of(train), label_threshold=3.5)
+    rows = samples.head(30).copy()
+    rows.loc[0, "user_rating_mean"] = np.nan  # a missing numeric
+    rows.at[1, "user_genres"] = ["Nope", *list(rows.at[1, "user_genres"])]  # an unknown value first
+    rows.at[2, "user_recent_items"] = [10**9, *range(1, 9)]  # longer than the width, an unknown id
+    rows.at[3, "user_genres"] = []
+    cols = {c: rows[c].tolist() for c in rows.columns}
+    batch = {**spec.encode_user(cols), **spec.encode_item(cols)}
+    for i in range(len(rows)):
+        one = {c: [v[i]] for c, v in cols.items()}
+        got = {**spec.encode_user(one), **spec.encode_item(one)}
+        for key, want in batch.items():
+            assert got[key].dtype == want.dtype, key
+            np.testing.assert_array_equal(got[key], want[i : i + 1], err_msg=key)
+    assert batch["user_recent_items"][2, 0] == OOV and batch["user_genres"][1, 0] == OOV and (batch["user_genres"][3] == PAD).all()
+    assert batch["user_dense"][0, 1] == 0.0  # missing: the mean
+    for j, name in enumerate(("user_rating_count", "user_rating_mean", "user_rating_std", "user_year_mean", "user_year_std")):
+        want = spec.numerics[name].normalise(np.asarray(cols[name], dtype=np.float64))
+        np.testing.assert_array_equal(batch["user_dense"][:, j], want, err_msg=name)

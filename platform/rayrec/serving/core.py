@@ -23,7 +23,7 @@ import numpy as np
 from rayrec.realtime import STATE_KEY
 from rayrec.serving.api import Movie, Recommendation, RecommendedItem, SimilarItem, SimilarMovies, UserProfile
 from rayrec.serving.bundle import Bundle
-from rayrec.serving.finalize import RerankStage
+from rayrec.serving.finalize import RerankStage, RowFields
 from rayrec.serving.history import merge_events
 from rayrec.serving.items import ItemRows
 from rayrec.serving.movies import movie_fields
@@ -42,6 +42,7 @@ class Recommender(RecallStage, RankStage, RerankStage):
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.items = ItemRows(bundle.config.item_cache_s)  # outlives bundle swaps: it holds store rows
+        self.fields = RowFields()  # what rerank derives from those rows, per row
 
     # -- the degraded answer ---------------------------------------------------------------------
     def popular(self, user_id: int, k: int, why: str | None) -> Recommendation:

@@ -19,16 +19,50 @@ from rayrec.serving.ranking import Ranked, fuse
 from rayrec.serving.reasons import Reasons
 from rayrec.serving.recall import Recalled
 
-__all__ = ["RerankStage"]
+__all__ = ["RerankStage", "RowFields"]
 
 # rerank settings that keep the recall order (filters and business rules still apply)
 _RECALL_ORDER = {"diversity": 0.0, "freshness_weight": 0.0, "popularity_weight": 0.0}
+
+
+class RowFields:
+    """What rerank reads of the candidates' item rows (genres, year, rating count), derived once per
+    row object: :class:`rayrec.serving.items.ItemRows` hands out one dict per read, until the row is
+    read again and found changed. An item the store lacks takes its genres from the catalog. At most
+    ``max_items`` items are kept (the oldest first out)."""
+
+    def __init__(self, max_items: int = 200_000) -> None:
+        self.max_items = max_items
+        self._kept: dict[int, tuple[Any, tuple[str, ...], float, float]] = {}  # id -> (row, genres, year, count)
+
+    def of(self, ids: Sequence[int], rows: Sequence[dict[str, Any] | None], bundle: Bundle) -> tuple[list[tuple[str, ...]], np.ndarray, np.ndarray]:
+        """``(genres, years (NaN: unknown), rating counts)`` of the candidates ``ids`` with their ``rows``."""
+        kept = self._kept
+        genres: list[tuple[str, ...]] = []
+        years = np.full(len(ids), np.nan)
+        counts = np.zeros(len(ids))
+        for i, (m, row) in enumerate(zip(ids, rows)):
+            if not row:
+                genres.append(tuple(bundle.catalog.genres_of(m)))
+                continue
+            got = kept.get(m)
+            if got is None or got[0] is not row:
+                y = year_of(row)
+                got = (row, tuple(row.get("genres") or ()), np.nan if y is None else float(y), float(row.get("item_rating_count") or 0))
+                kept.pop(m, None)
+                kept[m] = got
+                while len(kept) > self.max_items:
+                    kept.pop(next(iter(kept)))
+            genres.append(got[1])
+            years[i], counts[i] = got[2], got[3]
+        return genres, years, counts
 
 
 class RerankStage:
     """The rerank stage of :class:`rayrec.serving.core.Recommender` over its ``bundle``."""
 
     bundle: Bundle
+    fields: RowFields
 
     def fused_scores(self, r: Recalled, ranked: Ranked) -> np.ndarray:
         """The order rerank starts from, one score per candidate (higher first)."""
@@ -39,19 +73,7 @@ class RerankStage:
         and the candidates' index vectors."""
         b = self.bundle
         n = len(r.ids)
-        rows = ranked.rows
-        genres: list[list[str]] = []
-        years = np.full(n, np.nan)
-        popularity = np.zeros(n)
-        for i, (m, row) in enumerate(zip(r.ids.tolist(), rows)):  # one pass over the rows
-            if row:
-                genres.append(list(row.get("genres") or ()))
-                y = year_of(row)
-                if y is not None:
-                    years[i] = y
-                popularity[i] = row.get("item_rating_count") or 0
-            else:
-                genres.append(list(b.catalog.genres_of(m)))
+        genres, years, popularity = self.fields.of(r.ids.tolist(), ranked.rows, b)
         vecs = b.item_vectors(r.ids) if n else None
         cat_rows = b.catalog.rows(r.ids)  # -1: added live, after the catalog was built
         genre_matrix = self._genre_matrix(cat_rows, genres)

@@ -157,7 +157,7 @@ class RecommenderService:
                     keep[key] = loaded
                     bundle = loaded.with_config(vcfg)
                 core = Recommender(bundle)
-                core.items = self._core.items  # one item-row cache per replica
+                core.items, core.fields = self._core.items, self._core.fields  # one item-row cache per replica
                 arms[f"{e.name}/{v.name}"] = core
         self._arm_bundles = keep
         return arms
