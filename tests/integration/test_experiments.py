@@ -19,6 +19,7 @@ from rayrec import uri
 from rayrec.experiments.analysis import analyze
 from rayrec.experiments.config import Experiment
 from rayrec.experiments.impressions import IMPRESSIONS_LOG
+from rayrec.realtime.updater import EVENTS_LOG
 from rayrec.serving import ServingConfig, create_app
 from rayrec.serving.bundle import load_bundle
 from rayrec.serving.service import RecommenderService
@@ -31,7 +32,8 @@ N_USERS = 80
 @pytest.fixture(scope="module")
 def scratch(serving_artifacts, tmp_path_factory) -> tuple[str, str, str]:
     """A copy of the session's artifacts with a second ranker version, and a copy of its store (the
-    clicks posted here change users' state: other tests must not see them)."""
+    clicks posted here change users' state: other tests must not see them) without the impressions and
+    events other tests logged before: the counts checked here are this module's own, in any test order."""
     tmp = tmp_path_factory.mktemp("experiments")
     arts = tmp / "artifacts"
     shutil.copytree(serving_artifacts.artifacts, arts, ignore=shutil.ignore_patterns("logs"))
@@ -42,6 +44,14 @@ def scratch(serving_artifacts, tmp_path_factory) -> tuple[str, str, str]:
     shutil.copytree(root / live, root / second)
     src = serving_artifacts.store.removeprefix("sqlite://")
     copy_file(src, tmp / "store.db")
+    store = open_store(f"sqlite://{tmp}/store.db")
+    try:
+        for name in (IMPRESSIONS_LOG, EVENTS_LOG):
+            if store.log_length(name):
+                store.trim_log(name, store.log_end(name))
+        assert store.log_length(IMPRESSIONS_LOG) == store.log_length(EVENTS_LOG) == 0
+    finally:
+        store.close()
     return str(arts), f"sqlite://{tmp}/store.db", second
 
 
