@@ -124,18 +124,41 @@ def test_modules_the_forward_does_not_know_keep_torch() -> None:
         def forward(self, batch):  # type: ignore[no-untyped-def]
             return 2 * super().forward(batch)
 
-    assert ranker_forward(Scaled(RankerConfig(), SIZES)) is None  # a subclass may compute otherwise
-    ranker = Ranker(RankerConfig(), SIZES)
+    class Shifted(nn.Linear):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return super().forward(x) + 1.0
+
+    assert ranker_forward(Ranker(RankerConfig(), SIZES).eval()) is not None  # the cases below differ from this one only
+    assert ranker_forward(Scaled(RankerConfig(), SIZES).eval()) is None  # a subclass may compute otherwise
+    assert ranker_forward(Ranker(RankerConfig(), SIZES).train()) is None, "training mode: its dropout is torch's"
+    ranker = Ranker(RankerConfig(), SIZES).eval()
     ranker.over[1] = nn.Tanh()  # an activation the numpy forward lacks
     assert ranker_forward(ranker) is None
-    tower = TwoTower(TwoTowerConfig(), SIZES)
+    ranker = Ranker(RankerConfig(), SIZES).eval()
+    last = ranker.over[-1]
+    ranker.over[-1] = Shifted(last.in_features, last.out_features)  # type: ignore[arg-type]
+    assert ranker_forward(ranker) is None, "a Linear subclass with its own forward"
+    tower = TwoTower(TwoTowerConfig(), SIZES).eval()
+    assert user_tower_forward(tower) is not None and user_tower_forward(TwoTower(TwoTowerConfig(), SIZES)) is None
     tower.user_arch.append(nn.LayerNorm(tower.config.id_dim))
     assert user_tower_forward(tower) is None
-    assert ranker_forward(tower) is None and user_tower_forward(Ranker(RankerConfig(), SIZES)) is None
+    assert ranker_forward(tower) is None and user_tower_forward(Ranker(RankerConfig(), SIZES).eval()) is None
 
 
 def test_a_first_layer_of_another_width_is_refused() -> None:
-    ranker = Ranker(RankerConfig(), SIZES)
+    ranker = Ranker(RankerConfig(), SIZES).eval()
     ranker.over[0] = nn.Linear(ranker.over[0].in_features + 1, ranker.over[0].out_features)  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="first layer takes"):
         ranker_forward(ranker)
+
+
+def test_like_scores_of_very_negative_logits_are_zero_without_overflow() -> None:
+    model = _trained_like(Ranker(RankerConfig(objective="like"), SIZES), 7)
+    with torch.no_grad():
+        model.over[-1].bias.fill_(-500.0)  # type: ignore[union-attr]
+    fwd = ranker_forward(model)
+    assert fwd is not None
+    rng = np.random.default_rng(8)
+    with np.errstate(over="raise"):  # an overflow in exp would raise here
+        got = fwd.score(_users(rng, 1), np.zeros(4, dtype=np.int64), _items(rng, 4, False))
+    assert got.tolist() == [0.0] * 4

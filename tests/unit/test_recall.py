@@ -104,6 +104,13 @@ def test_embedding_path_searches_twice_its_need_first_and_deeper_only_when_the_u
         got = path.recall(user, k)
         assert got.movie_ids.tolist() == [m for m in nearest if m not in set(seen)][:k]
         assert asked == want_asks, (len(seen), asked)
+    # an index holding fewer items than the first search asks for: its answer ends in -1, so there is
+    # nothing deeper to search
+    small = ItemIndex.build(ids[:7], mat[:7], "Flat")
+    few = [int(i) for i in ids[:7][np.argsort(-(mat[:7] @ q), kind="stable")]]
+    asked.clear()
+    got = EmbeddingRecall(Counting(small)).recall(UserState(user_id=1, seen=frozenset(few[:6])).with_vector(q), 5)  # type: ignore[arg-type]
+    assert got.movie_ids.tolist() == few[6:] and asked == [10]
 
 
 def test_popularity_as_of_and_window_match_pandas(world):

@@ -44,13 +44,13 @@ def _layers(seq: nn.Sequential) -> Layers | None:
     for any other module."""
     out: Layers = []
     for m in seq:
-        if isinstance(m, nn.Linear):
+        if type(m) is nn.Linear:  # exactly these classes: a subclass may compute otherwise
             w = m.weight.detach().cpu().numpy().astype(np.float32)
             b = m.bias.detach().cpu().numpy().astype(np.float32) if m.bias is not None else np.zeros(len(w), np.float32)
             out.append((np.ascontiguousarray(w.T), b))
-        elif isinstance(m, nn.ReLU):
+        elif type(m) is nn.ReLU:
             out.append(None)
-        elif isinstance(m, (BitDropout, nn.Dropout)):
+        elif type(m) in (BitDropout, nn.Dropout):
             continue
         else:
             return None
@@ -145,7 +145,7 @@ class RankerForward:
         h += self.b1
         logits = _run(self.rest, h)
         if self.objective == "like":
-            out = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+            out = np.exp(_sigmoid_log(logits[:, 0]))  # σ, without overflow for very negative logits
         else:
             out = np.exp(_sigmoid_log(logits[:, 0]) + self.like_weight * _sigmoid_log(logits[:, 1]))
         return out.astype(np.float32, copy=False)
@@ -174,8 +174,9 @@ class UserTowerForward:
 
 
 def ranker_forward(model: nn.Module) -> RankerForward | None:
-    """The numpy forward of a :class:`Ranker` (exactly that class), or None where it does not apply."""
-    if type(model) is not Ranker:
+    """The numpy forward of an eval-mode :class:`Ranker` (exactly that class), or None where it does not
+    apply (it computes the eval-mode forward: a module in training mode keeps torch)."""
+    if type(model) is not Ranker or model.training:
         return None
     layers = _layers(model.over)
     if not layers or layers[0] is None or layers[-1] is None:
@@ -184,8 +185,9 @@ def ranker_forward(model: nn.Module) -> RankerForward | None:
 
 
 def user_tower_forward(model: nn.Module) -> UserTowerForward | None:
-    """The numpy user tower of a :class:`TwoTower` (exactly that class), or None where it does not apply."""
-    if type(model) is not TwoTower:
+    """The numpy user tower of an eval-mode :class:`TwoTower` (exactly that class), or None where it does
+    not apply."""
+    if type(model) is not TwoTower or model.training:
         return None
     layers = _layers(model.user_arch)
     return UserTowerForward(model, layers) if layers else None

@@ -4,6 +4,7 @@ into the answer with its reasons.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,7 @@ class RowFields:
     def __init__(self, max_items: int = 200_000) -> None:
         self.max_items = max_items
         self._kept: dict[int, tuple[Any, tuple[str, ...], float, float]] = {}  # id -> (row, genres, year, count)
+        self._lock = threading.Lock()  # for the writes (reads of a dict need none)
 
     def of(self, ids: Sequence[int], rows: Sequence[dict[str, Any] | None], bundle: Bundle) -> tuple[list[tuple[str, ...]], np.ndarray, np.ndarray]:
         """``(genres, years (NaN: unknown), rating counts)`` of the candidates ``ids`` with their ``rows``."""
@@ -49,10 +51,11 @@ class RowFields:
             if got is None or got[0] is not row:
                 y = year_of(row)
                 got = (row, tuple(row.get("genres") or ()), np.nan if y is None else float(y), float(row.get("item_rating_count") or 0))
-                kept.pop(m, None)
-                kept[m] = got
-                while len(kept) > self.max_items:
-                    kept.pop(next(iter(kept)))
+                with self._lock:
+                    kept.pop(m, None)
+                    kept[m] = got
+                    while len(kept) > self.max_items:
+                        kept.pop(next(iter(kept)))
             genres.append(got[1])
             years[i], counts[i] = got[2], got[3]
         return genres, years, counts
