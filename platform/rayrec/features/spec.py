@@ -133,7 +133,7 @@ class Vocab:
         if arr is None and len(rows) == 1:  # one request's list: its values looked up as they are
             v = rows[0]
             if isinstance(v, (list, tuple, np.ndarray)) and len(v):
-                values = np.asarray(v[:width]).reshape(-1)[:width]
+                values = np.asarray(v[:width])
                 out[0, : len(values)] = self.lookup(values)
             return out
         if arr is None and len(rows) >= _ARROW_MIN_ROWS:
@@ -370,7 +370,7 @@ class FeatureSpec:
         raw = np.stack([np.asarray(_col(df, c), dtype=np.float64) for c, _ in cols], axis=1)
         logs = [j for j, (c, _) in enumerate(cols) if self.numerics[c].transform == "log1p"]
         if logs:
-            raw[:, logs] = np.log1p(np.maximum(raw[:, logs], 0.0))
+            raw[:, logs] = _transform(raw[:, logs], "log1p")
         means, stds = self._moments(cols)
         raw -= means
         raw /= stds
