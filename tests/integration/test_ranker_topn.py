@@ -227,3 +227,22 @@ def test_a_ranker_with_the_ease_input_and_candidate_rows_trains_publishes_and_se
     os.remove(uri.join(result.path, EASE_FILE).removeprefix("file://"))
     ranker, _, notes = load_models(artifacts, result.version, None)
     assert ranker is None and "ranker not loaded" in notes[0]
+
+
+def test_a_job_of_many_training_rows_grows_its_batch_for_every_fit(ray_session, artifacts, capsys):
+    """From ``grow_batch_at`` training rows the job trains with 4× the batch and 2× the learning rate,
+    the selection and the refit alike; where the selection has fewer rows neither fit grows, though
+    a refit from scratch has more (the epochs it takes were chosen at the selection's batch)."""
+    train = TrainConfig(epochs=1, batch_size=64, lr=3e-3, valid_fraction=0.2, refit_from="scratch", grow_batch_at=1_000)
+    result = run_job(JobConfig(name="ranker", artifacts=artifacts, train=train, run_name="topn-grow"))
+    rows = result.metrics["train_rows"]
+    assert rows["select"] >= 1_000
+    used = registry.load(artifacts, "ranker", result.version).meta["train_config"]
+    assert used["batch_size"] == 256 and used["lr"] == pytest.approx(6e-3) and used["grow_batch_at"] == 0
+    assert f"[ranker] {rows['select']:,} training rows: batch 64 → 256, learning rate 0.003 → 0.006" in capsys.readouterr().out
+
+    assert rows["refit"] > rows["select"] + 1
+    kept = run_job(JobConfig(name="ranker", artifacts=artifacts, train=train.with_(grow_batch_at=rows["select"] + 1), run_name="topn-no-grow"))
+    used = registry.load(artifacts, "ranker", kept.version).meta["train_config"]
+    assert used["batch_size"] == 64 and used["lr"] == pytest.approx(3e-3) and used["grow_batch_at"] == rows["select"] + 1
+    assert "training rows: batch" not in capsys.readouterr().out

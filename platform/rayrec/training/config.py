@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "default_train_config"]
+__all__ = ["TrainConfig", "default_train_config", "GROWTH"]
+
+#: how many times the batch grows at scale (:meth:`TrainConfig.for_rows`)
+GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class TrainConfig:
     amp: bool = True  # mixed precision (bfloat16 autocast) when the device is CUDA
     max_failures: int = 2  # worker-failure restarts from the last checkpoint
     shuffle_buffer: int = 100_000  # rows each worker reads at once and deals into batches in a random order
+    # a fit of at least this many training rows (sampled negatives included) takes GROWTH × the batch
+    # and √GROWTH × the learning rate (:meth:`for_rows`): at that size an epoch still has about 1,000
+    # steps of the grown batch, and a step's fixed costs (the dense tables' update, per-layer calls)
+    # fall on 4× the rows. 0: the batch never grows (an explicit batch size or learning rate)
+    grow_batch_at: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -66,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"refit_from must be 'auto', 'scratch' or 'selection', got {self.refit_from!r}")
         if self.placement not in ("SPREAD", "PACK"):
             raise ValueError(f"placement must be 'SPREAD' or 'PACK', got {self.placement!r}")
+        if self.grow_batch_at < 0:
+            raise ValueError(f"grow_batch_at must be ≥ 0 (0: never), got {self.grow_batch_at}")
         if self.schedule not in ("onecycle", "constant"):
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
 
@@ -73,6 +84,15 @@ class TrainConfig:
         """Whether the refit continues the selection's model (:attr:`refit_from`), which kept
         ``selected_epochs`` epochs."""
         return self.refit_from == "selection" or (self.refit_from == "auto" and selected_epochs == 1)
+
+    def for_rows(self, rows: int) -> TrainConfig:
+        """This config for a job whose first fit has ``rows`` training rows: where ``grow_batch_at``
+        is set and reached, :data:`GROWTH` × the batch and √GROWTH × the learning rate (the batch's
+        noise falls as it grows; the square-root rule keeps the update's scale), the rule then spent
+        (``grow_batch_at`` 0) so that every fit of the job takes the same batch."""
+        if not self.grow_batch_at or rows < self.grow_batch_at:
+            return self
+        return replace(self, batch_size=self.batch_size * GROWTH, lr=self.lr * math.sqrt(GROWTH), grow_batch_at=0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,11 +102,17 @@ class TrainConfig:
 
 
 def default_train_config(name: str, **overrides: Any) -> TrainConfig:
-    """The tuned defaults of model ``name`` ("ranker" | "retriever") on MovieLens-sized data."""
+    """The tuned defaults of model ``name`` ("ranker" | "retriever") on MovieLens-sized data (the
+    ranker's batch grows at scale: :meth:`TrainConfig.for_rows`). An explicit ``batch_size`` or
+    ``lr`` turns that growth off."""
     base = {
-        "ranker": TrainConfig(epochs=12, batch_size=1024, lr=2e-3, schedule="onecycle"),
+        # from 4M training rows (about 0.9M rated samples with their negatives) 4,096 rows a batch at
+        # 4e-3: on 25M ratings' features 1.3-1.7× the samples/s with a better validation AUC (README)
+        "ranker": TrainConfig(epochs=12, batch_size=1024, lr=2e-3, schedule="onecycle", grow_batch_at=4_000_000),
         "retriever": TrainConfig(epochs=12, batch_size=1024, lr=3e-3, schedule="constant"),
     }
     if name not in base:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(base)}")
+    if "batch_size" in overrides or "lr" in overrides:
+        overrides.setdefault("grow_batch_at", 0)
     return replace(base[name], **overrides)

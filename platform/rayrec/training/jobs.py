@@ -539,6 +539,16 @@ def _run_manifest(storage: str, run_name: str, cfg: JobConfig, fv: FeaturesVersi
     return uri.join(storage, run_name)
 
 
+def _grown(name: str, tc: TrainConfig, rows: int) -> TrainConfig:
+    """``tc`` for a job whose first fit has ``rows`` rows (:meth:`TrainConfig.for_rows`), said when
+    the batch grows."""
+    grown = tc.for_rows(rows)
+    if grown.batch_size != tc.batch_size:
+        print(f"[{name}] {rows:,} training rows: batch {tc.batch_size:,} → {grown.batch_size:,}, learning rate "
+              f"{tc.lr:g} → {grown.lr:g} (from {tc.grow_batch_at:,} rows)", flush=True)  # fmt: skip
+    return grown
+
+
 def run_job(cfg: JobConfig) -> JobResult:
     """Train, evaluate and (with ``publish``) register model ``cfg.name``. Needs Ray (``ray.init()``)."""
     timings: dict[str, float] = {}
@@ -568,6 +578,7 @@ def run_job(cfg: JobConfig) -> JobResult:
     if valid_rows is not None:
         t = time.perf_counter()
         task, ds = make_task(cfg, fv, fit_rows, valid_rows)
+        tc = _grown(cfg.name, tc, task.rows)
         fv, fit_rows = _features(fv, (), fit_rows)  # not held while the selection trains
         release_memory()
         select = fit(task, ds, tc, name="select", storage=run_dir)
@@ -599,6 +610,8 @@ def run_job(cfg: JobConfig) -> JobResult:
             seen, init, epochs = fit_rows, select.weights, 1
             del fit_rows, valid_rows
         task, ds = make_task(cfg, fv, refit_rows, None, seen=seen)
+        if select is None:  # else the selection's batch, grown or not: the epochs it chose are of that batch
+            tc = _grown(cfg.name, tc, task.rows)
         del refit_rows, seen  # encoded into ``ds``
         fv, _ = _features(fv)
         release_memory()
