@@ -6,6 +6,7 @@ from where the run stopped."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -25,7 +26,8 @@ from rayrec.models import RankerConfig, build_model, model_config
 from rayrec.training.data import open_features, read_table, temporal_holdout, to_dataset, users_at
 from rayrec.training.jobs import retrieval_data
 from rayrec.training.tasks import RankTask, retrieval_metrics
-from rayrec.training.trainer import fit
+from rayrec.training.checkpoint import load_checkpoint
+from rayrec.training.trainer import TrainingError, fit
 from train_data import build, learnable, small, write_version
 
 pytestmark = pytest.mark.slow
@@ -313,6 +315,30 @@ def test_a_job_is_tracked_in_mlflow_when_a_tracking_uri_is_set(ray_session, arti
     assert [m.step for m in client.get_metric_history(run.info.run_id, "history.loss")] == [0, 1]
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {p.name for p in Path(result.path).iterdir() if p.is_file()} <= logged
+
+
+def test_a_run_whose_loss_is_not_finite_stops_after_that_epoch_and_fails_saying_so(ray_session, artifacts, tmp_path):
+    """Weights that are no longer numbers (here one NaN weight to start from; in practice too high a
+    learning rate) make every later result meaningless: the run stops at the end of the epoch whose
+    loss was not finite, without validating, and ``fit`` raises instead of returning those weights.
+    A rerun under the same name (a restarted driver) does not train on: it fails the same way."""
+    fv = open_features(artifacts)
+    task = RankTask(RankerConfig(objective="like"), fv.spec.sizes, rows=len(fv.train), valid=None)
+    ds = to_dataset(fv.train, fv.spec)
+    init = {k: v.clone() for k, v in task.build().state_dict().items()}
+    init["over.0.weight"][0, 0] = float("nan")
+    tc = quick(epochs=3)
+    why = r"training run 'nan' diverged: its loss was not finite in epoch 1 \(learning rate 0.003, batch 256 a worker\)"
+    with pytest.raises(TrainingError, match=why):
+        fit(task, ds, tc, name="nan", storage=str(tmp_path), init=init)
+    from ray.train import Result
+
+    with Result.from_path(str(tmp_path / "nan")).checkpoint.as_directory() as folder:
+        progress = load_checkpoint(folder)["progress"]
+    assert progress["diverged"] == 0 and progress["stopped"]
+    assert [h["epoch"] for h in progress["history"]] == [0] and not math.isfinite(progress["history"][0]["loss"])
+    with pytest.raises(TrainingError, match=why):
+        fit(task, ds, tc, name="nan", storage=str(tmp_path), init=init)
 
 
 def test_an_epochs_batches_deal_every_row_once_in_a_seeded_order(ray_session):

@@ -31,7 +31,8 @@ log = logging.getLogger("rayrec.training")
 
 
 def new_progress() -> dict[str, Any]:
-    return {"best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False,
+    # diverged: the epoch whose training loss was not finite (the run then stops; fit raises)
+    return {"best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "stopped": False, "diverged": None,
             "history": [], "starts": [], "workers": []}  # fmt: skip
 
 
@@ -245,7 +246,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         train_s = time.perf_counter() - t0
         total_loss, total_seen = _sum([float(loss_sum), float(seen)], device, world)
         metrics: dict[str, float] = {}
-        if validating:
+        diverged = not math.isfinite(total_loss)  # every rank sees the same sum: they stop together
+        if diverged:  # the weights are no longer numbers: nothing to validate, no later epoch to run
+            progress.update(stopped=True, diverged=epoch)
+            if rank == 0:
+                log.error("[%s] the training loss was not finite in epoch %d (learning rate %g, batch %d)",
+                          task.name, epoch + 1, tc.lr, tc.batch_size)  # fmt: skip
+        elif validating:
             found = {k: float(v) for k, v in task.validate(raw, device).items()} if rank == 0 else None
             metrics = _broadcast(found, world)
         value = metrics.get(task.metric, -math.inf) if validating else float(epoch)
@@ -254,7 +261,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             best = state_to_cpu(raw) if validating else None
         else:
             progress["bad_epochs"] += 1
-            progress["stopped"] = validating and progress["bad_epochs"] >= tc.patience
+            progress["stopped"] = diverged or (validating and progress["bad_epochs"] >= tc.patience)
         report = {
             "epoch": epoch,
             "loss": total_loss / max(total_seen, 1.0),

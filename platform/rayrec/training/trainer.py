@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
-    """A training run failed (after its allowed restarts)."""
+    """A training run failed (after its allowed restarts), or diverged (its loss not finite)."""
 
 
 @dataclass
@@ -81,6 +81,12 @@ def fit(
         raise TrainingError(f"training run {name!r} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         state = load_checkpoint(folder)
+    diverged = state["progress"].get("diverged")
+    if diverged is not None:
+        raise TrainingError(
+            f"training run {name!r} diverged: its loss was not finite in epoch {diverged + 1} (learning rate {tc.lr:g}, "
+            f"batch {tc.batch_size:,} a worker); lower the learning rate (pipelines.train --lr)"
+        )
     weights = state["best"] if state["best"] is not None else state["weights"]
     value = getattr(result, "return_value", None)  # Ray Train V2: what rank 0's loop returned
     returned = value if isinstance(value, dict) else {}
